@@ -1,0 +1,267 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxpoison import data as D
+
+
+def _arrays(n_train=12, n_test=6, shape=(32, 32, 3), num_classes=10, seed=0):
+  rng = np.random.default_rng(seed)
+  return dict(
+      x_train=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+      y_train=rng.integers(0, num_classes, n_train).astype(np.int64),
+      x_test=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+      y_test=rng.integers(0, num_classes, n_test).astype(np.int64))
+
+
+def _write_folder(root, classes_train=("cat", "dog"), classes_test=("cat", "dog"), size=32,
+                  per_class=2, suffix=".png"):
+  rng = np.random.default_rng(0)
+  for split, classes in (("train", classes_train), ("test", classes_test)):
+    for name in classes:
+      (root / split / name).mkdir(parents=True, exist_ok=True)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f"{i}{suffix}")
+  return root
+
+
+TWO_CLASS = D.DatasetSpec("two", (32, 32, 3), 2)
+
+
+# --- npz --------------------------------------------------------------------------------------
+
+def test_load_npz_round_trip(tmp_path):
+  arrays = _arrays()
+  np.savez(tmp_path / "c.npz", **arrays, label_names=np.array(D.CIFAR10_LABEL_NAMES))
+  ds = D.load_cifar10(tmp_path / "c.npz")
+  np.testing.assert_array_equal(ds.x_train, arrays["x_train"])
+  np.testing.assert_array_equal(ds.y_test, arrays["y_test"])
+  assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
+  assert ds.label_names == D.CIFAR10_LABEL_NAMES and ds.num_classes == 10
+  assert ds.image_shape == (32, 32, 3)
+  sub = ds.subset(num_train=5, num_test=2)
+  assert sub.x_train.shape[0] == 5 and sub.y_test.shape == (2,)
+
+
+def test_load_npz_without_label_names_uses_cifar10_names(tmp_path):
+  np.savez(tmp_path / "c.npz", **_arrays())
+  assert D.load_cifar10(str(tmp_path / "c.npz")).label_names[0] == "airplane"
+
+
+def test_load_tiny_imagenet_npz(tmp_path):
+  np.savez(tmp_path / "t.npz", **_arrays(shape=(64, 64, 3), num_classes=200))
+  ds = D.load_tiny_imagenet(tmp_path / "t.npz")
+  assert ds.image_shape == (64, 64, 3) and ds.num_classes == 200 and ds.name == "tiny_imagenet"
+  # CIFAR-10's loader refuses the 64×64 file and says what it expected.
+  with pytest.raises(D.DataError, match=r"t\.npz: x_train has shape \(12, 64, 64, 3\); expected \[N, 32, 32, 3\]"):
+    D.load_cifar10(tmp_path / "t.npz")
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(x_train=np.zeros((4, 28, 28, 3), np.uint8)), r"x_train has shape \(4, 28, 28, 3\); expected \[N, 32, 32, 3\]"),
+    (dict(x_train=np.zeros((4, 32, 32), np.uint8)), r"x_train has shape \(4, 32, 32\)"),
+    (dict(x_test=np.zeros((6, 32, 32, 3), np.float32)), "x_test has dtype float32; expected uint8"),
+    (dict(y_train=np.full(12, 10)), r"labels in \[10, 10\]; expected labels in \[0, 9\]"),
+    (dict(y_test=np.full(6, -1)), r"labels in \[-1, -1\]"),
+    (dict(y_test=np.zeros(6, np.float32)), "y_test has dtype float32; expected integer"),
+    (dict(y_train=np.zeros(3, np.int64)), r"y_train has shape \(3,\); expected \[12\]"),
+    (dict(x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, np.int64)), "test split is empty"),
+    (dict(label_names=np.array(["a", "b"])), "2 label names given; expected 10"),
+])
+def test_load_npz_bad_content(tmp_path, change, match):
+  arrays = _arrays()
+  arrays.update(change)
+  np.savez(tmp_path / "bad.npz", **arrays)
+  with pytest.raises(D.DataError, match=match) as info:
+    D.load_cifar10(tmp_path / "bad.npz")
+  assert "bad.npz" in str(info.value)
+
+
+def test_load_npz_missing_file(tmp_path):
+  with pytest.raises(D.DataError, match=r"nothere\.npz: no such file"):
+    D.load_cifar10(tmp_path / "nothere.npz")
+
+
+def test_load_npz_missing_arrays(tmp_path):
+  np.savez(tmp_path / "m.npz", x_train=np.zeros((2, 32, 32, 3), np.uint8))
+  with pytest.raises(D.DataError, match=r"m\.npz: missing arrays \['y_train', 'x_test', 'y_test'\]"):
+    D.load_cifar10(tmp_path / "m.npz")
+
+
+def test_load_npz_not_an_archive(tmp_path):
+  (tmp_path / "junk.npz").write_text("not a zip file")
+  with pytest.raises(D.DataError, match=r"junk\.npz: cannot be read"):
+    D.load_cifar10(tmp_path / "junk.npz")
+
+
+def test_unknown_source_and_dataset(tmp_path):
+  with pytest.raises(D.DataError, match="no such file or directory"):
+    D.load_cifar10(tmp_path / "missing_dir")
+  with pytest.raises(D.DataError, match="unknown dataset 'mnist'"):
+    D.load_dataset("mnist", tmp_path)
+  with pytest.raises(D.DataError, match="no TensorFlow Datasets builder"):
+    D.load_tiny_imagenet("tfds")
+
+
+# --- image folder -----------------------------------------------------------------------------
+
+def test_load_image_folder(tmp_path):
+  _write_folder(tmp_path, suffix=".png")
+  ds = D.load_image_folder(tmp_path, TWO_CLASS)
+  assert ds.x_train.shape == (4, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
+  assert ds.label_names == ("cat", "dog")
+  np.testing.assert_array_equal(ds.y_train, [0, 0, 1, 1])
+  # PNG is lossless: pixels read back exactly.
+  np.testing.assert_array_equal(ds.x_train[2], np.asarray(Image.open(tmp_path / "train/dog/0.png")))
+
+
+def test_load_image_folder_jpeg_cifar10(tmp_path):
+  _write_folder(tmp_path, D.CIFAR10_LABEL_NAMES, D.CIFAR10_LABEL_NAMES, per_class=1, suffix=".jpg")
+  ds = D.load_cifar10(tmp_path)
+  assert ds.x_train.shape == (10, 32, 32, 3) and ds.label_names == tuple(sorted(D.CIFAR10_LABEL_NAMES))
+
+
+def test_image_folder_class_sets_disagree(tmp_path):
+  _write_folder(tmp_path, ("cat", "dog"), ("cat", "frog"))
+  with pytest.raises(D.DataError, match=r"disagree; only in train: \['dog'\], only in test: \['frog'\]"):
+    D.load_image_folder(tmp_path, TWO_CLASS)
+
+
+def test_image_folder_wrong_image_size(tmp_path):
+  _write_folder(tmp_path, size=28)
+  with pytest.raises(D.DataError, match=r"cat/0\.png: image has shape \(28, 28, 3\); expected \(32, 32, 3\)"):
+    D.load_image_folder(tmp_path, TWO_CLASS)
+
+
+def test_image_folder_wrong_class_count(tmp_path):
+  _write_folder(tmp_path)
+  with pytest.raises(D.DataError, match="found 2 class folders.*expected 10"):
+    D.load_cifar10(tmp_path)
+
+
+def test_image_folder_empty_split(tmp_path):
+  _write_folder(tmp_path)
+  for f in (tmp_path / "test").rglob("*.png"):
+    f.unlink()
+  with pytest.raises(D.DataError, match="test split is empty"):
+    D.load_image_folder(tmp_path, TWO_CLASS)
+
+
+def test_image_folder_missing_split_and_undecodable_file(tmp_path):
+  _write_folder(tmp_path)
+  (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"garbage")
+  with pytest.raises(D.DataError, match=r"broken\.png: cannot be decoded"):
+    D.load_image_folder(tmp_path, TWO_CLASS)
+  other = tmp_path / "other"
+  (other / "train" / "cat").mkdir(parents=True)
+  with pytest.raises(D.DataError, match=r"other/test: no such directory"):
+    D.load_image_folder(other, TWO_CLASS)
+
+
+# --- TFDS (offline, mocked) -------------------------------------------------------------------
+
+def test_load_cifar10_tfds_mocked():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=9):
+    ds = D.load_cifar10("tfds")
+  assert ds.x_train.shape == (9, 32, 32, 3) and ds.x_train.dtype == np.uint8
+  assert ds.x_test.shape == (9, 32, 32, 3) and ds.y_test.dtype == np.int32
+  assert ds.num_classes == 10 and ds.y_train.max() < 10
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+@pytest.fixture
+def batch():
+  return jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+
+
+def test_random_flip(batch):
+  key = jax.random.key(0)
+  out = jax.jit(D.random_flip)(key, batch)
+  assert out.shape == batch.shape and out.dtype == batch.dtype
+  flipped = [bool((out[i] == batch[i, :, ::-1]).all()) for i in range(16)]
+  same = [bool((out[i] == batch[i]).all()) for i in range(16)]
+  assert all(f or s for f, s in zip(flipped, same))
+  assert 0 < sum(flipped) < 16
+  np.testing.assert_array_equal(out, D.random_flip(key, batch))
+
+
+def test_random_translate_is_a_crop_of_the_reflect_padded_image(batch):
+  pad = 2
+  out = jax.jit(D.random_translate, static_argnums=2)(jax.random.key(1), batch, pad)
+  assert out.shape == batch.shape and out.dtype == batch.dtype
+  padded = np.pad(np.asarray(batch), ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+  shifts = set()
+  for i in range(16):
+    matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+               if (padded[i, dy:dy + 8, dx:dx + 8] == np.asarray(out[i])).all()]
+    assert matches, f"image {i} is not a crop of its padded original"
+    shifts.add(matches[0])
+  assert len(shifts) > 1
+  assert D.random_translate(jax.random.key(1), batch, 0) is batch
+
+
+def test_cutout(batch):
+  size = 4
+  images = batch.astype(jnp.float32) + 1.0  # No pixel is zero before cutout.
+  out = jax.jit(D.cutout, static_argnums=2)(jax.random.key(2), images, size)
+  assert out.shape == images.shape and out.dtype == images.dtype
+  for i in range(16):
+    zero = np.asarray((out[i] == 0).all(-1))
+    rows, cols = np.nonzero(zero)
+    assert 0 < zero.sum() <= size * size
+    # The zeroed region is one axis-aligned rectangle (a square clipped at the border).
+    assert zero.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    np.testing.assert_array_equal(np.asarray(out[i])[~zero], np.asarray(images[i])[~zero])
+
+
+def test_augmentations_depend_only_on_key(batch):
+  for fn in (D.random_flip, D.random_translate, D.cutout):
+    a = fn(jax.random.key(5), batch)
+    np.testing.assert_array_equal(a, fn(jax.random.key(5), batch))
+    assert not np.array_equal(a, fn(jax.random.key(6), batch))
+
+
+def test_augmentation_errors(batch):
+  with pytest.raises(ValueError, match="4-D array of NHWC images"):
+    D.random_flip(jax.random.key(0), batch[0])
+  with pytest.raises(ValueError, match="pad"):
+    D.random_translate(jax.random.key(0), batch, -1)
+  with pytest.raises(ValueError, match="size"):
+    D.cutout(jax.random.key(0), batch, -2)
+  with pytest.raises(TypeError, match="dtype"):
+    D.random_flip(jax.random.key(0), batch.astype(jnp.int32))
+
+
+def test_load_jpeg_pack(tmp_path):
+  import io
+  rng = np.random.default_rng(0)
+  pack = {}
+  originals = {}
+  for split, n in (("train", 5), ("test", 3)):
+    blobs = []
+    # Smooth images: JPEG keeps them close, unlike white noise.
+    ramp = np.linspace(0, 1, 32)
+    base = ramp[:, None, None] * ramp[None, :, None] * 255
+    originals[split] = (base * rng.uniform(0.2, 1, (n, 1, 1, 3))).astype(np.uint8)
+    for image in originals[split]:
+      buffer = io.BytesIO()
+      Image.fromarray(image).save(buffer, format="JPEG", quality=95)
+      blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+    pack[f"{split}_jpeg"] = np.concatenate(blobs)
+    pack[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+    pack[f"{split}_labels"] = rng.integers(0, 10, n).astype(np.uint8)
+  np.savez(tmp_path / "pack.npz", **pack, label_names=np.array(D.CIFAR10_LABEL_NAMES))
+  ds = D.load_cifar10(tmp_path / "pack.npz")
+  assert ds.x_train.shape == (5, 32, 32, 3) and ds.y_train.dtype == np.int32
+  np.testing.assert_array_equal(ds.y_test, pack["test_labels"])
+  # JPEG is lossy; at quality 95 the decoded pixels stay close to the originals.
+  assert np.abs(ds.x_train.astype(int) - originals["train"]).mean() < 3
+  del pack["test_labels"]
+  np.savez(tmp_path / "bad_pack.npz", **pack)
+  with pytest.raises(D.DataError, match=r"bad_pack\.npz: JPEG pack without test_labels"):
+    D.load_cifar10(tmp_path / "bad_pack.npz")
