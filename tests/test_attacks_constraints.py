@@ -236,3 +236,16 @@ def test_simplex_least_squares_recovers_a_point_inside_the_hull():
   np.testing.assert_allclose(np.asarray(c), weights, atol=1e-4)
   assert jax.jit(K.simplex_least_squares)(jnp.asarray(features),
                                           jnp.asarray(weights @ features)).shape == (4,)
+
+
+def test_simplex_least_squares_converges_with_its_defaults_on_collinear_features():
+  # Features of one class are nearly collinear (a shared direction plus small variations):
+  # plain projected gradient stalls there within its 10,000 iterations.
+  rng = np.random.default_rng(6)
+  features = 1.0 + 0.05 * rng.normal(0, 1, (25, 64))
+  target = 1.0 + 0.05 * rng.normal(0, 1, 64)
+  c = np.asarray(K.simplex_least_squares(jnp.asarray(features, jnp.float32),
+                                         jnp.asarray(target, jnp.float32)), np.float64)
+  objective = lambda c: 0.5 * np.sum((c @ features - target) ** 2)
+  reference = _simplex_least_squares_reference(features, target)
+  assert objective(c) <= objective(reference) * (1 + 1e-4) + 1e-9

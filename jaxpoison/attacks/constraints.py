@@ -204,12 +204,15 @@ def project_simplex(v: jax.Array) -> jax.Array:
 
 def simplex_least_squares(features: jax.Array, target: jax.Array, init: jax.Array | None = None,
                           *, tol: float = 1e-6, max_iters: int = 10_000) -> jax.Array:
-  """Solves min_{c ∈ simplex} ½‖featuresᵀ c − target‖² by projected gradient descent.
+  """Solves min_{c ∈ simplex} ½‖featuresᵀ c − target‖² by accelerated projected gradient.
 
   This is the coefficient step of Zhu et al.'s (2019) Algorithm 1: with `features` [P, D] the
   poisons' features and `target` [D] the target's, it returns the convex combination of the
-  poisons' features nearest to the target. Steps are 1/L with L the largest eigenvalue of the
-  P×P Gram matrix (exact, so every step descends); iteration stops when the relative change
+  poisons' features nearest to the target. The reference runs plain projected gradient; here
+  FISTA (Beck & Teboulle 2009) with the gradient-based adaptive restart of O'Donoghue & Candès
+  (2015) reaches the same minimizer in far fewer iterations (features of one class are nearly
+  collinear, which makes plain gradient steps crawl). Steps are 1/L with L the largest
+  eigenvalue of the P×P Gram matrix (exact). Iteration stops when the relative change
   ‖c_new − c‖ / ‖c‖ drops below `tol` (the reference's test) or after `max_iters`. `init`
   (default uniform 1/P) warm-starts the solve, as the attack does from its previous step.
   """
@@ -221,19 +224,25 @@ def simplex_least_squares(features: jax.Array, target: jax.Array, init: jax.Arra
   step = 1.0 / jnp.maximum(lipschitz, jnp.finfo(features.dtype).tiny)
   if init is None:
     init = jnp.full((num_poisons,), 1.0 / num_poisons, features.dtype)
+  one = jnp.ones((), features.dtype)
 
   def keep_going(state):
-    iteration, _, change = state
+    iteration, *_, change = state
     return (iteration < max_iters) & (change >= tol)
 
   def descend(state):
-    iteration, coeffs, _ = state
-    gradient = jnp.matmul(gram, coeffs, precision=highest) - correlation
-    updated = project_simplex(coeffs - step * gradient)
+    iteration, coeffs, previous, momentum, _ = state
+    extrapolated = coeffs + (momentum - 1.0) / (0.5 + jnp.sqrt(0.25 + momentum ** 2)) * (
+        coeffs - previous)
+    gradient = jnp.matmul(gram, extrapolated, precision=highest) - correlation
+    updated = project_simplex(extrapolated - step * gradient)
+    # Restart the momentum when it points uphill (O'Donoghue & Candès's gradient test).
+    uphill = jnp.dot(extrapolated - updated, updated - coeffs) > 0
+    momentum = jnp.where(uphill, one, 0.5 + jnp.sqrt(0.25 + momentum ** 2))
     change = jnp.linalg.norm(updated - coeffs) / jnp.maximum(jnp.linalg.norm(coeffs), 1e-8)
-    return iteration + 1, updated, change
+    return iteration + 1, updated, coeffs, momentum, change
 
-  state = (jnp.zeros((), jnp.int32), project_simplex(init.astype(features.dtype)),
-           jnp.asarray(jnp.inf, features.dtype))
-  _, coeffs, _ = jax.lax.while_loop(keep_going, descend, state)
+  start = project_simplex(init.astype(features.dtype))
+  state = (jnp.zeros((), jnp.int32), start, start, one, jnp.asarray(jnp.inf, features.dtype))
+  _, coeffs, *_ = jax.lax.while_loop(keep_going, descend, state)
   return coeffs
