@@ -51,7 +51,8 @@ def torch_bullseye(model_state, width, feature_dim, target, bases, *, steps, lr,
   with torch.no_grad():
     for name in ("conv1", "conv2"):
       layer = getattr(net, name)
-      layer.weight.copy_(torch.from_numpy(np.array(model_state[name]["kernel"][...]).transpose(3, 2, 0, 1)))
+      kernel = np.array(model_state[name]["kernel"][...])  # HWIO -> OIHW
+      layer.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1)))
       layer.bias.copy_(torch.from_numpy(np.array(model_state[name]["bias"][...])))
     net.head.weight.copy_(torch.from_numpy(np.array(model_state["head"]["kernel"][...]).T))
     net.head.bias.copy_(torch.from_numpy(np.array(model_state["head"]["bias"][...])))

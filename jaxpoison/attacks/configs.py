@@ -78,7 +78,8 @@ def _store(config, name: str, value) -> None:
 def _fraction(name: str, value, *, upper_open: bool = True) -> float:
   number = _positive(name, value, allow_zero=True)
   if number > 1 or (upper_open and number == 1):
-    raise ValueError(f"{name}: expected a value in [0, 1{')' if upper_open else ']'}, got {value!r}")
+    closing = ")" if upper_open else "]"
+    raise ValueError(f"{name}: expected a value in [0, 1{closing}, got {value!r}")
   return number
 
 
@@ -177,9 +178,10 @@ _POLYTOPE_DOC = """
 
 @dataclasses.dataclass(frozen=True)
 class ConvexPolytopeConfig(_PolytopeConfig):
-  __doc__ = ("Convex Polytope (Zhu et al. 2019), the benchmark's `craft_poisons_cp.py` defaults.\n"
-             + _POLYTOPE_DOC + """    coeff_tol, coeff_max_iters: stopping rule of the coefficient solve
-      (projected gradient on the simplex, warm-started from the previous step): 1e-6, 10000.
+  __doc__ = ("Convex Polytope (Zhu et al. 2019), the benchmark's `craft_poisons_cp.py` "
+             "defaults.\n" + _POLYTOPE_DOC + """    coeff_tol, coeff_max_iters: stopping rule of the coefficient solve
+      (accelerated projected gradient on the simplex, warm-started from the previous step; the
+      reference's tolerance and cap): 1e-6, 10000.
 """)
   coeff_tol: float = 1e-6
   coeff_max_iters: int = 10_000

@@ -206,10 +206,10 @@ def verify_poisons(poison_set: PoisonSet, dataset, *, origin: str = "poison set"
     problems.append(f"fingerprint lists {len(expected.get('base_sha256', []))} base images for "
                     f"{indices.size} poisons")
   if differing:
-    problems.append(f"base images differ at training indices {differing[:10]}"
-                    f"{' ...' if len(differing) > 10 else ''} ({len(differing)} of {indices.size}); "
-                    "the poisons were crafted on other images (another copy or ordering of the "
-                    "dataset?)")
+    more = " ..." if len(differing) > 10 else ""
+    problems.append(f"base images differ at training indices {differing[:10]}{more} "
+                    f"({len(differing)} of {indices.size}); the poisons were crafted on other "
+                    "images (another copy or ordering of the dataset?)")
   if _digest(dataset.x_test[poison_set.target_index]) != expected.get("target_sha256"):
     problems.append(f"the target image (test index {poison_set.target_index}) differs from the "
                     "one the poisons were crafted for")
@@ -218,9 +218,10 @@ def verify_poisons(poison_set: PoisonSet, dataset, *, origin: str = "poison set"
     wrong = indices[labels != poison_set.base_class]
     problems.append(f"training labels at {wrong[:10].tolist()} are not the base class "
                     f"{poison_set.base_class}")
-  if int(np.asarray(dataset.y_test)[poison_set.target_index]) != poison_set.target_class:
-    problems.append(f"the target's test label is {int(np.asarray(dataset.y_test)[poison_set.target_index])}, "
-                    f"not the recorded target class {poison_set.target_class}")
+  target_label = int(np.asarray(dataset.y_test)[poison_set.target_index])
+  if target_label != poison_set.target_class:
+    problems.append(f"the target's test label is {target_label}, not the recorded target class "
+                    f"{poison_set.target_class}")
   if not problems:
     excess = _bound_excess(poison_set, np.asarray(dataset.x_train)[indices])
     if excess:

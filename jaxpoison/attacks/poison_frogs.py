@@ -69,7 +69,8 @@ def _poison_frogs(key, ensemble, target_image, base_images, config: PoisonFrogsC
     candidate = project((forward + lam * beta * bases) / (1.0 + lam * beta))
     value, candidate_grad = evaluate(candidate, jax.random.fold_in(key, step_index + 2))
     accept = (value <= current) & ~done
-    change = jnp.sqrt(_squared_distance(candidate, x) / jnp.maximum(_squared_distance(x, 0.0), 1e-30))
+    change = jnp.sqrt(_squared_distance(candidate, x)
+                      / jnp.maximum(_squared_distance(x, 0.0), 1e-30))
     done = done | (accept & (change < config.tol))
     pick = lambda new, old: jnp.where(accept.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
     state = (pick(candidate, x), pick(value, current), pick(candidate_grad, grad),
