@@ -7,10 +7,24 @@ Public API, re-exported from the submodules:
   Cohen et al.'s PREDICT and CERTIFY; the names would clash with the classifier's `predict`
   at the top level), and `vote_counts`, `lower_confidence_bound`, `poisoning_radius`,
   `certified_accuracy`.
+* attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, their bounds,
+  trials and poison files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
+  `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
 """
 
 from importlib import metadata as _metadata
 
+from jaxpoison import attacks
+from jaxpoison.attacks import (
+    PoisonSet,
+    apply_poisons,
+    bullseye_polytope,
+    convex_polytope,
+    load_poisons,
+    poison_frogs,
+    sample_trial,
+    save_poisons,
+)
 from jaxpoison import certify
 from jaxpoison.certify import (
     ABSTAIN,

@@ -89,6 +89,40 @@ def check_sigma(sigma, *, name: str = "sigma", allow_zero: bool = False) -> floa
   return value
 
 
+PERTURBATION_NORMS = ("linf", "l2")
+
+
+def check_perturbation_bound(norm, epsilon, *, name: str = "epsilon",
+                             num_pixels: int | None = None) -> float:
+  """Checks an attack's perturbation bound ε (in [0, 1] pixel units) and returns it as a float.
+
+  `norm` is "linf" or "l2". A bound below one grey level (1/255) leaves no room for a uint8
+  poison; an ℓ∞ bound >= 1 or an ℓ2 bound beyond the image box's diameter (√num_pixels) is
+  almost surely a unit mistake (ε given in [0, 255] units).
+  """
+  if norm not in PERTURBATION_NORMS:
+    raise ValueError(f"norm: expected one of {PERTURBATION_NORMS}, got {norm!r}")
+  try:
+    value = float(epsilon)
+  except (TypeError, ValueError):
+    raise TypeError(f"{name}: expected a number, got {epsilon!r}") from None
+  if not math.isfinite(value) or value <= 0:
+    raise ValueError(f"{name}: expected a positive, finite {norm} bound, got {value}")
+  if value * 255 < 1:
+    raise ValueError(
+        f"{name}: {value} is below one grey level (1/255 ≈ 0.0039); a uint8 poison could not "
+        "differ from its base image")
+  if norm == "linf" and value >= 1:
+    raise ValueError(
+        f"{name}: an ℓ∞ bound of {value} allows any image; ε is in [0, 1] pixel units "
+        f"(e.g. 16/255 ≈ 0.0627), not [0, 255]")
+  if norm == "l2" and num_pixels is not None and value > math.sqrt(num_pixels):
+    raise ValueError(
+        f"{name}: an ℓ2 bound of {value} exceeds the diameter √{num_pixels} ≈ "
+        f"{math.sqrt(num_pixels):.1f} of the image box; ε is in [0, 1] pixel units")
+  return value
+
+
 def check_alpha(alpha, *, name: str = "alpha") -> float:
   value = float(alpha)
   if not 0.0 < value < 1.0:

@@ -1,0 +1,199 @@
+"""Attack configurations with the published defaults, and the result every attack returns.
+
+Sources of the defaults (read for facts, not code):
+* Schwarzschild et al. 2021, "Just How Toxic is Data Poisoning?", github.com/aks2203/
+  poisoning-benchmark: `poison_crafting/craft_poisons_{fc,cp,bp}.py` and their trainers.
+* Shafahi et al. 2018 (Poison Frogs), github.com/ashafahi/inceptionv3-transferLearn-poison.
+* Zhu et al. 2019 (Convex Polytope), github.com/zhuchen03/ConvexPolytopePosioning.
+* Aghakhani et al. 2021 (Bullseye Polytope), as packaged in the benchmark.
+
+The bound defaults to the ℓ∞ ε = 16/255 of Hong et al.'s Table 1 (the benchmark itself uses
+8/255); `L2_EPSILON` and `L2_EPSILON_TRANSFER` are the ℓ2 radii named in issue 6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import jax
+
+from jaxpoison._checks import check_perturbation_bound
+
+LINF_EPSILON = 16 / 255
+# 3.48 ≈ (16/255)·√(32·32·3): the ℓ2 ball that holds every ℓ∞ 16/255 perturbation of a CIFAR
+# image. 6.43: the radius Hong et al. use for the transfer-learning attacks.
+L2_EPSILON = 3.48
+L2_EPSILON_TRANSFER = 6.43
+# Per-channel standard deviation the benchmark normalizes CIFAR-10 inputs with; its polytope
+# attacks take Adam steps on the normalized image, i.e. lr·std per [0, 1] pixel unit.
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+# Poisons per trial in the benchmark's CIFAR-10 transfer-learning setting (1% of the 2,500
+# fine-tuning images).
+BENCHMARK_NUM_POISONS = 25
+
+
+class AttackResult(NamedTuple):
+  """What an attack returns (device arrays).
+
+  Attributes:
+    poisons: uint8 [P, H, W, C], the poisons after quantization; the bound holds exactly.
+    poisons_float: float32 [P, H, W, C] in [0, 1], the optimized poisons before quantization.
+    initial_loss: the attack's objective at the unperturbed bases (Poison Frogs: one value per
+      poison [P]; the polytope attacks: a scalar).
+    final_loss: the objective at the quantized poisons, same shape.
+    loss_history: the objective at every step ([num_steps, P] or [num_steps]).
+    coefficients: float32 [M, P], each ensemble member's convex coefficients of the poisons'
+      features (Convex Polytope: fitted; Bullseye: 1/P); None for Poison Frogs.
+  """
+  poisons: jax.Array
+  poisons_float: jax.Array
+  initial_loss: jax.Array
+  final_loss: jax.Array
+  loss_history: jax.Array
+  coefficients: jax.Array | None = None
+
+
+def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
+  kind = int if integer else float
+  if integer and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+    raise TypeError(f"{name}: expected an integer, got {value!r}")
+  try:
+    number = kind(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{name}: expected a number, got {value!r}") from None
+  if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ValueError(f"{name}: expected a finite value {bound}, got {value!r}")
+  return number
+
+
+def _store(config, name: str, value) -> None:
+  """Sets a validated field on a frozen config (as a plain Python value: hashable, JSON-able)."""
+  object.__setattr__(config, name, value)
+
+
+def _fraction(name: str, value, *, upper_open: bool = True) -> float:
+  number = _positive(name, value, allow_zero=True)
+  if number > 1 or (upper_open and number == 1):
+    closing = ")" if upper_open else "]"
+    raise ValueError(f"{name}: expected a value in [0, 1{closing}, got {value!r}")
+  return number
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoundedConfig:
+  norm: str = "linf"
+  epsilon: float = LINF_EPSILON
+
+  def __post_init__(self):
+    _store(self, "epsilon", check_perturbation_bound(self.norm, self.epsilon))
+
+  def to_dict(self) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonFrogsConfig(_BoundedConfig):
+  """Poison Frogs (feature collision), the benchmark's `craft_poisons_fc.py` defaults.
+
+  Attributes:
+    norm, epsilon: the bound; every iterate is projected onto the ball ∩ [0, 1].
+    num_steps: forward–backward iterations (benchmark: 120).
+    step_size: initial gradient step λ on ‖f(x) − f(t)‖² in [0, 1] pixel units (0.001).
+    beta: weight β of ‖x − b‖² handled by the proximal step x ← (x̂ + λβb)/(1 + λβ). None
+      takes the benchmark's choice: 0 for ℓ∞ (its ℓ∞ variant replaces the proximal step by the
+      projection) and 4.0 for ℓ2 (its `--l2` variant with normalized inputs).
+    watermark: opacity γ of the target blended into the start, x₀ = γt + (1 − γ)b (0.3).
+    step_decay: factor on λ when a step would raise the objective; the step is rejected (0.2).
+    tol: stop (per poison) once an accepted step changes x by less than tol relative (1e-5).
+  """
+  num_steps: int = 120
+  step_size: float = 1e-3
+  beta: float | None = None
+  watermark: float = 0.3
+  step_decay: float = 0.2
+  tol: float = 1e-5
+
+  def __post_init__(self):
+    super().__post_init__()
+    _store(self, "num_steps", _positive("num_steps", self.num_steps, integer=True))
+    _store(self, "step_size", _positive("step_size", self.step_size))
+    if self.beta is not None:
+      _store(self, "beta", _positive("beta", self.beta, allow_zero=True))
+    _store(self, "watermark", _fraction("watermark", self.watermark))
+    decay = _fraction("step_decay", self.step_decay)
+    if decay == 0:
+      raise ValueError("step_decay: expected a value in (0, 1), got 0")
+    _store(self, "step_decay", decay)
+    _store(self, "tol", _positive("tol", self.tol, allow_zero=True))
+
+  @property
+  def proximal_weight(self) -> float:
+    if self.beta is not None:
+      return float(self.beta)
+    return 0.0 if self.norm == "linf" else 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _PolytopeConfig(_BoundedConfig):
+  num_steps: int = 1200
+  learning_rate: float = 0.04
+  momentum: float = 0.9
+  decay_steps: tuple[int, ...] = ()
+  decay_ratio: float = 0.1
+  input_std: tuple[float, ...] | None = CIFAR10_STD
+
+  def __post_init__(self):
+    super().__post_init__()
+    _store(self, "num_steps", _positive("num_steps", self.num_steps, integer=True))
+    _store(self, "learning_rate", _positive("learning_rate", self.learning_rate))
+    _store(self, "momentum", _fraction("momentum", self.momentum))
+    _store(self, "decay_steps", tuple(_positive("decay_steps", step, integer=True, allow_zero=True)
+                                      for step in self.decay_steps))
+    _store(self, "decay_ratio", _positive("decay_ratio", self.decay_ratio))
+    if self.input_std is not None:
+      std = tuple(_positive("input_std", s) for s in self.input_std)
+      if not std:
+        raise ValueError("input_std: expected one value per channel, got an empty sequence")
+      _store(self, "input_std", std)
+
+
+_POLYTOPE_DOC = """
+  Adam (β₁ = momentum, β₂ = 0.999) on the poison batch, each step followed by the projection
+  onto the ball ∩ [0, 1]; the benchmark's defaults: 1200 steps, lr 0.04, no decay.
+
+  Attributes:
+    norm, epsilon: the bound.
+    num_steps: outer iterations (benchmark: 1200; Zhu et al.'s own code: 4000).
+    learning_rate: Adam's step in units of the normalized input (x − mean) / input_std, as the
+      reference optimizes the normalized image (0.04).
+    momentum: Adam's β₁ (0.9).
+    decay_steps, decay_ratio: multiply the learning rate by decay_ratio at these steps (none).
+    input_std: per-channel std of that normalization (CIFAR-10's); None steps in [0, 1] units.
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvexPolytopeConfig(_PolytopeConfig):
+  __doc__ = ("Convex Polytope (Zhu et al. 2019), the benchmark's `craft_poisons_cp.py` "
+             "defaults.\n" + _POLYTOPE_DOC + """    coeff_tol, coeff_max_iters: stopping rule of the coefficient solve
+      (accelerated projected gradient on the simplex, warm-started from the previous step; the
+      reference's tolerance and cap): 1e-6, 10000.
+""")
+  coeff_tol: float = 1e-6
+  coeff_max_iters: int = 10_000
+
+  def __post_init__(self):
+    super().__post_init__()
+    _store(self, "coeff_tol", _positive("coeff_tol", self.coeff_tol))
+    _store(self, "coeff_max_iters", _positive("coeff_max_iters", self.coeff_max_iters,
+                                              integer=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class BullseyePolytopeConfig(_PolytopeConfig):
+  __doc__ = ("Bullseye Polytope (Aghakhani et al. 2021), the benchmark's `craft_poisons_bp.py` "
+             "defaults.\n" + _POLYTOPE_DOC)
