@@ -10,6 +10,7 @@ split state, and the whole loop stays on the device.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from typing import Any
@@ -27,6 +28,7 @@ from jaxpoison.classifier.models import Whitening, create_model, init_head, whit
 # fold_in tags of a model's key, one stream per use.
 _INIT, _DATA, _FLIP, _AUG, _HEAD = range(5)
 _LOOKAHEAD_EVERY = 5
+TRACES: collections.Counter = collections.Counter()
 
 
 class InsufficientMemoryError(RuntimeError):
@@ -164,6 +166,7 @@ def make_train_fn(config: TrainConfig):
     return init_head(config, jax.random.fold_in(key, _HEAD), dtype)
 
   def train_fn(keys, images, labels, init: TrainedModels | None = None):
+    TRACES[config] += 1  # Runs once per trace: the tests' recompilation counter.
     num_models = keys.shape[0]
     shared = images.ndim == 4
     num_train = images.shape[-4]
