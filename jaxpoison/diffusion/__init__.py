@@ -37,3 +37,12 @@ from jaxpoison.diffusion.unet import (
     improved_diffusion_cifar10_config,
     timestep_embedding,
 )
+from jaxpoison.diffusion.denoise import (
+    denoise_multistep,
+    denoising_psnr,
+    image_noise,
+    multistep_timesteps,
+    noise_and_denoise,
+    noise_and_denoise_many,
+    psnr,
+)
