@@ -164,6 +164,7 @@ def train_chunk_stepwise(state: DenoiserTrainState, images, cfg: DenoiserTrainCo
 def _save_state(state: DenoiserTrainState, directory: Path) -> None:
   """Orbax checkpoint of the full train state, written to a temp dir and renamed."""
   import orbax.checkpoint as ocp
+  directory = directory.absolute()
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".state.", suffix=".tmp"))
   try:
@@ -205,7 +206,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, images: np.ndarray, out_dir: str | 
   returning. `use_scan` (default: not on a CPU) runs each chunk as one lax.scan program;
   otherwise as `train_chunk_stepwise`.
   """
-  out = Path(out_dir)
+  out = Path(out_dir).absolute()  # orbax wants absolute paths
   out.mkdir(parents=True, exist_ok=True)
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4:
