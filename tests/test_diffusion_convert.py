@@ -24,8 +24,7 @@ DDPM_CIFAR10 = dict(  # google/ddpm-cifar10-32's config.json
     attention_head_dim=None, time_embedding_type="positional", act_fn="silu")
 TINY = dict(sample_size=16, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
             down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
-            resnet_time_scale_shift="scale_shift")
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
 
 
 def _compare(model, den, size, t):
@@ -81,7 +80,7 @@ def test_safetensors_folder_round_trip_and_script(tmp_path):
       {"beta_schedule": "linear", "beta_start": 2e-4, "beta_end": 0.03,
        "num_train_timesteps": 500}))
   den = convert.load_diffusers(tmp_path)
-  assert den.unet.scale_shift_norm and den.unet.attention_resolutions == (8,)
+  assert den.unet.attention_resolutions == (8,) and den.unet.heads(32) == 4
   assert den.schedule == D.linear_schedule(500, 2e-4, 0.03)
   assert _compare(model, den, 16, [5, 400]) <= 1e-4
   repo = Path(__file__).resolve().parent.parent

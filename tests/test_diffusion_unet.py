@@ -63,7 +63,7 @@ def test_timestep_embedding_matches_diffusers(flip, shift):
   ref = get_timestep_embedding(torch.tensor(t), 128, flip_sin_to_cos=flip,
                                downscale_freq_shift=shift).numpy()
   ours = np.asarray(D.timestep_embedding(t, 128, flip_sin_to_cos=flip, freq_shift=shift))
-  np.testing.assert_allclose(ours, ref, atol=2e-5)
+  np.testing.assert_allclose(ours, ref, atol=3e-4)  # float32 sin/cos of args up to 999
 
 
 def test_config_validation_and_json_round_trip():

@@ -105,6 +105,11 @@ def unet_config_from_diffusers(config: dict) -> UNetConfig:
       raise ValueError(f"diffusers config: non-square sample_size {size} is not supported")
     size = size[0]
   groups = get("norm_num_groups", 32)
+  if (config.get("resnet_time_scale_shift") == "scale_shift" and config.get("add_attention", True)
+      and config.get("attn_norm_num_groups") is None):
+    # diffusers then builds the middle block's attention without a GroupNorm.
+    raise ValueError("diffusers config: resnet_time_scale_shift='scale_shift' without "
+                     "attn_norm_num_groups (a mid-block attention with no GroupNorm) is not supported")
   if config.get("attn_norm_num_groups") not in (None, groups):
     raise ValueError("diffusers config: attn_norm_num_groups != norm_num_groups is not supported")
   return UNetConfig(
@@ -237,27 +242,27 @@ def convert_improved_diffusion_state_dict(state_dict: dict, unet: UNetConfig | N
   for key, value in state_dict.items():
     value = _numpy(value)
     prefix, _, leaf = key.rpartition(".")
-    if prefix not in mapping:
-      unexpected.append(key)
-      continue
-    dst = mapping[prefix]
-    if ".attentions." in dst:
-      sub = prefix.rsplit(".", 1)[0]
-      part = key[len(sub) + 1:]
-      if part.startswith("norm."):
+    module, _, part = prefix.rpartition(".")
+    if module in mapping and ".attentions." in mapping[module]:
+      dst = mapping[module]
+      if part == "norm":
         _place(params, expected, f"{dst}.group_norm.{leaf}", value, key, unexpected)
-      elif part.startswith("qkv."):
+      elif part == "qkv":
         c = value.shape[0] // 3
         heads = unet.heads(c)
         w = value.reshape(heads, 3, c // heads, *value.shape[1:])
         for idx, name in enumerate(("to_q", "to_k", "to_v")):
           _place(params, expected, f"{dst}.{name}.{leaf}", w[:, idx].reshape(c, *value.shape[1:]),
                  key, unexpected)
-      elif part.startswith("proj_out."):
+      elif part == "proj_out":
         _place(params, expected, f"{dst}.to_out.{leaf}", value, key, unexpected)
       else:
         unexpected.append(key)
       continue
+    if prefix not in mapping:
+      unexpected.append(key)
+      continue
+    dst = mapping[prefix]
     _place(params, expected, f"{dst}.{leaf}", value, key, unexpected)
   return _finish(params, unexpected, unet, schedule, source)
 
