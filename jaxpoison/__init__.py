@@ -10,6 +10,8 @@ Public API, re-exported from the submodules:
 * attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, their bounds,
   trials and poison files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
   `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
+* denoising: the subpackage `diffusion` (DDPM schedules, the Flax UNet, checkpoint conversion,
+  training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
 """
 
 from importlib import metadata as _metadata
@@ -51,6 +53,8 @@ from jaxpoison.data import (
     random_flip,
     random_translate,
 )
+from jaxpoison import diffusion
+from jaxpoison.diffusion import Denoiser, default_denoiser, load_denoiser, noise_and_denoise
 from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text
 
 try:

@@ -1,0 +1,123 @@
+"""noise_and_denoise and friends: purity, batch-size independence, many vs single, dtypes,
+tracing inside an outer jit, no recompilation, errors, the multi-step process and PSNR."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpoison import diffusion as D
+from jaxpoison.diffusion import denoise as denoise_module
+
+TINY = D.UNetConfig(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                    attention_resolutions=(4,), norm_num_groups=4)
+
+
+@pytest.fixture(scope="module")
+def den():
+  return D.create_denoiser(TINY, D.linear_schedule(), jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(0).integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+
+
+def test_pure_and_dtype_preserving(den, images):
+  key = jax.random.key(3)
+  a = D.noise_and_denoise(den, images, 0.25, key, batch_size=4)
+  b = D.noise_and_denoise(den, images, 0.25, key, batch_size=4)
+  assert a.dtype == jnp.uint8 and a.shape == images.shape
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, D.noise_and_denoise(den, images, 0.25, jax.random.key(4),
+                                                   batch_size=4))
+  f = D.noise_and_denoise(den, images.astype(np.float32) / 255, 0.25, key, batch_size=4)
+  assert f.dtype == jnp.float32 and 0 <= float(f.min()) and float(f.max()) <= 1
+  # uint8 output is the rounded float output.
+  assert np.abs(np.asarray(f) * 255 - np.asarray(a, np.float32)).max() <= 0.5 + 1e-3
+
+
+def test_independent_of_batch_size(den, images):
+  key = jax.random.key(5)
+  x = images.astype(np.float32) / 255
+  outs = [np.asarray(D.noise_and_denoise(den, x, 0.5, key, batch_size=b)) for b in (2, 7, 100)]
+  for o in outs[1:]:
+    np.testing.assert_allclose(o, outs[0], atol=1e-5)
+  # Image i's result depends on its own index only: a prefix gives the same images.
+  np.testing.assert_allclose(np.asarray(D.noise_and_denoise(den, x[:3], 0.5, key)), outs[0][:3],
+                             atol=1e-5)
+
+
+def test_many_equals_separate_calls(den, images):
+  keys = jax.random.split(jax.random.key(6), 3)
+  many = D.noise_and_denoise_many(den, images, 0.25, keys, batch_size=4)
+  assert many.shape == (3, *images.shape) and many.dtype == jnp.uint8
+  for m in range(3):
+    np.testing.assert_array_equal(many[m], D.noise_and_denoise(den, images, 0.25, keys[m],
+                                                               batch_size=4))
+  assert not np.array_equal(many[0], many[1])
+
+
+def test_traceable_inside_outer_jit_and_no_recompilation(den, images):
+  outer = jax.jit(lambda d, x, k: D.noise_and_denoise(d, x, 0.25, k, batch_size=4))
+  key = jax.random.key(7)
+  np.testing.assert_array_equal(outer(den, images, key),
+                                D.noise_and_denoise(den, images, 0.25, key, batch_size=4))
+  jitted = denoise_module._noise_and_denoise_jit
+  D.noise_and_denoise(den, images, 0.25, key, batch_size=4)
+  size = jitted._cache_size()
+  D.noise_and_denoise(den, images[::-1].copy(), 0.25, jax.random.key(8), batch_size=4)
+  assert jitted._cache_size() == size
+
+
+def test_bfloat16_compute_is_close(den, images):
+  key = jax.random.key(9)
+  x = images.astype(np.float32) / 255
+  a = D.noise_and_denoise(den, x, 0.25, key)
+  b = D.noise_and_denoise(den, x, 0.25, key, compute_dtype=jnp.bfloat16)
+  assert b.dtype == jnp.float32
+  assert float(jnp.abs(a - b).mean()) < 0.02
+
+
+def test_errors(den, images):
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match=r"\(8, 8, 3\)"):
+    D.noise_and_denoise(den, np.zeros((2, 16, 16, 3), np.uint8), 0.25, key)
+  with pytest.raises(ValueError, match="4-D"):
+    D.noise_and_denoise(den, images[0], 0.25, key)
+  with pytest.raises(TypeError, match="dtype"):
+    D.noise_and_denoise(den, images.astype(np.int32), 0.25, key)
+  for sigma in (0.0, -0.5, 255.0):
+    with pytest.raises(ValueError, match="sigma"):
+      D.noise_and_denoise(den, images, sigma, key)
+  with pytest.raises(TypeError, match="key"):
+    D.noise_and_denoise(den, images, 0.25, 123)
+  with pytest.raises(ValueError, match="batch_size"):
+    D.noise_and_denoise(den, images, 0.25, key, batch_size=0)
+
+
+def test_multistep(den, images):
+  key = jax.random.key(11)
+  one = D.denoise_multistep(den, images, 0.25, key, num_steps=1, batch_size=4)
+  np.testing.assert_array_equal(one, D.noise_and_denoise(den, images, 0.25, key, batch_size=4))
+  a = D.denoise_multistep(den, images, 0.25, key, num_steps=4, batch_size=4)
+  assert a.shape == images.shape and a.dtype == jnp.uint8
+  np.testing.assert_array_equal(a, D.denoise_multistep(den, images, 0.25, key, num_steps=4,
+                                                       batch_size=4))
+  assert not np.array_equal(a, one)
+  steps = D.multistep_timesteps(100, None)
+  assert steps[0] == 100 and steps[-1] == 0 and len(steps) == 101
+  steps = D.multistep_timesteps(100, 5)
+  assert list(steps) == [100, 75, 50, 25, 0]
+  with pytest.raises(ValueError, match="start_timestep"):
+    D.denoise_multistep(den, images, 0.25, key, start_timestep=5000)
+
+
+def test_psnr_against_numpy():
+  rng = np.random.default_rng(1)
+  a = rng.random((3, 4, 4, 3)).astype(np.float32)
+  b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1).astype(np.float32)
+  ref = 10 * np.log10(1 / ((a - b) ** 2).mean(axis=(1, 2, 3)))
+  np.testing.assert_allclose(D.psnr(a, b), ref, rtol=1e-5)
+  u = (a * 255).round().astype(np.uint8)
+  np.testing.assert_allclose(D.psnr(u, u.astype(np.float32) / 255), 120.0)
