@@ -600,6 +600,24 @@ def write_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Pa
 
 # --- the victim: pretraining and fine-tuning -----------------------------------------------------
 
+MODEL_NAMES = ("resnet18", "airbench94", "tiny_resnet18", "tiny_airbench94")
+
+
+def model_config(name: str, **changes):
+  """The classifier's TrainConfig for an architecture name (`MODEL_NAMES`): resnet18 (the
+  paper's victim), airbench94, or their tiny test versions; `changes` override fields."""
+  from jaxpoison import classifier
+  builders = {
+      "resnet18": classifier.resnet18_config,
+      "airbench94": classifier.airbench94_config,
+      "tiny_resnet18": functools.partial(classifier.tiny_config, "resnet18"),
+      "tiny_airbench94": functools.partial(classifier.tiny_config, "airbench94"),
+  }
+  if name not in builders:
+    raise ValueError(f"model: expected one of {MODEL_NAMES}, got {name!r}")
+  return builders[name](**changes)
+
+
 def finetune_train_config(victim, finetune: FineTuneConfig):
   """The victim's fine-tuning recipe: its pretraining config with a linear probe's settings.
 
