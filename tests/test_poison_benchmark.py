@@ -216,3 +216,87 @@ def test_poisoned_images_replace_exactly_the_bases():
   outside = dataclasses.replace(poison_set, indices=split.pretrain[:3])
   with pytest.raises(A.PoisonFileError, match="not in the fine-tune set"):
     pb.poisoned_images(images, split.finetune, outside)
+
+
+# --- end to end: tiny victim, tiny data, tiny random denoiser ----------------------------------
+
+E2E_SHAPE = (16, 16, 3)
+E2E_SPEC = DatasetSpec("tiny16", E2E_SHAPE, 10)
+
+
+@pytest.fixture(scope="module")
+def e2e():
+  from jaxpoison import classifier, diffusion
+  dataset = _dataset(per_class=30, num_test=60, shape=E2E_SHAPE, spec=E2E_SPEC, seed=3)
+  victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE, epochs=1, batch_size=50,
+                                  whitening_images=100, tta_level=0)
+  unet = diffusion.UNetConfig(sample_size=16, block_out_channels=(8, 8), layers_per_block=1,
+                              attention_resolutions=(), norm_num_groups=4, mid_attention=False)
+  denoiser = diffusion.create_denoiser(unet, diffusion.linear_schedule(), jax.random.key(7))
+  config = pb.BenchmarkConfig(
+      attacks=("bullseye_polytope",), num_trials=2, sigmas=(0.0, 0.25), num_poisons=3,
+      finetune_per_class=6, num_eval=40, victim=victim, craft_steps=3,
+      finetune=pb.FineTuneConfig(epochs=2, batch_size=20), denoise_batch_size=32)
+  return dataset, config, denoiser
+
+
+def _essential(records):
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
+  from jaxpoison import classifier
+  dataset, config, denoiser = e2e
+  logs = []
+  full = pb.run_benchmark(config, dataset, tmp_path / "full", denoiser=denoiser,
+                          log=logs.append)
+  assert [r["trial"] for r in full] == [0, 1]
+  assert any("pretraining" in line for line in logs)
+  for record in full:
+    assert record["sigmas"] == [0.0, 0.25] and record["num_poisons"] == 3
+    assert record["finetune_size"] == 60 and record["scenario"] == "white-box"
+    assert record["success"] == [p == record["base_class"] for p in record["target_prediction"]]
+    assert all(0.0 <= a <= 1.0 for a in record["clean_accuracy"])
+    assert "half of the training set" in record["pretraining"]
+    assert (tmp_path / "full" / record["poison_file"]).is_file()
+  table = (tmp_path / "full" / "table.md").read_text()
+  assert table == pb.render_table(full) and "| Bullseye Polytope | white-box | 2 |" in table
+  assert (tmp_path / "full" / "table.csv").read_text() == pb.render_table(full, format="csv")
+  assert (tmp_path / "full" / "pretrained" / "victim" / "pretrained.json").is_file()
+
+  # Interrupted after one trial, then rerun: the same records as the uninterrupted run.
+  pretrained = tmp_path / "full" / "pretrained" / "victim" / "models"
+  part = pb.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+                          pretrained=pretrained, stop_after=1, log=logs.append)
+  assert [r["trial"] for r in part] == [0]
+  resumed = pb.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+                             pretrained=pretrained, log=logs.append)
+  strip = lambda records: [{k: v for k, v in r.items() if k != "pretraining"}
+                           for r in _essential(records)]
+  assert strip(resumed) == strip(full)
+  # Nothing is redone on a rerun of a finished run.
+  again = pb.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+                           pretrained=pretrained, log=logs.append)
+  assert again == resumed
+
+  # Fine-tuning the two trials at once (one model each) gives the same results.
+  batched = pb.run_benchmark(dataclasses.replace(config, trials_per_step=2), dataset,
+                             tmp_path / "batched", denoiser=denoiser, pretrained=pretrained,
+                             log=logs.append)
+  for a, b in zip(batched, resumed):
+    assert a["target_prediction"] == b["target_prediction"]
+    np.testing.assert_allclose(a["clean_accuracy"], b["clean_accuracy"], atol=1 / 40)
+
+  # A folder written with other settings is refused, naming them.
+  with pytest.raises(pb.BenchmarkConfigError, match=r"settings\.sigmas"):
+    pb.run_benchmark(dataclasses.replace(config, sigmas=(0.0, 0.5)), dataset,
+                     tmp_path / "resumed", denoiser=denoiser, pretrained=pretrained)
+  other_denoiser = dataclasses.replace(denoiser, params=jax.tree.map(lambda p: p + 1,
+                                                                     denoiser.params))
+  with pytest.raises(pb.BenchmarkConfigError, match=r"denoiser\.params_sha256"):
+    pb.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=other_denoiser,
+                     pretrained=pretrained)
+  # The pretrained extractor is reused, not retrained, on a rerun.
+  models = classifier.load_models(pretrained)
+  assert pb.params_fingerprint(models.state) == json.loads(
+      (tmp_path / "full" / pb.RUN_FILE).read_text())["victim"]["params_sha256"]
