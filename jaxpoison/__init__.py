@@ -10,6 +10,8 @@ Public API, re-exported from the submodules:
 * attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, their bounds,
   trials and poison files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
   `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
+* attack benchmark (the paper's Table 1): the module `poison_benchmark`, and
+  `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
 """
 
 from importlib import metadata as _metadata
@@ -52,6 +54,13 @@ from jaxpoison.data import (
     random_translate,
 )
 from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from jaxpoison import poison_benchmark
+from jaxpoison.poison_benchmark import (
+    BenchmarkConfig,
+    FineTuneConfig,
+    render_table,
+    run_benchmark,
+)
 
 try:
   __version__ = _metadata.version("jaxpoison")
