@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxpoison import attacks as A
+from jaxpoison import io as jp_io
 from jaxpoison import poison_benchmark as pb
 from jaxpoison.attacks import testing
 from jaxpoison.data import DatasetSpec, make_dataset
@@ -300,3 +301,23 @@ def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
   models = classifier.load_models(pretrained)
   assert pb.params_fingerprint(models.state) == json.loads(
       (tmp_path / "full" / pb.RUN_FILE).read_text())["victim"]["params_sha256"]
+
+
+def test_load_results_and_the_script_render_the_table(tmp_path, capsys):
+  import importlib.util
+  from pathlib import Path
+  for record in HAND_MADE:
+    jp_io.atomic_write_json(pb.result_path(tmp_path, record["attack"], record["trial"]), record)
+  records = pb.load_results(tmp_path)
+  assert [(r["attack"], r["trial"]) for r in records] == [
+      ("bullseye_polytope", 0), ("bullseye_polytope", 1), ("convex_polytope", 0),
+      ("poison_frogs", 0), ("poison_frogs", 1)]
+  assert pb.load_results(tmp_path, ["poison_frogs"]) == records[3:]
+  script = Path(__file__).resolve().parents[1] / "scripts" / "poison_benchmark.py"
+  spec = importlib.util.spec_from_file_location("poison_benchmark_script", script)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.main(["--out", str(tmp_path), "--table_only"])
+  assert capsys.readouterr().out == pb.render_table(HAND_MADE)
+  assert (tmp_path / "table.md").read_text() == pb.render_table(HAND_MADE)
+  assert (tmp_path / "table.csv").read_text() == pb.render_table(HAND_MADE, format="csv")
