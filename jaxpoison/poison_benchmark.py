@@ -632,13 +632,18 @@ def finetune_train_config(victim, finetune: FineTuneConfig):
       trainable="head", reinit_head=True)
 
 
-def _pretrained_info(source: str, models, num_images: int | None) -> dict[str, Any]:
+def _pretrained_info(source: str, models, pretraining: str | None) -> dict[str, Any]:
   info = {"source": source, "model": models.config.model,
           "config": _config_dict(models.config), "params_sha256": params_fingerprint(models.state)}
-  if num_images is not None:
-    info["pretraining"] = (f"{num_images} images: one half of the training set (the paper "
-                           "pretrains on CIFAR-100), disjoint from the fine-tune set")
+  if pretraining is not None:
+    info["pretraining"] = pretraining
   return info
+
+
+def pretraining_note(dataset, split: Split) -> str:
+  """What the default extractor was pretrained on, for the records."""
+  return (f"pretrained on {split.pretrain.size} images of {dataset.name}: half of the training "
+          "set, disjoint from the fine-tune set (the paper pretrains on CIFAR-100)")
 
 
 def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key: jax.Array,
@@ -665,11 +670,13 @@ def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key:
       train_config)
   classifier.save_models(path / "models", models)
   seconds = time.perf_counter() - start
-  accuracy = float(classifier.evaluate(models, dataset.x_test[:1000], dataset.y_test[:1000])[0])
-  io.atomic_write_json(done, {"seconds": seconds, "test_accuracy_first_1000": accuracy,
-                              "num_images": int(split.pretrain.size)})
+  num_test = min(1000, dataset.x_test.shape[0])
+  accuracy = float(classifier.evaluate(models, dataset.x_test[:num_test],
+                                       dataset.y_test[:num_test])[0])
+  io.atomic_write_json(done, {"seconds": seconds, "test_accuracy": accuracy,
+                              "num_test": num_test, "num_images": int(split.pretrain.size)})
   log(f"pretrained {train_config.model} in {seconds:.0f} s, test accuracy {accuracy:.3f} "
-      "(first 1000 test images)")
+      f"(first {num_test} test images)")
   return models
 
 
@@ -787,7 +794,7 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
       models = load_or_pretrain(out_dir / "pretrained" / name, dataset, split, train_config,
                                 jax.random.fold_in(pretrain_key, role), log=log)
       return classifier.select(models, 0), _pretrained_info(
-          f"pretrained/{name}", models, int(split.pretrain.size))
+          f"pretrained/{name}", models, pretraining_note(dataset, split))
     if isinstance(given, (str, Path)):
       models = classifier.load_models(given)
       source = str(given)
@@ -870,7 +877,8 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
                        for poison_set, score in zip(poison_sets, scores)])
       rates = ", ".join(f"σ={sigma:g}: {rate:.2f}"
                         for sigma, rate in zip(config.sigmas, hits.mean(axis=0)))
-      log(f"{attack}: trials {chunk[0]}–{chunk[-1]} done in {seconds:.1f} s (success {rates})")
+      trials = f"trial {chunk[0]}" if len(chunk) == 1 else f"trials {chunk[0]}–{chunk[-1]}"
+      log(f"{attack}: {trials} done in {seconds:.1f} s (success {rates})")
     if stopped:
       break
   results = load_results(out_dir, config.attacks)

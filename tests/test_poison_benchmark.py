@@ -259,6 +259,7 @@ def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
     assert record["success"] == [p == record["base_class"] for p in record["target_prediction"]]
     assert all(0.0 <= a <= 1.0 for a in record["clean_accuracy"])
     assert "half of the training set" in record["pretraining"]
+    assert "CIFAR-100" in record["pretraining"]
     assert (tmp_path / "full" / record["poison_file"]).is_file()
   table = (tmp_path / "full" / "table.md").read_text()
   assert table == pb.render_table(full) and "| Bullseye Polytope | white-box | 2 |" in table
