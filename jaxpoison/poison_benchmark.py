@@ -500,10 +500,12 @@ def _sigma_label(sigma: float) -> str:
   return "σ = 0 (no defense)" if sigma == 0 else f"σ = {sigma:g}"
 
 
-def _row_key(record) -> tuple[int, str, str]:
+def _row_key(record) -> tuple[int, str, bool, str]:
+  """Rows in attack order, white-box before black-box."""
   attack = record["attack"]
   order = ATTACK_NAMES.index(attack) if attack in ATTACK_NAMES else len(ATTACK_NAMES)
-  return order, attack, record.get("scenario", "white-box")
+  scenario = record.get("scenario", "white-box")
+  return order, attack, scenario != "white-box", scenario
 
 
 def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
@@ -534,7 +536,7 @@ def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
     cells = {sigma: (float(np.mean([h for h, _ in values])), float(np.mean([a for _, a in values])),
                      len(values))
              for sigma, values in sorted(rows[key].items())}
-    summary.append({"attack": key[1], "scenario": key[2], "trials": counts[key], "cells": cells})
+    summary.append({"attack": key[1], "scenario": key[3], "trials": counts[key], "cells": cells})
   return summary
 
 

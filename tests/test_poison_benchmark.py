@@ -50,6 +50,7 @@ HAND_MADE = [
     _record("poison_frogs", 1, [0.0, 0.1], [False, False], [0.92, 0.91]),
     _record("bullseye_polytope", 1, [0.0, 0.1], [True, True], [0.80, 0.70]),
     _record("convex_polytope", 0, [0.0], [True], [0.5], scenario="black-box (a → b)"),
+    _record("poison_frogs", 2, [0.1], [True], [0.6], scenario="black-box (a → b)"),
 ]
 
 
@@ -59,6 +60,7 @@ def test_render_table_markdown_on_hand_made_results():
       "| attack | scenario | trials | σ = 0 (no defense) | σ = 0.1 |",
       "|---|---|---:|---:|---:|",
       "| Poison Frogs | white-box | 2 | 50.0% (93.0%) | 0.0% (92.0%) |",
+      "| Poison Frogs | black-box (a → b) | 1 | — | 100.0% (60.0%) |",
       "| Convex Polytope | black-box (a → b) | 1 | 100.0% (50.0%) | — |",
       "| Bullseye Polytope | white-box | 2 | 100.0% (85.0%) | 50.0% (75.0%) |",
   ]
@@ -73,9 +75,10 @@ def test_render_table_csv_on_hand_made_results():
   assert rows[0] == ["attack", "scenario", "trials", "success % σ=0", "clean accuracy % σ=0",
                      "success % σ=0.1", "clean accuracy % σ=0.1"]
   assert rows[1] == ["poison_frogs", "white-box", "2", "50.0", "93.0", "0.0", "92.0"]
-  assert rows[2] == ["convex_polytope", "black-box (a → b)", "1", "100.0", "50.0", "", ""]
-  assert rows[3] == ["bullseye_polytope", "white-box", "2", "100.0", "85.0", "50.0", "75.0"]
-  assert len(rows) == 4
+  assert rows[2] == ["poison_frogs", "black-box (a → b)", "1", "", "", "100.0", "60.0"]
+  assert rows[3] == ["convex_polytope", "black-box (a → b)", "1", "100.0", "50.0", "", ""]
+  assert rows[4] == ["bullseye_polytope", "white-box", "2", "100.0", "85.0", "50.0", "75.0"]
+  assert len(rows) == 5
 
 
 def test_render_table_errors():
@@ -312,7 +315,7 @@ def test_load_results_and_the_script_render_the_table(tmp_path, capsys):
   records = pb.load_results(tmp_path)
   assert [(r["attack"], r["trial"]) for r in records] == [
       ("bullseye_polytope", 0), ("bullseye_polytope", 1), ("convex_polytope", 0),
-      ("poison_frogs", 0), ("poison_frogs", 1)]
+      ("poison_frogs", 0), ("poison_frogs", 1), ("poison_frogs", 2)]
   assert pb.load_results(tmp_path, ["poison_frogs"]) == records[3:]
   script = Path(__file__).resolve().parents[1] / "scripts" / "poison_benchmark.py"
   spec = importlib.util.spec_from_file_location("poison_benchmark_script", script)
