@@ -690,6 +690,9 @@ def _finetune_and_score(train_config):
 
   @jax.jit
   def run(keys, images, labels, init, targets, eval_images, eval_labels):
+    # The labels are the same for every trial (clean-label poisons keep the bases' labels);
+    # given per model, [M, N], like the images.
+    labels = jnp.broadcast_to(labels, images.shape[:2])
     models = train(keys, images, labels, init)
     # predictions [M, M]: model m's prediction of every trial's target; its own is the diagonal.
     predictions = jnp.diagonal(classifier.predict(models, targets))
@@ -776,7 +779,7 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
   Returns:
     Every finished record under out_dir (also rendered to table.md and table.csv).
   """
-  from jaxpoison import classifier, diffusion
+  from jaxpoison import classifier
   if not isinstance(config, BenchmarkConfig):
     raise TypeError(f"config: expected a BenchmarkConfig, got {type(config).__name__}")
   if stop_after is not None:
@@ -811,6 +814,7 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
     crafter, crafter_meta = extractor_models(crafter_pretrained, config.crafter,
                                              PRETRAIN_CRAFTER, "crafter")
   if any(sigma > 0 for sigma in config.sigmas):
+    from jaxpoison import diffusion
     if denoiser is None:
       denoiser, denoiser_source = diffusion.default_denoiser(), "default_denoiser()"
     elif isinstance(denoiser, (str, Path)):

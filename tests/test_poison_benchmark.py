@@ -224,8 +224,8 @@ def test_poisoned_images_replace_exactly_the_bases():
 
 # --- end to end: tiny victim, tiny data, tiny random denoiser ----------------------------------
 
-E2E_SHAPE = (16, 16, 3)
-E2E_SPEC = DatasetSpec("tiny16", E2E_SHAPE, 10)
+E2E_SHAPE = (32, 32, 3)
+E2E_SPEC = DatasetSpec("tiny32", E2E_SHAPE, 10)
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ def e2e():
   dataset = _dataset(per_class=30, num_test=60, shape=E2E_SHAPE, spec=E2E_SPEC, seed=3)
   victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE, epochs=1, batch_size=50,
                                   whitening_images=100, tta_level=0)
-  unet = diffusion.UNetConfig(sample_size=16, block_out_channels=(8, 8), layers_per_block=1,
+  unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 8), layers_per_block=1,
                               attention_resolutions=(), norm_num_groups=4, mid_attention=False)
   denoiser = diffusion.create_denoiser(unet, diffusion.linear_schedule(), jax.random.key(7))
   config = pb.BenchmarkConfig(
