@@ -61,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison import attacks, io
+from jaxpoison import attacks, classifier, io
 from jaxpoison._checks import check_perturbation_bound, check_sigma
 from jaxpoison.attacks.configs import BENCHMARK_NUM_POISONS, LINF_EPSILON
 
@@ -608,7 +608,6 @@ MODEL_NAMES = ("resnet18", "airbench94", "tiny_resnet18", "tiny_airbench94")
 def model_config(name: str, **changes):
   """The classifier's TrainConfig for an architecture name (`MODEL_NAMES`): resnet18 (the
   paper's victim), airbench94, or their tiny test versions; `changes` override fields."""
-  from jaxpoison import classifier
   builders = {
       "resnet18": classifier.resnet18_config,
       "airbench94": classifier.airbench94_config,
@@ -653,7 +652,6 @@ def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key:
   """The extractor pretrained on the split's pretraining half: loaded from `path` when a
   finished checkpoint is there (its config must equal `train_config`), else trained and saved.
   """
-  from jaxpoison import classifier
   path = Path(path)
   done = path / "pretrained.json"
   if done.is_file():
@@ -685,7 +683,6 @@ def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key:
 @functools.lru_cache(maxsize=8)
 def _finetune_and_score(train_config):
   """jit(fine-tune M victims, predict each one's target, clean accuracy): compiled per config."""
-  from jaxpoison import classifier
   train = classifier.make_train_fn(train_config)
 
   @jax.jit
@@ -756,6 +753,61 @@ def _scenario(config: BenchmarkConfig, victim, crafter) -> str:
   return f"black-box ({crafter.config.model} → {victim.config.model})"
 
 
+def _extractors(config: BenchmarkConfig, dataset, split: Split, out_dir: Path, pretrained,
+                crafter_pretrained, log):
+  """(victim, its description, crafter or None, its description): given or pretrained."""
+  pretrain_key = jax.random.key(config.pretrain_seed)
+
+  def resolve(given, train_config, role, name):
+    if given is None:
+      train_config = train_config if train_config is not None else classifier.resnet18_config()
+      models = load_or_pretrain(out_dir / "pretrained" / name, dataset, split, train_config,
+                                jax.random.fold_in(pretrain_key, role), log=log)
+      return classifier.select(models, 0), _pretrained_info(
+          f"pretrained/{name}", models, pretraining_note(dataset, split))
+    if isinstance(given, (str, Path)):
+      models, source = classifier.load_models(given), str(given)
+    else:
+      models, source = given, "given TrainedModels"
+    return classifier.select(models, 0), _pretrained_info(source, models, None)
+
+  victim, victim_meta = resolve(pretrained, config.victim, PRETRAIN_VICTIM, "victim")
+  crafter, crafter_meta = None, None
+  if not config.white_box or crafter_pretrained is not None:
+    crafter, crafter_meta = resolve(crafter_pretrained, config.crafter, PRETRAIN_CRAFTER,
+                                    "crafter")
+  return victim, victim_meta, crafter, crafter_meta
+
+
+def craft_all(config: BenchmarkConfig, dataset, out_dir: str | Path, *, pretrained=None,
+              crafter_pretrained=None, time_limit_s: float | None = None,
+              log: Callable[[str], None] = print) -> int:
+  """Pretrains (if needed) and crafts every trial's poisons, without fine-tuning.
+
+  The poison files are the ones `run_benchmark` reuses (e.g. craft on one machine, evaluate on
+  another, or craft while the denoiser is still training). Returns how many were crafted.
+  """
+  start = time.perf_counter()
+  out_dir = Path(out_dir)
+  split = split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
+                             finetune_per_class=config.finetune_per_class)
+  victim, _, crafter, _ = _extractors(config, dataset, split, out_dir, pretrained,
+                                      crafter_pretrained, log)
+  craft_on = [classifier.feature_extractor(crafter if crafter is not None else victim)]
+  crafted = 0
+  for attack in config.attacks:
+    for i in range(config.num_trials):
+      if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
+        log(f"time limit of {time_limit_s:.0f} s reached; rerun to resume")
+        return crafted
+      begin = time.perf_counter()
+      _, new = load_or_craft(out_dir, config, attack, dataset, split, i, craft_on)
+      if new:
+        crafted += 1
+        log(f"{attack}: crafted trial {i} in {time.perf_counter() - begin:.1f} s")
+  return crafted
+
+
 def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, denoiser=None,
                   pretrained=None, crafter_pretrained=None, stop_after: int | None = None,
                   time_limit_s: float | None = None,
@@ -779,7 +831,6 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
   Returns:
     Every finished record under out_dir (also rendered to table.md and table.csv).
   """
-  from jaxpoison import classifier
   if not isinstance(config, BenchmarkConfig):
     raise TypeError(f"config: expected a BenchmarkConfig, got {type(config).__name__}")
   if stop_after is not None:
@@ -791,28 +842,8 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
                      "images")
   split = split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
                              finetune_per_class=config.finetune_per_class)
-  pretrain_key = jax.random.key(config.pretrain_seed)
-
-  def extractor_models(given, train_config, role, name):
-    if given is None:
-      train_config = train_config if train_config is not None else classifier.resnet18_config()
-      models = load_or_pretrain(out_dir / "pretrained" / name, dataset, split, train_config,
-                                jax.random.fold_in(pretrain_key, role), log=log)
-      return classifier.select(models, 0), _pretrained_info(
-          f"pretrained/{name}", models, pretraining_note(dataset, split))
-    if isinstance(given, (str, Path)):
-      models = classifier.load_models(given)
-      source = str(given)
-    else:
-      models = given
-      source = "given TrainedModels"
-    return classifier.select(models, 0), _pretrained_info(source, models, None)
-
-  victim, victim_meta = extractor_models(pretrained, config.victim, PRETRAIN_VICTIM, "victim")
-  crafter, crafter_meta = None, None
-  if not config.white_box or crafter_pretrained is not None:
-    crafter, crafter_meta = extractor_models(crafter_pretrained, config.crafter,
-                                             PRETRAIN_CRAFTER, "crafter")
+  victim, victim_meta, crafter, crafter_meta = _extractors(
+      config, dataset, split, out_dir, pretrained, crafter_pretrained, log)
   if any(sigma > 0 for sigma in config.sigmas):
     from jaxpoison import diffusion
     if denoiser is None:

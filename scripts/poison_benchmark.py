@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="a Python file whose get_config() returns a BenchmarkConfig")
   p.add_argument("--data", default="tfds", help="'tfds' or a path (.npz, JPEG pack, folder)")
   p.add_argument("--out", default="runs/poison_benchmark", help="output directory")
+  p.add_argument("--craft_only", action="store_true",
+                 help="only pretrain (if needed) and craft the poison files; no fine-tuning")
   p.add_argument("--table_only", action="store_true",
                  help="only re-render table.md/table.csv from the records under --out")
   group = p.add_argument_group("settings (override the config file)")
@@ -109,6 +111,13 @@ def main(argv=None) -> None:
 
   dataset = jp.load_cifar10(args.data)
   start = time.perf_counter()
+  if args.craft_only:
+    crafted = pb.craft_all(config, dataset, args.out, pretrained=args.pretrained,
+                           crafter_pretrained=args.craft_pretrained,
+                           time_limit_s=args.time_limit_s)
+    print(f"crafted {crafted} poison files under {args.out} "
+          f"({time.perf_counter() - start:.0f} s)")
+    return
   results = pb.run_benchmark(
       config, dataset, args.out, denoiser=args.denoiser, pretrained=args.pretrained,
       crafter_pretrained=args.craft_pretrained, stop_after=args.stop_after,
