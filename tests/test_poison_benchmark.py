@@ -236,7 +236,14 @@ def e2e():
                                   whitening_images=100, tta_level=0)
   unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 8), layers_per_block=1,
                               attention_resolutions=(), norm_num_groups=4, mid_attention=False)
-  denoiser = diffusion.create_denoiser(unet, diffusion.linear_schedule(), jax.random.key(7))
+  # A random denoiser (untrained: the test checks the plumbing, not the defense), filled from
+  # numpy like attacks.testing's extractors: initializing through jax.random compiles the
+  # PRNG for every parameter shape, which costs tens of seconds on a CPU.
+  rng = np.random.default_rng(7)
+  params = {name: np.asarray(rng.normal(0.0, 0.05, s.shape), s.dtype)
+            for name, s in diffusion.param_shapes(unet).items()}
+  denoiser = diffusion.Denoiser(params=jax.tree.map(jax.numpy.asarray, params), unet=unet,
+                                schedule=diffusion.linear_schedule())
   config = pb.BenchmarkConfig(
       attacks=("bullseye_polytope",), num_trials=2, sigmas=(0.0, 0.25), num_poisons=3,
       finetune_per_class=6, num_eval=40, victim=victim, craft_steps=3,
