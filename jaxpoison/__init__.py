@@ -12,6 +12,8 @@ Public API, re-exported from the submodules:
   `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
 * denoising: the subpackage `diffusion` (DDPM schedules, the Flax UNet, checkpoint conversion,
   training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
+* attack benchmark (the paper's Table 1): the module `poison_benchmark`, and
+  `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
 """
 
 from importlib import metadata as _metadata
@@ -56,6 +58,13 @@ from jaxpoison.data import (
 from jaxpoison import diffusion
 from jaxpoison.diffusion import Denoiser, default_denoiser, load_denoiser, noise_and_denoise
 from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from jaxpoison import poison_benchmark
+from jaxpoison.poison_benchmark import (
+    BenchmarkConfig,
+    FineTuneConfig,
+    render_table,
+    run_benchmark,
+)
 
 try:
   __version__ = _metadata.version("jaxpoison")
