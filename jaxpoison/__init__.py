@@ -10,6 +10,10 @@ Public API, re-exported from the submodules:
 * attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, their bounds,
   trials and poison files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
   `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
+* classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
+  `classifier.predict`, `classifier.evaluate`, checkpoints), and `train_models`, `TrainConfig`,
+  `airbench94_config`, `resnet18_config`. `predict` is not re-exported: use
+  `classifier.predict` (the top-level name would clash with `certify.predict`).
 """
 
 from importlib import metadata as _metadata
@@ -26,6 +30,8 @@ from jaxpoison.attacks import (
     save_poisons,
 )
 from jaxpoison import certify
+from jaxpoison import classifier
+from jaxpoison.classifier import TrainConfig, airbench94_config, resnet18_config, train_models
 from jaxpoison.certify import (
     ABSTAIN,
     Certificate,
