@@ -14,6 +14,10 @@ Public API, re-exported from the submodules:
   training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
 * attack benchmark (the paper's Table 1): the module `poison_benchmark`, and
   `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
+* classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
+  `classifier.predict`, `classifier.evaluate`, checkpoints), and `train_models`, `TrainConfig`,
+  `airbench94_config`, `resnet18_config`. `predict` is not re-exported: use
+  `classifier.predict` (the top-level name would clash with `certify.predict`).
 """
 
 from importlib import metadata as _metadata
@@ -30,6 +34,8 @@ from jaxpoison.attacks import (
     save_poisons,
 )
 from jaxpoison import certify
+from jaxpoison import classifier
+from jaxpoison.classifier import TrainConfig, airbench94_config, resnet18_config, train_models
 from jaxpoison.certify import (
     ABSTAIN,
     Certificate,

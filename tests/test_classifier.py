@@ -15,17 +15,18 @@ from jaxpoison.classifier import train as train_lib
 
 NUM_TRAIN = 128
 # Model i trained inside a vmapped batch of M vs alone: XLA lowers a vmapped convolution (and
-# its weight gradient) to a grouped convolution whose float sums run in another order, so the
-# two agree to rounding, which a few SGD steps amplify; measured max |Δ| ≈ 1e-6..1e-5 on the
-# CPU (see the test), bounded here with margin.
-BATCHED_VS_ALONE_ATOL = 1e-4
+# its weight gradient) to a grouped convolution whose float32 sums run in another order, so the
+# two agree only to rounding, which SGD steps (and batch norm's 1/σ) amplify. Measured on the
+# CPU, 8 steps: relative max |Δ| (per variable, over its max |value|) ≈ 1e-5..1e-4 (printed by
+# the tests); bounded here at 1e-3.
+BATCHED_VS_ALONE_RTOL = 1e-3
 
 
-PALETTE = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40)])
+PALETTE = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220)])
 
 
 def _colour_data(seed, n):
-  """Four classes, each a flat colour plus small noise: trivially separable."""
+  """Three classes (red, green, blue), each a flat colour plus small noise: trivially separable."""
   rng = np.random.default_rng(seed)
   palette = PALETTE
   labels = rng.integers(0, len(PALETTE), n).astype(np.int32)
@@ -41,7 +42,9 @@ def data():
 
 @pytest.fixture(scope="module")
 def config():
-  return classifier.tiny_config(epochs=4, batch_size=32)
+  # 8 steps. Lookahead off: airbench returns the EMA as of the last multiple of 5 steps, which
+  # in so short a run discards the last steps (the head-only test runs it).
+  return classifier.tiny_config(epochs=2, batch_size=32, lookahead=False)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,9 @@ def _leaves(models):
 
 
 def _max_diff(a, b):
-  return max(float(np.max(np.abs(u - v))) for u, v in zip(_leaves(a), _leaves(b)))
+  """The largest per-variable relative difference max |u − v| / max(max |u|, 1e-6)."""
+  return max(float(np.max(np.abs(u - v)) / max(float(np.max(np.abs(u))), 1e-6))
+             for u, v in zip(_leaves(a), _leaves(b)))
 
 
 def test_same_keys_bit_identical_and_no_recompilation(data, config, keys, batched):
@@ -77,7 +82,7 @@ def test_same_keys_bit_identical_and_no_recompilation(data, config, keys, batche
 
 def test_tiny_model_learns_separable_data(data, batched):
   _, (x_test, y_test) = data
-  accuracy = np.asarray(classifier.evaluate(batched, x_test, y_test))
+  accuracy = np.asarray(classifier.evaluate(batched, x_test, y_test, batch_size=64))
   assert accuracy.shape == (2,)
   assert np.all(accuracy > 0.9), accuracy
 
@@ -86,16 +91,16 @@ def test_model_in_batch_matches_model_alone(data, config, keys, batched):
   (x, y), _ = data
   alone = classifier.train_models(keys[1:], x, y, config)
   diff = _max_diff(classifier.select(batched, 1), alone)
-  print(f"batched vs alone: max |Δ variable| = {diff:.3g}")
-  assert diff <= BATCHED_VS_ALONE_ATOL
+  print(f"batched vs alone: relative max |Δ variable| = {diff:.3g}")
+  assert diff <= BATCHED_VS_ALONE_RTOL
 
 
 def test_shared_and_per_model_images_agree(data, config, keys, batched):
   (x, y), _ = data
   per_model = classifier.train_models(keys, np.stack([x, x]), np.stack([y, y]), config)
   diff = _max_diff(batched, per_model)
-  print(f"shared vs per-model images: max |Δ variable| = {diff:.3g}")
-  assert diff <= BATCHED_VS_ALONE_ATOL
+  print(f"shared vs per-model images: relative max |Δ variable| = {diff:.3g}")
+  assert diff <= BATCHED_VS_ALONE_RTOL
 
 
 def test_warm_start_with_zero_steps_returns_init_broadcast(data, config, keys, batched):
@@ -110,7 +115,7 @@ def test_warm_start_with_zero_steps_returns_init_broadcast(data, config, keys, b
 
 def test_head_only_training_freezes_features(data, config, keys, batched):
   (x, y), (x_test, _) = data
-  head_config = config.replace(trainable="head", reinit_head=True, epochs=1)
+  head_config = config.replace(trainable="head", reinit_head=True, epochs=2, lookahead=True)
   probed = classifier.train_models(keys, x, y, head_config, init=batched)
   before = nnx.to_flat_state(batched.state)
   after = dict(nnx.to_flat_state(probed.state))
@@ -122,8 +127,8 @@ def test_head_only_training_freezes_features(data, config, keys, batched):
     else:
       np.testing.assert_array_equal(a, b, err_msg=str(path))
   assert all(changed)
-  np.testing.assert_array_equal(classifier.features(batched, x_test),
-                                classifier.features(probed, x_test))
+  np.testing.assert_array_equal(classifier.features(batched, x_test, batch_size=64),
+                                classifier.features(probed, x_test, batch_size=64))
 
 
 def test_predict_logits_features_shapes_and_consistency(data, batched):
@@ -133,14 +138,12 @@ def test_predict_logits_features_shapes_and_consistency(data, batched):
   pred = classifier.predict(batched, x_test, batch_size=64)
   assert pred.dtype == jnp.int32 and pred.shape == (2, 200)
   np.testing.assert_array_equal(pred, np.argmax(out, -1))
-  # Batch size only splits the work.
-  np.testing.assert_allclose(classifier.logits(batched, x_test, batch_size=200), out, atol=1e-5)
-  feats = classifier.features(batched, x_test)
+  feats = classifier.features(batched, x_test, batch_size=64)
   assert feats.shape == (2, 200, 16)
-  # uint8 and float [0, 1] images are the same input.
-  np.testing.assert_allclose(
-      classifier.logits(batched, x_test.astype(np.float32) / 255, batch_size=64), out,
-      atol=1e-5)
+  # The logits are the TTA-weighted head of the features' views; without TTA, of the features.
+  model = nnx.merge(batched.graphdef, jax.tree.map(lambda a: a[0], batched.state))
+  np.testing.assert_allclose(model.head_logits(feats[0]),
+                             model(jnp.asarray(x_test, jnp.float32) / 255), atol=1e-4)
   # Callable inside an outer jit.
   inner = jax.jit(lambda m, im: classifier.predict(m, im, batch_size=64))(batched, x_test)
   np.testing.assert_array_equal(inner, pred)
@@ -149,9 +152,9 @@ def test_predict_logits_features_shapes_and_consistency(data, batched):
 def test_feature_extractor_matches_features(data, batched):
   _, (x_test, _) = data
   extractor = classifier.feature_extractor(batched, 1)
-  x01 = jnp.asarray(x_test[:8], jnp.float32) / 255
+  x01 = jnp.asarray(x_test, jnp.float32) / 255
   np.testing.assert_allclose(extractor.apply_fn(extractor.params, x01),
-                             classifier.features(batched, x_test[:8])[1], atol=1e-5)
+                             classifier.features(batched, x_test, batch_size=64)[1], atol=1e-5)
 
 
 def test_select_stack_save_load_roundtrip(tmp_path, batched):
@@ -190,7 +193,7 @@ def test_memory_limit_error_before_training_and_plan(data, config, keys, batched
     classifier.train_models(keys, x, y, config.replace(memory_limit_bytes=one // 2))
   # Automatic chunking: a budget for one model trains the two one at a time, same result.
   chunked = classifier.train_models(keys, x, y, config.replace(memory_limit_bytes=two - 1))
-  assert _max_diff(chunked, batched) <= BATCHED_VS_ALONE_ATOL
+  assert _max_diff(chunked, batched) <= BATCHED_VS_ALONE_RTOL
 
 
 @pytest.mark.parametrize("change, match", [
@@ -199,7 +202,7 @@ def test_memory_limit_error_before_training_and_plan(data, config, keys, batched
     (dict(images=np.zeros((3, NUM_TRAIN, 32, 32, 3), np.uint8)), "M = 2"),
     (dict(labels=np.full(NUM_TRAIN, 10, np.int32)), r"\[0, 9\]"),
     (dict(labels=np.zeros(NUM_TRAIN - 1, np.int32)), "one per image"),
-    (dict(images=np.zeros((32, 32, 32, 3), np.uint8), labels=np.zeros(32, np.int32)),
+    (dict(images=np.zeros((16, 32, 32, 3), np.uint8), labels=np.zeros(16, np.int32)),
      "fewer than one batch"),
     (dict(keys=np.zeros(3)), "PRNG keys"),
 ])
@@ -221,7 +224,7 @@ def test_config_errors():
 
 
 def test_whitening_filters_whiten_the_patches():
-  """Independent check with numpy: filters f_j = v_j / √(λ_j + ε) give f_j' C f_j = λ/(λ+ε)."""
+  """Independent check with numpy: filters f_j = v_j / √(λ_j + ε) give f_j'Cf_j = λ/(λ+ε)."""
   images, _ = _colour_data(1, 64)
   kernel = np.asarray(classifier.whitening_kernel(jnp.asarray(images), 64))
   x = (images / 255.0 - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2470, 0.2435, 0.2616])
