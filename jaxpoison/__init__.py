@@ -10,6 +10,8 @@ Public API, re-exported from the submodules:
 * attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, their bounds,
   trials and poison files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
   `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
+* certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
+  folder and chunk helpers behind scripts/certify.py).
 """
 
 from importlib import metadata as _metadata
@@ -52,6 +54,8 @@ from jaxpoison.data import (
     random_translate,
 )
 from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text
+from jaxpoison import pipeline
+from jaxpoison.pipeline import CertifyConfig, run_certification
 
 try:
   __version__ = _metadata.version("jaxpoison")
