@@ -1,0 +1,48 @@
+"""Many CIFAR classifiers trained at once: airbench94 and ResNet-18 in Flax NNX.
+
+`train_models(keys, images, labels, config)` trains one model per key in a single jitted
+program (`lax.scan` over steps, `jax.vmap` over models), each on the shared training set or on
+its own copy; `make_train_fn(config)` is the same as a pure function for use inside a larger
+jitted program. `predict`, `logits`, `evaluate` and `features` run every model (with the
+config's test-time augmentation); `save_models`/`load_models` keep them.
+"""
+
+from jaxpoison.classifier.api import (
+    CheckpointMismatchError,
+    device_memory_limit,
+    estimate_bytes,
+    evaluate,
+    feature_extractor,
+    features,
+    load_models,
+    logits,
+    plan_models_per_step,
+    predict,
+    save_models,
+    select,
+    stack,
+    train_models,
+)
+from jaxpoison.classifier.config import (
+    TrainConfig,
+    airbench94_config,
+    resnet18_config,
+    tiny_config,
+)
+from jaxpoison.classifier.models import Airbench94, ResNet18, create_model, whitening_kernel
+from jaxpoison.classifier.train import (
+    InsufficientMemoryError,
+    TrainedModels,
+    lr_factor,
+    make_train_fn,
+    total_steps,
+)
+
+__all__ = [
+    "Airbench94", "CheckpointMismatchError", "InsufficientMemoryError", "ResNet18",
+    "TrainConfig", "TrainedModels", "airbench94_config", "create_model", "device_memory_limit",
+    "estimate_bytes", "evaluate", "feature_extractor", "features", "load_models", "logits",
+    "lr_factor", "make_train_fn", "plan_models_per_step", "predict", "resnet18_config",
+    "save_models", "select", "stack", "tiny_config", "total_steps", "train_models",
+    "whitening_kernel",
+]

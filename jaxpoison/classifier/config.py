@@ -1,0 +1,190 @@
+"""Training recipes as frozen, hashable dataclasses (they are static arguments of jitted code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+
+MODELS = ("airbench94", "resnet18")
+TRAINABLE = ("all", "head")
+SCHEDULES = ("airbench", "cosine")
+FLIPS = ("alternating", "random", "none")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+# Per-channel statistics of the CIFAR-10 training set, in [0, 1] units; the networks normalize
+# their inputs with them.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One training recipe.
+
+  Units: `lr` and `weight_decay` are read in one of two forms (`decoupled`):
+  * decoupled=True (airbench94): `lr` is the step size per 1024 examples with the loss summed
+    over the batch, independent of the momentum (the effective SGD rate is
+    lr / (1024 (1 + 1 / (1 - momentum)))); `weight_decay` is the decay per 1024 examples,
+    independent of lr (each step shrinks weights by about weight_decay * batch_size / 1024 /
+    (1 + 1 / (1 - momentum)) times the schedule factor).
+  * decoupled=False (resnet18): PyTorch SGD's lr and (coupled, L2) weight_decay, loss averaged
+    over the batch.
+
+  Attributes:
+    model: "airbench94" or "resnet18".
+    widths: channel widths of the network's stages (airbench: the three conv groups; resnet18:
+      the four residual stages).
+    epochs: passes over the training set (fractional: airbench's 9.9); the run has
+      ceil(epochs * (N // batch_size)) steps.
+    batch_size: examples per step (the last incomplete batch of an epoch is dropped).
+    lr, momentum, nesterov, weight_decay, decoupled: the SGD recipe (see above).
+    bias_scaler: learning-rate multiplier for batch-norm biases (airbench: 64; not applied to
+      the weight decay).
+    schedule: "airbench" (linear warm-up over warmup_fraction of the steps from 0.2 to 1, then
+      linear decay to 0.07) or "cosine" (cosine decay to 0 over the run).
+    label_smoothing: in [0, 1).
+    lookahead: airbench's lookahead EMA (every 5 steps, the weights are pulled back to an EMA
+      whose decay rises as 0.95**5 (t / T)**3; the EMA is returned at the end).
+    whiten_bias_epochs: airbench: epochs during which the whitening conv's bias trains.
+    flip: "alternating" (airbench: a random flip fixed at the first epoch, all images flipped
+      on odd epochs), "random" (fresh coin per image per epoch) or "none".
+    translate: random translation by up to this many pixels (reflection padding).
+    bn_momentum, bn_epsilon: running-average decay (Flax convention: new = m old + (1-m) batch)
+      and epsilon of batch norm.
+    tta_level: test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations.
+    compute_dtype: "auto" (bfloat16 on an accelerator, float32 on the CPU), "float32" or
+      "bfloat16": convolutions and matmuls; batch norm and the loss stay in float32.
+    trainable: "all", or "head" (linear probe: only the final linear layer trains, the
+      feature extractor is frozen and its batch norm runs on running statistics).
+    reinit_head: re-initialize the final linear layer when warm-starting from `init`.
+    num_classes, image_shape: the data (H, W, C).
+    whitening_images: how many training images estimate the whitening patch covariance.
+    models_per_step: how many models one compiled program trains at once (0: all requested
+      at once, or as many as fit `memory_limit_bytes` when that is set).
+    memory_limit_bytes: device memory budget for one program (0: the device's own limit on an
+      accelerator; no check on the CPU).
+  """
+  model: str = "airbench94"
+  widths: tuple[int, ...] = (64, 256, 256)
+  epochs: float = 9.9
+  batch_size: int = 1024
+  lr: float = 11.5
+  momentum: float = 0.85
+  nesterov: bool = True
+  weight_decay: float = 0.0153
+  decoupled: bool = True
+  bias_scaler: float = 64.0
+  schedule: str = "airbench"
+  warmup_fraction: float = 0.23
+  label_smoothing: float = 0.2
+  lookahead: bool = True
+  whiten_bias_epochs: int = 3
+  flip: str = "alternating"
+  translate: int = 2
+  bn_momentum: float = 0.6
+  bn_epsilon: float = 1e-12
+  tta_level: int = 2
+  compute_dtype: str = "auto"
+  trainable: str = "all"
+  reinit_head: bool = False
+  num_classes: int = 10
+  image_shape: tuple[int, int, int] = (32, 32, 3)
+  whitening_images: int = 5000
+  models_per_step: int = 0
+  memory_limit_bytes: int = 0
+
+  def __post_init__(self):
+    checks = (
+        (self.model in MODELS, f"model: expected one of {MODELS}, got {self.model!r}"),
+        (self.trainable in TRAINABLE,
+         f"trainable: expected one of {TRAINABLE}, got {self.trainable!r}"),
+        (self.schedule in SCHEDULES,
+         f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}"),
+        (self.flip in FLIPS, f"flip: expected one of {FLIPS}, got {self.flip!r}"),
+        (self.compute_dtype in COMPUTE_DTYPES,
+         f"compute_dtype: expected one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}"),
+        (self.epochs >= 0, f"epochs: expected a non-negative number, got {self.epochs}"),
+        (self.batch_size >= 1, f"batch_size: expected a positive integer, got {self.batch_size}"),
+        (0 <= self.label_smoothing < 1,
+         f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing}"),
+        (0 <= self.momentum < 1, f"momentum: expected a value in [0, 1), got {self.momentum}"),
+        (self.tta_level in (0, 1, 2), f"tta_level: expected 0, 1 or 2, got {self.tta_level}"),
+        (self.translate >= 0, f"translate: expected >= 0 pixels, got {self.translate}"),
+        (self.num_classes >= 2, f"num_classes: expected >= 2, got {self.num_classes}"),
+        (len(self.image_shape) == 3,
+         f"image_shape: expected (H, W, C), got {self.image_shape}"),
+        (len(self.widths) == (3 if self.model == "airbench94" else 4),
+         f"widths: {self.model} expects {3 if self.model == 'airbench94' else 4} stage widths, "
+         f"got {self.widths}"),
+        (self.models_per_step >= 0,
+         f"models_per_step: expected >= 0 (0 = automatic), got {self.models_per_step}"),
+        (self.memory_limit_bytes >= 0,
+         f"memory_limit_bytes: expected >= 0 (0 = the device's), got {self.memory_limit_bytes}"),
+    )
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f"TrainConfig.{message}")
+    # Lists from JSON become tuples, so that the config stays hashable.
+    object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+    object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+
+  def replace(self, **changes) -> "TrainConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, obj: dict[str, Any]) -> "TrainConfig":
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(obj) - names)
+    if unknown:
+      raise ValueError(f"TrainConfig: unknown fields {unknown} (written by another version?)")
+    return cls(**obj)
+
+  def dumps(self) -> str:
+    return json.dumps(self.to_json(), sort_keys=True)
+
+
+def resolve_compute_dtype(config: TrainConfig):
+  """The jnp dtype of convolutions and matmuls for this config on the default backend."""
+  import jax.numpy as jnp
+  name = config.compute_dtype
+  if name == "auto":
+    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return jnp.dtype(name)
+
+
+def airbench94_config(**changes) -> TrainConfig:
+  """airbench94 (Jordan 2024): 94% on CIFAR-10 in 9.9 epochs (3.8 s on an A100 in PyTorch)."""
+  return TrainConfig(**changes)
+
+
+def resnet18_config(**changes) -> TrainConfig:
+  """ResNet-18 (CIFAR variant) with the standard recipe: SGD momentum 0.9, lr 0.1 with cosine
+  decay, weight decay 5e-4, batch 128, 40 epochs, random crop (4-pixel padding) and flip."""
+  defaults = dict(
+      model="resnet18", widths=(64, 128, 256, 512), epochs=40, batch_size=128, lr=0.1,
+      momentum=0.9, nesterov=False, weight_decay=5e-4, decoupled=False, bias_scaler=1.0,
+      schedule="cosine", label_smoothing=0.0, lookahead=False, whiten_bias_epochs=0,
+      flip="random", translate=4, bn_momentum=0.9, bn_epsilon=1e-5, tta_level=0)
+  defaults.update(changes)
+  return TrainConfig(**defaults)
+
+
+def tiny_config(model: str = "airbench94", **changes) -> TrainConfig:
+  """A very small network and run for tests: widths 8/16/16 (resnet18: 4/8/8/8), 2 epochs of
+  batch 64, float32."""
+  if model == "airbench94":
+    defaults = dict(widths=(8, 16, 16), epochs=2, batch_size=64, whiten_bias_epochs=1,
+                    compute_dtype="float32", whitening_images=500)
+    defaults.update(changes)
+    return airbench94_config(**defaults)
+  if model == "resnet18":
+    defaults = dict(widths=(4, 8, 8, 8), epochs=2, batch_size=64, compute_dtype="float32")
+    defaults.update(changes)
+    return resnet18_config(**defaults)
+  raise ValueError(f"model: expected one of {MODELS}, got {model!r}")

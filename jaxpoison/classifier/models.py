@@ -1,0 +1,220 @@
+"""The networks: airbench94 (Jordan 2024) and a CIFAR ResNet-18, as Flax NNX modules.
+
+Both take float images in [0, 1], [B, H, W, C], and normalize them inside, so that a trained
+model is a complete function of the pixels (the attacks' feature extractors rely on this).
+`features(x)` is the penultimate layer, `__call__(x)` the logits; `train=True` runs batch norm
+on batch statistics and updates its running averages.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen, nnx
+
+from jaxpoison.classifier.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+
+# PyTorch's default initialization of conv and linear weights, U(±1/√fan_in), which the
+# airbench recipe was tuned with.
+torch_default_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+WHITEN_KERNEL = 2
+WHITEN_EPS = 5e-4
+
+
+class Whitening(nnx.Variable):
+  """The whitening conv's filters: computed from the data, never trained."""
+
+
+def _normalize(images: jax.Array, channels: int) -> jax.Array:
+  mean = jnp.asarray(CIFAR10_MEAN[:channels] if channels == 3 else (0.5,) * channels)
+  std = jnp.asarray(CIFAR10_STD[:channels] if channels == 3 else (0.25,) * channels)
+  return (images.astype(jnp.float32) - mean) / std
+
+
+def _dirac_init(kernel: jax.Array) -> jax.Array:
+  """Makes the first min(in, out) filters of an HWIO kernel identities (airbench's init)."""
+  kh, kw, cin, cout = kernel.shape
+  n = min(cin, cout)
+  identity = jnp.zeros((kh, kw, cin, n), kernel.dtype)
+  identity = identity.at[kh // 2, kw // 2, jnp.arange(n), jnp.arange(n)].set(1.0)
+  return kernel.at[..., :n].set(identity)
+
+
+def _gelu(x):
+  return jax.nn.gelu(x, approximate=False)  # PyTorch's nn.GELU() is the exact (erf) form.
+
+
+class ConvGroup(nnx.Module):
+  """conv 3×3 → max-pool 2 → batch norm → GELU → conv 3×3 → batch norm → GELU."""
+
+  def __init__(self, cin: int, cout: int, config: TrainConfig, dtype, *, rngs: nnx.Rngs):
+    def conv(a, b):
+      layer = nnx.Conv(a, b, (3, 3), padding="SAME", use_bias=False, dtype=dtype,
+                       kernel_init=torch_default_init, rngs=rngs)
+      layer.kernel.value = _dirac_init(layer.kernel.value)
+      return layer
+
+    def norm(c):
+      # airbench freezes the batch-norm scale at 1 and trains only the bias.
+      return nnx.BatchNorm(c, use_scale=False, momentum=config.bn_momentum,
+                           epsilon=config.bn_epsilon, dtype=jnp.float32, rngs=rngs)
+
+    self.conv1 = conv(cin, cout)
+    self.norm1 = norm(cout)
+    self.conv2 = conv(cout, cout)
+    self.norm2 = norm(cout)
+
+  def __call__(self, x, train: bool):
+    x = self.conv1(x)
+    x = linen.max_pool(x, (2, 2), (2, 2))
+    x = _gelu(self.norm1(x, use_running_average=not train))
+    x = self.conv2(x)
+    return _gelu(self.norm2(x, use_running_average=not train))
+
+
+class Airbench94(nnx.Module):
+  """Whitening conv 2×2 (+bias, GELU), three ConvGroups, max-pool 3, linear × 1/9."""
+
+  def __init__(self, config: TrainConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    channels = config.image_shape[-1]
+    width = 2 * channels * WHITEN_KERNEL ** 2
+    self.channels = channels
+    self.dtype = dtype
+    self.whiten_kernel = Whitening(jnp.zeros((WHITEN_KERNEL, WHITEN_KERNEL, channels, width)))
+    self.whiten_bias = nnx.Param(jnp.zeros((width,)))
+    w1, w2, w3 = config.widths
+    self.group1 = ConvGroup(width, w1, config, dtype, rngs=rngs)
+    self.group2 = ConvGroup(w1, w2, config, dtype, rngs=rngs)
+    self.group3 = ConvGroup(w2, w3, config, dtype, rngs=rngs)
+    self.head = nnx.Linear(w3, config.num_classes, use_bias=False, dtype=dtype,
+                           kernel_init=torch_default_init, rngs=rngs)
+    self.scale = 1.0 / 9.0
+
+  def features(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """Penultimate features [B, widths[-1]] of float images in [0, 1], [B, H, W, C]."""
+    x = _normalize(images, self.channels).astype(self.dtype)
+    x = jax.lax.conv_general_dilated(
+        x, self.whiten_kernel.value.astype(self.dtype), (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x = _gelu(x + self.whiten_bias.value.astype(self.dtype))
+    x = self.group1(x, train)
+    x = self.group2(x, train)
+    x = self.group3(x, train)
+    x = linen.max_pool(x, (3, 3), (3, 3))
+    return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    return self.head_logits(self.features(images, train))
+
+  def head_logits(self, features: jax.Array) -> jax.Array:
+    return self.head(features.astype(self.dtype)).astype(jnp.float32) * self.scale
+
+
+class BasicBlock(nnx.Module):
+  def __init__(self, cin: int, cout: int, stride: int, config: TrainConfig, dtype, *,
+               rngs: nnx.Rngs):
+    def conv(a, b, k, s):
+      return nnx.Conv(a, b, (k, k), strides=(s, s), padding="SAME" if k == 3 else "VALID",
+                      use_bias=False, dtype=dtype, rngs=rngs,
+                      kernel_init=nnx.initializers.kaiming_normal())
+
+    def norm(c):
+      return nnx.BatchNorm(c, momentum=config.bn_momentum, epsilon=config.bn_epsilon,
+                           dtype=jnp.float32, rngs=rngs)
+
+    self.conv1 = conv(cin, cout, 3, stride)
+    self.norm1 = norm(cout)
+    self.conv2 = conv(cout, cout, 3, 1)
+    self.norm2 = norm(cout)
+    self.projection = stride != 1 or cin != cout
+    if self.projection:
+      self.shortcut = conv(cin, cout, 1, stride)
+      self.shortcut_norm = norm(cout)
+
+  def __call__(self, x, train: bool):
+    ura = not train
+    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=ura).astype(x.dtype))
+    y = self.norm2(self.conv2(y), use_running_average=ura)
+    skip = x if not self.projection else self.shortcut_norm(
+        self.shortcut(x), use_running_average=ura)
+    return jax.nn.relu(y + skip).astype(x.dtype)
+
+
+class ResNet18(nnx.Module):
+  """ResNet-18 for 32×32 inputs: 3×3 stem (no max-pool), 4 stages of 2 basic blocks."""
+
+  def __init__(self, config: TrainConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.channels = config.image_shape[-1]
+    self.dtype = dtype
+    w = config.widths
+    self.stem = nnx.Conv(self.channels, w[0], (3, 3), padding="SAME", use_bias=False, dtype=dtype,
+                         kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)
+    self.stem_norm = nnx.BatchNorm(w[0], momentum=config.bn_momentum, epsilon=config.bn_epsilon,
+                                   dtype=jnp.float32, rngs=rngs)
+    blocks, cin = [], w[0]
+    for stage, cout in enumerate(w):
+      for b in range(2):
+        stride = 2 if (stage > 0 and b == 0) else 1
+        blocks.append(BasicBlock(cin, cout, stride, config, dtype, rngs=rngs))
+        cin = cout
+    self.blocks = nnx.List(blocks)
+    self.head = nnx.Linear(w[-1], config.num_classes, dtype=dtype,
+                           kernel_init=torch_default_init, rngs=rngs)
+
+  def features(self, images: jax.Array, train: bool = False) -> jax.Array:
+    x = _normalize(images, self.channels).astype(self.dtype)
+    x = self.stem_norm(self.stem(x), use_running_average=not train)
+    x = jax.nn.relu(x).astype(self.dtype)
+    for block in self.blocks:
+      x = block(x, train)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    return self.head_logits(self.features(images, train))
+
+  def head_logits(self, features: jax.Array) -> jax.Array:
+    return self.head(features.astype(self.dtype)).astype(jnp.float32)
+
+
+def create_model(config: TrainConfig, key: jax.Array, dtype=jnp.float32) -> nnx.Module:
+  """A freshly initialized network for `config` (airbench's whitening filters still zero)."""
+  cls = {"airbench94": Airbench94, "resnet18": ResNet18}[config.model]
+  return cls(config, rngs=nnx.Rngs(params=key), dtype=dtype)
+
+
+def init_head(config: TrainConfig, key: jax.Array, dtype=jnp.float32):
+  """A fresh final linear layer's state (for `reinit_head`)."""
+  width = config.widths[-1]
+  layer = nnx.Linear(width, config.num_classes, use_bias=config.model == "resnet18",
+                     dtype=dtype, kernel_init=torch_default_init, rngs=nnx.Rngs(params=key))
+  return nnx.state(layer)
+
+
+def whitening_kernel(images: jax.Array, num_images: int) -> jax.Array:
+  """airbench's whitening filters from the first `num_images` uint8 images [N, H, W, C].
+
+  The covariance of all 2×2 patches of the normalized images is eigen-decomposed; each
+  eigenvector, scaled by 1/√(eigenvalue + 5e-4), is a filter, and so is its negation
+  (2 · 4C filters, HWIO [2, 2, C, 8C], strongest direction first).
+  """
+  x = _normalize(images[:num_images].astype(jnp.float32) / 255.0, images.shape[-1])
+  h, w, c = x.shape[1:]
+  k = WHITEN_KERNEL
+  # Patch vectors in (dy, dx, channel) order, the HWIO kernel's order; the covariance is
+  # accumulated from shifted views instead of materializing every patch.
+  views = [x[:, dy:h - k + 1 + dy, dx:w - k + 1 + dx, :] for dy in range(k) for dx in range(k)]
+  patches = jnp.concatenate(views, axis=-1)
+  count = patches.shape[0] * patches.shape[1] * patches.shape[2]
+  cov = jnp.einsum("nhwa,nhwb->ab", patches, patches,
+                   precision=jax.lax.Precision.HIGHEST) / count
+  eigenvalues, eigenvectors = jnp.linalg.eigh(cov)
+  eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+  filters = eigenvectors / jnp.sqrt(jnp.maximum(eigenvalues, 0.0) + WHITEN_EPS)
+  filters = jnp.concatenate([filters, -filters], axis=1)
+  return filters.reshape(k, k, c, 2 * k * k * c)
+
+
+def num_parameters(state) -> int:
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(state)))

@@ -1,0 +1,277 @@
+"""Training many classifiers at once: one jitted program, a `lax.scan` over steps, `jax.vmap`
+over models.
+
+Each model has its own key (initialization, shuffling, augmentation) and optionally its own
+training set (`images` [M, N, H, W, C]: the certification pipeline's denoised copies); a shared
+set [N, H, W, C] is read by every model without copying. The models' variables are a stacked
+`nnx.State` (leading axis M), so the step is a plain `jax.vmap` of a single-model step over
+split state, and the whole loop stays on the device.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from jaxpoison._checks import check_images
+from jaxpoison.classifier.config import TrainConfig, resolve_compute_dtype
+from jaxpoison.classifier.models import Whitening, create_model, init_head, whitening_kernel
+
+# fold_in tags of a model's key, one stream per use.
+_INIT, _DATA, _FLIP, _AUG, _HEAD = range(5)
+_LOOKAHEAD_EVERY = 5
+TRACES: collections.Counter = collections.Counter()
+
+
+class InsufficientMemoryError(RuntimeError):
+  """The requested number of concurrent models does not fit the device memory budget."""
+
+
+@struct.dataclass
+class TrainedModels:
+  """M trained networks of one architecture.
+
+  Attributes:
+    graphdef: the NNX graph definition (static).
+    state: the variables (`nnx.State`: parameters, batch-norm statistics, whitening filters),
+      every leaf stacked over the M models on axis 0.
+    config: the TrainConfig that built and trained them (static).
+  """
+  graphdef: Any = struct.field(pytree_node=False)
+  state: Any
+  config: TrainConfig = struct.field(pytree_node=False)
+
+  @property
+  def num_models(self) -> int:
+    return int(jax.tree.leaves(self.state)[0].shape[0])
+
+
+@functools.lru_cache(maxsize=None)
+def model_graphdef(config: TrainConfig):
+  """The graph definition of `config`'s network (abstract: no arrays are created)."""
+  dtype = resolve_compute_dtype(config)
+  abstract = nnx.eval_shape(lambda: create_model(config, jax.random.key(0), dtype))
+  return nnx.split(abstract)[0]
+
+
+def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
+  return num_train // config.batch_size
+
+
+def total_steps(config: TrainConfig, num_train: int) -> int:
+  """ceil(epochs × steps per epoch), as airbench counts them."""
+  return int(math.ceil(config.epochs * steps_per_epoch(config, num_train) - 1e-9))
+
+
+def lr_factor(config: TrainConfig, step: jax.Array, num_steps: int) -> jax.Array:
+  """The schedule's multiplier of the learning rate (and of the coupled decay) at `step`."""
+  step = jnp.asarray(step, jnp.float32)
+  if config.schedule == "cosine":
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * step / max(num_steps, 1)))
+  warmup = max(int(num_steps * config.warmup_fraction), 1)
+  rise = 0.2 + 0.8 * step / warmup
+  fall = 1.0 - 0.93 * (step - warmup) / max(num_steps - warmup, 1)
+  return jnp.where(step < warmup, rise, fall)
+
+
+def _leaf_rules(config: TrainConfig, state) -> tuple[Any, Any, Any]:
+  """Per-leaf (trainable, lr multiplier, is the whitening bias) trees for the parameters."""
+  def rule(path, _):
+    names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+    names = [str(n) for n in names if n is not None]
+    is_head = names[0] == "head"
+    is_whiten_bias = names[0] == "whiten_bias"
+    is_norm_bias = names[-1] == "bias" or (len(names) > 1 and names[-2] == "bias")
+    is_norm_bias = is_norm_bias and any("norm" in n for n in names)
+    trainable = is_head or config.trainable == "all"
+    if is_whiten_bias and config.whiten_bias_epochs <= 0 and config.model == "airbench94":
+      trainable = False
+    scale = config.bias_scaler if is_norm_bias else 1.0
+    return trainable, scale, is_whiten_bias
+
+  rules = jax.tree_util.tree_map_with_path(rule, state)
+  pick = lambda i: jax.tree.map(lambda r: r[i], rules, is_leaf=lambda r: isinstance(r, tuple))
+  return pick(0), pick(1), pick(2)
+
+
+def _sgd_constants(config: TrainConfig) -> tuple[float, float]:
+  """(effective PyTorch-SGD learning rate, its weight-decay coefficient times lr)."""
+  if config.decoupled:
+    kilostep = 1024.0 * (1.0 + 1.0 / (1.0 - config.momentum))
+    return config.lr / kilostep, config.weight_decay * config.batch_size / kilostep
+  return config.lr, config.weight_decay * config.lr
+
+
+def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, num_train):
+  """Flip and translate one model's batch of uint8 images [B, H, W, C] on the device."""
+  batch_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _AUG), epoch),
+                                 step_in_epoch)
+  if config.flip == "alternating":
+    # One random flip per image fixed at the start, and every image flipped on odd epochs.
+    base = jax.random.bernoulli(jax.random.fold_in(key, _FLIP), 0.5, (num_train,))
+    flip = base[indices] ^ (epoch % 2 == 1)
+  elif config.flip == "random":
+    flip = jax.random.bernoulli(jax.random.fold_in(batch_key, 0), 0.5, (images.shape[0],))
+  else:
+    flip = None
+  if flip is not None:
+    images = jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+  pad = config.translate
+  if pad > 0:
+    h, w, c = images.shape[1:]
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    offsets = jax.random.randint(jax.random.fold_in(batch_key, 1), (images.shape[0], 2), 0,
+                                 2 * pad + 1)
+    images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets)
+  return images
+
+
+def make_train_fn(config: TrainConfig):
+  """A pure function that trains M models: `fn(keys, images, labels, init=None)`.
+
+  Args (of the returned function):
+    keys: typed PRNG keys [M]; model m's initialization, shuffling and augmentation are drawn
+      from fold_in(keys[m], ·), so model m's result does not depend on the other models.
+    images: uint8 [N, H, W, C] (shared by all models) or [M, N, H, W, C] (one set per model).
+    labels: int [N] or [M, N].
+    init: optional TrainedModels with M (or 1, broadcast) models to warm-start from (their
+      whitening filters are kept; `config.reinit_head` draws a fresh final layer).
+
+  Returns: TrainedModels with M models. Traceable: may be called inside an outer jax.jit (with
+  the models axis sharded); it does not validate its arguments (train_models does).
+  """
+  graphdef = model_graphdef(config)
+  dtype = resolve_compute_dtype(config)
+  lr_eff, decay_eff = _sgd_constants(config)
+  mu = config.momentum
+
+  def init_one(key, images_for_whitening):
+    model = create_model(config, jax.random.fold_in(key, _INIT), dtype)
+    state = nnx.state(model)
+    if config.model == "airbench94":
+      kernel = whitening_kernel(images_for_whitening, config.whitening_images)
+      state["whiten_kernel"] = Whitening(kernel)
+    return state
+
+  def fresh_head(key):
+    return init_head(config, jax.random.fold_in(key, _HEAD), dtype)
+
+  def train_fn(keys, images, labels, init: TrainedModels | None = None):
+    TRACES[config] += 1  # Runs once per trace: the tests' recompilation counter.
+    num_models = keys.shape[0]
+    shared = images.ndim == 4
+    num_train = images.shape[-4]
+    spe = steps_per_epoch(config, num_train)
+    num_steps = total_steps(config, num_train)
+    whiten_steps = config.whiten_bias_epochs * spe
+    if init is None:
+      if shared:
+        state = jax.vmap(init_one, in_axes=(0, None))(keys, images)
+      else:
+        state = jax.vmap(init_one)(keys, images)
+    else:
+      state = init.state
+      if init.num_models == 1 and num_models != 1:
+        state = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_models, *x.shape[1:])), state)
+      if config.reinit_head:
+        state = nnx.State(dict(state))
+        state["head"] = jax.vmap(fresh_head)(keys)
+    params, rest = nnx.split_state(state, nnx.Param, ...)
+    trainable, lr_scale, is_whiten_bias = _leaf_rules(config, params)
+
+    def loss_fn(p, r, x, y):
+      model = nnx.merge(graphdef, p, r, copy=True)
+      x01 = x.astype(jnp.float32) / 255.0
+      if config.trainable == "head":
+        # Linear probe: frozen features, batch norm on its running statistics.
+        logits = model.head_logits(jax.lax.stop_gradient(model.features(x01, train=False)))
+      else:
+        logits = model(x01, train=True)
+      _, _, new_r = nnx.split(model, nnx.Param, ...)
+      targets = optax.smooth_labels(jax.nn.one_hot(y, config.num_classes),
+                                    config.label_smoothing)
+      losses = optax.softmax_cross_entropy(logits, targets)
+      loss = losses.sum() if config.decoupled else losses.mean()
+      return loss, new_r
+
+    def single_step(p, r, buf, x, y, factor, whiten_on):
+      grads, new_r = jax.grad(loss_fn, has_aux=True)(p, r, x, y)
+
+      def update(train, scale, wb, w, g, b):
+        if not train:
+          return w, b
+        # PyTorch SGD with (coupled) decay decay_eff / (lr_eff · scale): the decay's size does
+        # not depend on the bias scaler, as in airbench.
+        d = g.astype(jnp.float32) + (decay_eff / (lr_eff * scale)) * w
+        b_new = mu * b + d
+        direction = d + mu * b_new if config.nesterov else b_new
+        w_new = w - factor * lr_eff * scale * direction
+        if wb:
+          w_new = jnp.where(whiten_on, w_new, w)
+          b_new = jnp.where(whiten_on, b_new, b)
+        return w_new, b_new
+
+      pairs = jax.tree.map(update, trainable, lr_scale, is_whiten_bias, p, grads, buf)
+      is_pair = lambda t: isinstance(t, tuple)
+      new_p = jax.tree.map(lambda t: t[0], pairs, is_leaf=is_pair)
+      new_buf = jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair)
+      if config.trainable == "head":
+        new_r = r  # Frozen features: running statistics untouched.
+      return new_p, new_r, new_buf
+
+    def permutation(key, epoch):
+      key = jax.random.fold_in(jax.random.fold_in(key, _DATA), epoch)
+      return jax.random.permutation(key, num_train).astype(jnp.int32)
+
+    def gather(data, idx):
+      if shared:
+        return data[idx]
+      return jax.vmap(lambda d, i: d[i])(data, idx)
+
+    def body(carry, step):
+      p, r, buf, ema, perm = carry
+      epoch = step // spe
+      pos = step % spe
+      perm = jax.lax.cond(pos == 0, lambda: jax.vmap(permutation, (0, None))(keys, epoch),
+                          lambda: perm)
+      idx = jax.lax.dynamic_slice_in_dim(perm, pos * config.batch_size, config.batch_size,
+                                         axis=1)
+      x = gather(images, idx)
+      y = gather(labels, idx)
+      x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
+          keys, x, idx)
+      factor = lr_factor(config, step, num_steps)
+      p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None))(
+          p, r, buf, x, y, factor, step < whiten_steps)
+      if config.lookahead:
+        t = step + 1
+        decay = 0.95 ** 5 * (t.astype(jnp.float32) / num_steps) ** 3
+
+        def pull(operands):
+          p, r, ema = operands
+          ema = jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, (p, r))
+          return ema[0], ema[1], ema
+
+        p, r, ema = jax.lax.cond(t % _LOOKAHEAD_EVERY == 0, pull, lambda o: o, (p, r, ema))
+      return (p, r, buf, ema, perm), None
+
+    buf = jax.tree.map(jnp.zeros_like, params)
+    ema = (params, rest) if config.lookahead else None
+    perm = jnp.zeros((num_models, num_train), jnp.int32)
+    if num_steps > 0:
+      (params, rest, buf, ema, perm), _ = jax.lax.scan(
+          body, (params, rest, buf, ema, perm), jnp.arange(num_steps))
+      if config.lookahead:
+        params, rest = ema  # airbench returns the lookahead EMA.
+    return TrainedModels(graphdef, nnx.merge_state(params, rest), config)
+
+  return train_fn
