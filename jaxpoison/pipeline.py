@@ -406,8 +406,8 @@ def gather_to_host(array: jax.Array) -> np.ndarray:
 
 
 def resolve_trainer(trainer, dataset: Dataset):
-  """A `classifier.TrainConfig` from a preset name or a config; float32 on a CPU, where bf16
-  matmuls are emulated and slower."""
+  """A `classifier.TrainConfig` for this dataset from a preset name or a config (its
+  compute_dtype "auto" picks bfloat16 on an accelerator, float32 on the CPU)."""
   if isinstance(trainer, str):
     presets = {
         "airbench94": classifier.airbench94_config,
@@ -415,18 +415,9 @@ def resolve_trainer(trainer, dataset: Dataset):
         "tiny": lambda: classifier.tiny_config("airbench94"),
         "tiny_resnet18": lambda: classifier.tiny_config("resnet18"),
     }
-    config = presets[trainer]()
-  else:
-    config = trainer
-  updates = {}
-  fields = {f.name for f in dataclasses.fields(config)}
-  if "num_classes" in fields:
-    updates["num_classes"] = dataset.num_classes
-  if "image_shape" in fields:
-    updates["image_shape"] = tuple(dataset.image_shape)
-  if jax.default_backend() == "cpu" and "compute_dtype" in fields:
-    updates["compute_dtype"] = "float32"
-  return dataclasses.replace(config, **updates)
+    trainer = presets[trainer]()
+  return dataclasses.replace(trainer, num_classes=dataset.num_classes,
+                             image_shape=tuple(dataset.image_shape))
 
 
 def resolve_denoiser(denoiser) -> "diffusion.Denoiser":
@@ -444,18 +435,36 @@ def subset_indices(num_total: int, num: int | None) -> np.ndarray:
   return np.sort(np.random.default_rng(0).choice(num_total, size=num, replace=False))
 
 
+# Models per device when no memory budget is known (a CPU): small chunks keep progress visible.
+CPU_MODELS_PER_DEVICE = 4
+# Upper bound per device when planning from memory: past this, throughput no longer grows.
+MAX_MODELS_PER_DEVICE = 128
+
+
 def choose_models_per_step(requested: int | None, train_config, num_train: int,
-                           image_bytes: int, num_devices: int) -> int:
-  """Rounds a requested chunk up to a multiple of the device count, or plans one from memory:
-  the trainer's per-model plan, bounded so the denoised copies (uint8) fit beside it."""
+                           num_devices: int) -> int:
+  """Rounds a requested chunk up to a multiple of the device count, or plans one from memory.
+
+  The trainer's plan measures XLA's compiled footprint of training 1 and 2 models, each on its
+  own copy of the training set (the denoised copies, which the denoising program writes and the
+  training program consumes in place), within 90% of the device's memory.
+
+  Raises:
+    classifier.InsufficientMemoryError: not even one model per device fits.
+  """
   if requested is None:
-    per_device = classifier.plan_models_per_step(train_config, num_train)
-    # The denoised copies of one chunk live on device until training consumes them.
-    stats = jax.local_devices()[0].memory_stats() or {}
-    limit = stats.get("bytes_limit")
-    if limit:
-      per_device = min(per_device, max(1, int(0.25 * limit) // (num_train * image_bytes)))
-    requested = max(1, per_device) * num_devices
+    limit = classifier.device_memory_limit(train_config)
+    if limit is None:
+      per_device = CPU_MODELS_PER_DEVICE
+    else:
+      per_device = classifier.plan_models_per_step(train_config, num_train,
+                                                   memory_bytes=int(0.9 * limit))
+      if per_device < 1:
+        raise classifier.InsufficientMemoryError(
+            f"one model on {num_train} training images does not fit in "
+            f"{limit / 2**30:.1f} GiB of device memory; use a smaller trainer or --num_train")
+      per_device = min(per_device, MAX_MODELS_PER_DEVICE)
+    requested = per_device * num_devices
   return int(math.ceil(int(requested) / num_devices) * num_devices)
 
 
@@ -601,8 +610,7 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
   mesh = models_mesh()
   num_devices = mesh.devices.size
   models_per_step = choose_models_per_step(
-      config.models_per_step, train_config, len(dataset.x_train),
-      int(np.prod(dataset.image_shape)), num_devices)
+      config.models_per_step, train_config, len(dataset.x_train), num_devices)
   log.info("certifying σ=%s with %d models (n0=%d) on %d %s device(s), %d models per step; "
            "results in %s", ",".join(f"{s:g}" for s in config.sigmas), config.num_models,
            config.n0, num_devices, jax.devices()[0].device_kind, models_per_step, out)
