@@ -12,6 +12,10 @@ Public API, re-exported from the submodules:
   `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
 * certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
   folder and chunk helpers behind scripts/certify.py).
+* classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
+  `classifier.predict`, `classifier.evaluate`, checkpoints), and `train_models`, `TrainConfig`,
+  `airbench94_config`, `resnet18_config`. `predict` is not re-exported: use
+  `classifier.predict` (the top-level name would clash with `certify.predict`).
 """
 
 from importlib import metadata as _metadata
@@ -28,6 +32,8 @@ from jaxpoison.attacks import (
     save_poisons,
 )
 from jaxpoison import certify
+from jaxpoison import classifier
+from jaxpoison.classifier import TrainConfig, airbench94_config, resnet18_config, train_models
 from jaxpoison.certify import (
     ABSTAIN,
     Certificate,

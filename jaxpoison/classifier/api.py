@@ -240,7 +240,7 @@ def train_models(keys, images, labels, config: TrainConfig,
     if init is not None:
       ini = init if init.num_models == 1 else jax.tree.map(lambda a: a[idx], init)
     out = compiled(k, im, lab, ini)
-    results.append(_slice(out, 0, stop - start))
+    results.append(TrainedModels(out.graphdef, _slice(out.state, 0, stop - start), config))
   return results[0] if len(results) == 1 else stack(results)
 
 

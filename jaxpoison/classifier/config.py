@@ -119,6 +119,8 @@ class TrainConfig:
         (len(self.widths) == (3 if self.model == "airbench94" else 4),
          f"widths: {self.model} expects {3 if self.model == 'airbench94' else 4} stage widths, "
          f"got {self.widths}"),
+        (self.whitening_images >= 1,
+         f"whitening_images: expected >= 1, got {self.whitening_images}"),
         (self.models_per_step >= 0,
          f"models_per_step: expected >= 0 (0 = automatic), got {self.models_per_step}"),
         (self.memory_limit_bytes >= 0,

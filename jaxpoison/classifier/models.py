@@ -53,7 +53,7 @@ class ConvGroup(nnx.Module):
     def conv(a, b):
       layer = nnx.Conv(a, b, (3, 3), padding="SAME", use_bias=False, dtype=dtype,
                        kernel_init=torch_default_init, rngs=rngs)
-      layer.kernel.value = _dirac_init(layer.kernel.value)
+      layer.kernel[...] = _dirac_init(layer.kernel[...])
       return layer
 
     def norm(c):
@@ -96,9 +96,9 @@ class Airbench94(nnx.Module):
     """Penultimate features [B, widths[-1]] of float images in [0, 1], [B, H, W, C]."""
     x = _normalize(images, self.channels).astype(self.dtype)
     x = jax.lax.conv_general_dilated(
-        x, self.whiten_kernel.value.astype(self.dtype), (1, 1), "VALID",
+        x, self.whiten_kernel[...].astype(self.dtype), (1, 1), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    x = _gelu(x + self.whiten_bias.value.astype(self.dtype))
+    x = _gelu(x + self.whiten_bias[...].astype(self.dtype))
     x = self.group1(x, train)
     x = self.group2(x, train)
     x = self.group3(x, train)

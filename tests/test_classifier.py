@@ -1,0 +1,264 @@
+"""Tests of the many-model trainer (tiny networks, 256 synthetic images, a few steps, CPU).
+
+Programs are shared between tests through module fixtures: each distinct shape compiles once
+(compiling dominates the time on a CPU).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxpoison import classifier
+from jaxpoison.classifier import train as train_lib
+
+NUM_TRAIN = 128
+# Model i trained inside a vmapped batch of M vs alone: XLA lowers a vmapped convolution (and
+# its weight gradient) to a grouped convolution whose float32 sums run in another order, so the
+# two agree only to rounding, which SGD steps (and batch norm's 1/σ) amplify. Measured on the
+# CPU, 8 steps: relative max |Δ| (per variable, over its max |value|) ≈ 1e-5..1e-4 (printed by
+# the tests); bounded here at 1e-3.
+BATCHED_VS_ALONE_RTOL = 1e-3
+
+
+PALETTE = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220)])
+
+
+def _colour_data(seed, n):
+  """Three classes (red, green, blue), each a flat colour plus small noise: trivially separable."""
+  rng = np.random.default_rng(seed)
+  palette = PALETTE
+  labels = rng.integers(0, len(PALETTE), n).astype(np.int32)
+  noise = rng.integers(-20, 21, (n, 32, 32, 3))
+  images = np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+  return images, labels
+
+
+@pytest.fixture(scope="module")
+def data():
+  return _colour_data(0, NUM_TRAIN), _colour_data(1, 200)  # train, test
+
+
+@pytest.fixture(scope="module")
+def config():
+  # 8 steps. Lookahead off: airbench returns the EMA as of the last multiple of 5 steps, which
+  # in so short a run discards the last steps (the head-only test runs it).
+  return classifier.tiny_config(epochs=2, batch_size=32, lookahead=False)
+
+
+@pytest.fixture(scope="module")
+def keys():
+  return jax.random.split(jax.random.key(7), 2)
+
+
+@pytest.fixture(scope="module")
+def batched(data, config, keys):
+  (x, y), _ = data
+  return classifier.train_models(keys, x, y, config)
+
+
+def _leaves(models):
+  return [np.asarray(a) for a in jax.tree.leaves(models.state)]
+
+
+def _max_diff(a, b):
+  """The largest per-variable relative difference max |u − v| / max(max |u|, 1e-6)."""
+  return max(float(np.max(np.abs(u - v)) / max(float(np.max(np.abs(u))), 1e-6))
+             for u, v in zip(_leaves(a), _leaves(b)))
+
+
+def test_same_keys_bit_identical_and_no_recompilation(data, config, keys, batched):
+  (x, y), _ = data
+  traces = train_lib.TRACES[config]
+  again = classifier.train_models(keys, x, y, config)
+  assert train_lib.TRACES[config] == traces  # same shapes: no new trace, no new compile
+  for a, b in zip(_leaves(batched), _leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  assert batched.num_models == 2
+  # Different keys give different models.
+  assert not np.array_equal(_leaves(batched)[0][0], _leaves(batched)[0][1])
+
+
+def test_tiny_model_learns_separable_data(data, batched):
+  _, (x_test, y_test) = data
+  accuracy = np.asarray(classifier.evaluate(batched, x_test, y_test, batch_size=64))
+  assert accuracy.shape == (2,)
+  assert np.all(accuracy > 0.9), accuracy
+
+
+def test_model_in_batch_matches_model_alone(data, config, keys, batched):
+  (x, y), _ = data
+  alone = classifier.train_models(keys[1:], x, y, config)
+  diff = _max_diff(classifier.select(batched, 1), alone)
+  print(f"batched vs alone: relative max |Δ variable| = {diff:.3g}")
+  assert diff <= BATCHED_VS_ALONE_RTOL
+
+
+def test_shared_and_per_model_images_agree(data, config, keys, batched):
+  (x, y), _ = data
+  per_model = classifier.train_models(keys, np.stack([x, x]), np.stack([y, y]), config)
+  diff = _max_diff(batched, per_model)
+  print(f"shared vs per-model images: relative max |Δ variable| = {diff:.3g}")
+  assert diff <= BATCHED_VS_ALONE_RTOL
+
+
+def test_warm_start_with_zero_steps_returns_init_broadcast(data, config, keys, batched):
+  (x, y), _ = data
+  one = classifier.select(batched, 0)
+  out = classifier.train_models(keys, x, y, config.replace(epochs=0), init=one)
+  assert out.num_models == 2
+  for a, b in zip(_leaves(one), _leaves(out)):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[0], b[1])
+
+
+def test_head_only_training_freezes_features(data, config, keys, batched):
+  (x, y), (x_test, _) = data
+  head_config = config.replace(trainable="head", reinit_head=True, epochs=2, lookahead=True)
+  probed = classifier.train_models(keys, x, y, head_config, init=batched)
+  before = nnx.to_flat_state(batched.state)
+  after = dict(nnx.to_flat_state(probed.state))
+  changed = []
+  for path, var in before:
+    a, b = np.asarray(var.value), np.asarray(after[path].value)
+    if path[0] == "head":
+      changed.append(not np.array_equal(a, b))
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=str(path))
+  assert all(changed)
+  np.testing.assert_array_equal(classifier.features(batched, x_test, batch_size=64),
+                                classifier.features(probed, x_test, batch_size=64))
+
+
+def test_predict_logits_features_shapes_and_consistency(data, batched):
+  _, (x_test, y_test) = data
+  out = classifier.logits(batched, x_test, batch_size=64)
+  assert out.shape == (2, 200, 10)
+  pred = classifier.predict(batched, x_test, batch_size=64)
+  assert pred.dtype == jnp.int32 and pred.shape == (2, 200)
+  np.testing.assert_array_equal(pred, np.argmax(out, -1))
+  feats = classifier.features(batched, x_test, batch_size=64)
+  assert feats.shape == (2, 200, 16)
+  # The logits are the TTA-weighted head of the features' views; without TTA, of the features.
+  model = nnx.merge(batched.graphdef, jax.tree.map(lambda a: a[0], batched.state))
+  np.testing.assert_allclose(model.head_logits(feats[0]),
+                             model(jnp.asarray(x_test, jnp.float32) / 255), atol=1e-4)
+  # Callable inside an outer jit.
+  inner = jax.jit(lambda m, im: classifier.predict(m, im, batch_size=64))(batched, x_test)
+  np.testing.assert_array_equal(inner, pred)
+
+
+def test_feature_extractor_matches_features(data, batched):
+  _, (x_test, _) = data
+  extractor = classifier.feature_extractor(batched, 1)
+  x01 = jnp.asarray(x_test, jnp.float32) / 255
+  np.testing.assert_allclose(extractor.apply_fn(extractor.params, x01),
+                             classifier.features(batched, x_test, batch_size=64)[1], atol=1e-5)
+
+
+def test_select_stack_save_load_roundtrip(tmp_path, batched):
+  restacked = classifier.stack([classifier.select(batched, 0), classifier.select(batched, 1)])
+  for a, b in zip(_leaves(batched), _leaves(restacked)):
+    np.testing.assert_array_equal(a, b)
+  classifier.save_models(tmp_path / "m", batched)
+  loaded = classifier.load_models(tmp_path / "m")
+  assert loaded.config == batched.config and loaded.graphdef == batched.graphdef
+  for a, b in zip(_leaves(batched), _leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_load_mismatch_is_a_clear_error(tmp_path, batched):
+  classifier.save_models(tmp_path / "m", batched)
+  import json
+  meta = json.loads((tmp_path / "m" / "config.json").read_text())
+  meta["config"]["widths"] = [8, 16, 32]
+  (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+  with pytest.raises(classifier.CheckpointMismatchError, match="widths"):
+    classifier.load_models(tmp_path / "m")
+
+
+def test_memory_limit_error_before_training_and_plan(data, config, keys, batched):
+  (x, y), _ = data
+  two = classifier.estimate_bytes(config, 2, NUM_TRAIN, shared_images=True)
+  one = classifier.estimate_bytes(config, 1, NUM_TRAIN, shared_images=True)
+  assert two > one > 0
+  tight = config.replace(models_per_step=2, memory_limit_bytes=two - 1)
+  with pytest.raises(classifier.InsufficientMemoryError, match=r"M = 2 .*MiB.*limit"):
+    classifier.train_models(keys, x, y, tight)
+  assert classifier.plan_models_per_step(config, NUM_TRAIN, two, shared_images=True) == 2
+  assert classifier.plan_models_per_step(config, NUM_TRAIN, two - 1, shared_images=True) == 1
+  assert classifier.plan_models_per_step(config, NUM_TRAIN, one - 1, shared_images=True) == 0
+  with pytest.raises(classifier.InsufficientMemoryError, match="M = 1"):
+    classifier.train_models(keys, x, y, config.replace(memory_limit_bytes=one // 2))
+  # Automatic chunking: a budget for one model trains the two one at a time, same result.
+  chunked = classifier.train_models(keys, x, y, config.replace(memory_limit_bytes=two - 1))
+  assert _max_diff(chunked, batched) <= BATCHED_VS_ALONE_RTOL
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(images=np.zeros((NUM_TRAIN, 28, 28, 3), np.uint8)), r"\(32, 32, 3\)"),
+    (dict(images=np.zeros((NUM_TRAIN, 32, 32, 3), np.float32)), "uint8"),
+    (dict(images=np.zeros((3, NUM_TRAIN, 32, 32, 3), np.uint8)), "M = 2"),
+    (dict(labels=np.full(NUM_TRAIN, 10, np.int32)), r"\[0, 9\]"),
+    (dict(labels=np.zeros(NUM_TRAIN - 1, np.int32)), "one per image"),
+    (dict(images=np.zeros((16, 32, 32, 3), np.uint8), labels=np.zeros(16, np.int32)),
+     "fewer than one batch"),
+    (dict(keys=np.zeros(3)), "PRNG keys"),
+])
+def test_argument_errors(data, config, keys, change, match):
+  (x, y), _ = data
+  args = dict(keys=keys, images=x, labels=y)
+  args.update(change)
+  with pytest.raises((ValueError, TypeError), match=match):
+    classifier.train_models(args["keys"], args["images"], args["labels"], config)
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="model"):
+    classifier.TrainConfig(model="vgg")
+  with pytest.raises(ValueError, match="trainable"):
+    classifier.tiny_config(trainable="body")
+  with pytest.raises(ValueError, match="widths"):
+    classifier.tiny_config(widths=(8, 16))
+
+
+def test_whitening_filters_whiten_the_patches():
+  """Independent check with numpy: filters f_j = v_j / √(λ_j + ε) give f_j' C f_j = λ/(λ+ε)."""
+  images, _ = _colour_data(1, 64)
+  kernel = np.asarray(classifier.whitening_kernel(jnp.asarray(images), 64))
+  x = (images / 255.0 - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2470, 0.2435, 0.2616])
+  patches = np.concatenate([x[:, dy:dy + 31, dx:dx + 31] for dy in (0, 1) for dx in (0, 1)], -1)
+  patches = patches.reshape(-1, 12)
+  cov = patches.T @ patches / len(patches)
+  eigenvalues = np.linalg.eigh(cov)[0][::-1]
+  filters = kernel.reshape(12, 24)
+  quad = np.einsum("aj,ab,bj->j", filters, cov, filters)
+  expected = eigenvalues / (eigenvalues + 5e-4)
+  np.testing.assert_allclose(quad[:12], expected, rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(filters[:, 12:], -filters[:, :12])
+
+
+def test_airbench_schedule_matches_its_formula():
+  config = classifier.airbench94_config()
+  total = 476
+  warmup = int(total * 0.23)
+  for step in (0, 50, warmup, 300, 475):
+    expected = (0.2 * (1 - step / warmup) + step / warmup if step < warmup
+                else 1.0 * (1 - (step - warmup) / (total - warmup))
+                + 0.07 * (step - warmup) / (total - warmup))
+    assert abs(float(classifier.lr_factor(config, step, total)) - expected) < 1e-5
+  assert classifier.total_steps(config, 50000) == 476
+
+
+@pytest.mark.parametrize("config", [classifier.airbench94_config(compute_dtype="float32"),
+                                    classifier.tiny_config("resnet18")])
+def test_train_fn_traces_for_full_configs(config):
+  """Abstract evaluation only (no compilation): the recipes trace with per-model data."""
+  fn = classifier.make_train_fn(config)
+  keys = jax.ShapeDtypeStruct((3,), jax.random.key(0).dtype)
+  images = jax.ShapeDtypeStruct((3, 2 * config.batch_size, 32, 32, 3), jnp.uint8)
+  labels = jax.ShapeDtypeStruct((3, 2 * config.batch_size), jnp.int32)
+  out = jax.eval_shape(fn, keys, images, labels)
+  head = out.state["head"]["kernel"].value
+  assert head.shape == (3, config.widths[-1], 10)
