@@ -1,0 +1,235 @@
+"""NoiseAndDenoise: Gaussian noise of level σ, then one DDPM reverse step (or several).
+
+Carlini et al.'s denoised smoothing, as used by Hong, Carlini & Kurakin's certified defense:
+images x scaled to [-1, 1], t* = `timestep_for_sigma(schedule, σ)`,
+x_t* = √ᾱ·x + √(1-ᾱ)·ε, x̂₀ = (x_t* − √(1-ᾱ)·ε_θ(x_t*, t*))/√ᾱ clipped to [-1, 1], back to [0, 1].
+
+Randomness: the noise of image i is drawn from `fold_in(key, i)` (i = its index in `images`),
+so results do not depend on `batch_size`, and copies for several models use one key each.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpoison._checks import check_images, check_sigma
+from jaxpoison.diffusion.model import Denoiser, predict_eps
+from jaxpoison.diffusion.schedule import alphas_cumprod, timestep_for_sigma
+
+
+def _as_key(key):
+  if not hasattr(key, "dtype"):
+    raise TypeError(f"key: expected a jax.random.key, got {type(key).__name__}")
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  if key.shape[-1:] == (2,) and key.dtype == jnp.uint32:
+    return jax.random.wrap_key_data(key)  # a legacy uint32 [2] key
+  raise TypeError(f"key: expected a jax.random.key, got {key.dtype} {key.shape}")
+
+
+def _validate(denoiser: Denoiser, images, sigma) -> tuple[float, int]:
+  if not isinstance(denoiser, Denoiser):
+    raise TypeError(f"denoiser: expected a jaxpoison.diffusion.Denoiser, got {type(denoiser).__name__}")
+  u = denoiser.unet
+  check_images(images, image_shape=(u.sample_size, u.sample_size, u.in_channels))
+  sigma = check_sigma(sigma)
+  return sigma, timestep_for_sigma(denoiser.schedule, sigma)
+
+
+def _to_unit(images):
+  """uint8 or float [0, 1] -> float32 [-1, 1]."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 127.5 - 1.0
+  return images.astype(jnp.float32) * 2.0 - 1.0
+
+
+def _from_unit(x, dtype):
+  """float [-1, 1] -> `dtype` (uint8 rounded, or float [0, 1])."""
+  x01 = (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0
+  if dtype == jnp.uint8:
+    return jnp.round(x01 * 255.0).astype(jnp.uint8)
+  return x01.astype(dtype)
+
+
+def image_noise(key, indices, shape):
+  """Standard normal noise [len(indices), *shape] for the images at `indices` (fold_in(key, i))."""
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32))(
+      indices)
+
+
+def _batched(fn, images, batch_size: int):
+  """fn(batch [B, ...], indices [B]) -> [B, ...] applied with lax.map over padded batches."""
+  n = images.shape[0]
+  b = max(1, min(int(batch_size), n))
+  num = -(-n // b)
+  pad = num * b - n
+  padded = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)]) if pad \
+      else images
+  idx = jnp.arange(num * b, dtype=jnp.int32)
+  out = jax.lax.map(lambda a: fn(*a), (padded.reshape(num, b, *images.shape[1:]),
+                                       idx.reshape(num, b)))
+  return out.reshape(num * b, *out.shape[2:])[:n]
+
+
+def _single_step(denoiser, images, key, t: int, batch_size: int, compute_dtype):
+  abar = float(alphas_cumprod(denoiser.schedule)[t])
+  a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+
+  def one_batch(batch, indices):
+    x = _to_unit(batch)
+    x_t = a * x + s * image_noise(key, indices, x.shape[1:])
+    eps = predict_eps(denoiser, x_t, jnp.full((x.shape[0],), t, jnp.int32),
+                      compute_dtype=compute_dtype)
+    return _from_unit((x_t - s * eps) / a, images.dtype)
+
+  return _batched(one_batch, images, batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("t", "batch_size", "compute_dtype"))
+def _noise_and_denoise_jit(denoiser, images, key, t, batch_size, compute_dtype):
+  return _single_step(denoiser, images, key, t, batch_size, compute_dtype)
+
+
+def noise_and_denoise(denoiser: Denoiser, images, sigma: float, key, *, batch_size: int = 256,
+                      compute_dtype=jnp.float32):
+  """Adds N(0, σ²) noise (pixel units) and denoises with one DDPM step.
+
+  images: uint8 [N, H, W, C] or float [N, H, W, C] in [0, 1]; returns the same shape and dtype
+  (uint8 rounded). sigma: a Python float in (0, 4] (static; it picks t*). key: one
+  jax.random.key; image i's noise comes from fold_in(key, i), so the output does not depend on
+  `batch_size` (the number of images per UNet call, a static int). compute_dtype: float32 or
+  bfloat16 for the UNet. Pure (same key, same output, bit for bit on CPU); jitted when called
+  directly and traceable inside an outer jit.
+  """
+  sigma, t = _validate(denoiser, images, sigma)
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+  return _noise_and_denoise_jit(denoiser, images, _as_key(key), t, int(batch_size),
+                                jnp.dtype(compute_dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("t", "batch_size", "compute_dtype"))
+def _many_jit(denoiser, images, keys, t, batch_size, compute_dtype):
+  return jax.lax.map(
+      lambda k: _single_step(denoiser, images, k, t, batch_size, compute_dtype), keys)
+
+
+def noise_and_denoise_many(denoiser: Denoiser, images, sigma: float, keys, *,
+                           batch_size: int = 256, compute_dtype=jnp.float32):
+  """M independent noisy-denoised copies of `images`, one per key: [M, N, H, W, C].
+
+  keys: [M] jax.random keys (e.g. one per smoothed model, fold_in(run_key, model_index)). Copy m
+  equals `noise_and_denoise(denoiser, images, sigma, keys[m])` (a lax.map over the keys runs the
+  same computation).
+  """
+  sigma, t = _validate(denoiser, images, sigma)
+  keys = _as_key(keys)
+  if keys.ndim != 1:
+    raise ValueError(f"keys: expected a 1-D array of keys [M], got shape {keys.shape}")
+  return _many_jit(denoiser, images, keys, t, int(batch_size), jnp.dtype(compute_dtype))
+
+
+def multistep_timesteps(t_start: int, num_steps: int | None) -> np.ndarray:
+  """The decreasing steps t_start = t_0 > ... > t_{K-1} = 0 a K-step reverse process visits.
+
+  num_steps None: every step (K = t_start + 1, DDPM's ancestral sampler); otherwise K evenly
+  spaced steps (rounded), at most t_start + 1; K = 1 is the single-step denoiser.
+  """
+  if num_steps is None:
+    num_steps = t_start + 1
+  num_steps = int(num_steps)
+  if num_steps < 1:
+    raise ValueError(f"num_steps: expected >= 1, got {num_steps}")
+  num_steps = min(num_steps, t_start + 1)
+  if num_steps == 1:
+    return np.array([t_start])
+  return np.unique(np.round(np.linspace(t_start, 0, num_steps)).astype(np.int64))[::-1].copy()
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "batch_size", "compute_dtype"))
+def _multistep_jit(denoiser, images, key, steps, batch_size, compute_dtype):
+  abar_all = alphas_cumprod(denoiser.schedule)
+  steps = np.asarray(steps)
+  abar = abar_all[steps]
+  # Posterior q(x_s | x_t, x̂₀) between consecutive visited steps t > s (Ho et al. eq. 7 with
+  # ᾱ_t/ᾱ_s in place of α_t, so that strided schedules stay exact).
+  abar_next = np.concatenate([abar[1:], [1.0]])
+  beta = 1.0 - abar / abar_next
+  c0 = np.sqrt(abar_next) * beta / (1.0 - abar)
+  ct = np.sqrt(abar / abar_next) * (1.0 - abar_next) / (1.0 - abar)
+  var = beta * (1.0 - abar_next) / (1.0 - abar)
+  table = jnp.asarray(np.stack([steps, np.sqrt(abar), np.sqrt(1 - abar), c0, ct,
+                                np.sqrt(np.maximum(var, 0.0))], axis=1), jnp.float32)
+
+  def one_batch(batch, indices):
+    x = _to_unit(batch)
+    x_t = math.sqrt(abar[0]) * x + math.sqrt(1 - abar[0]) * image_noise(key, indices,
+                                                                        x.shape[1:])
+
+    def body(k, carry):
+      x_t, _ = carry
+      t, a, s, c0_, ct_, sd = (table[k, j] for j in range(6))
+      eps = predict_eps(denoiser, x_t, jnp.full((x.shape[0],), t), compute_dtype=compute_dtype)
+      x0 = jnp.clip((x_t - s * eps) / a, -1.0, 1.0)
+      z = jax.vmap(lambda i: jax.random.normal(
+          jax.random.fold_in(jax.random.fold_in(key, i), k + 1), x.shape[1:], jnp.float32))(indices)
+      return c0_ * x0 + ct_ * x_t + sd * z, x0
+
+    _, x0 = jax.lax.fori_loop(0, len(steps), body, (x_t, x_t))
+    return _from_unit(x0, images.dtype)
+
+  return _batched(one_batch, images, batch_size)
+
+
+def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
+                      num_steps: int | None = None, start_timestep: int | None = None,
+                      batch_size: int = 256, compute_dtype=jnp.float32):
+  """Noise to level σ, then DDPM's ancestral reverse process from t* down to 0.
+
+  Starts like `noise_and_denoise` (same noise for the same key), then walks the steps of
+  `multistep_timesteps(t*, num_steps)`: at each step t, x̂₀ from ε_θ, clipped to [-1, 1], and
+  x_s drawn from the posterior q(x_s | x_t, x̂₀) (fresh noise from fold_in(fold_in(key, i), k+1)
+  at the k-th step). Returns the last x̂₀ (at t = 0). num_steps=1 is exactly `noise_and_denoise`.
+  start_timestep overrides t* (ECLIPSE starts at t* = 100 whatever σ is); sigma then only
+  validates.
+  """
+  sigma, t = _validate(denoiser, images, sigma)
+  if start_timestep is not None:
+    t = int(start_timestep)
+    if not 0 <= t < denoiser.schedule.num_timesteps:
+      raise ValueError(f"start_timestep: expected in [0, {denoiser.schedule.num_timesteps}), got {t}")
+  steps = tuple(int(s) for s in multistep_timesteps(t, num_steps))
+  return _multistep_jit(denoiser, images, _as_key(key), steps, int(batch_size),
+                        jnp.dtype(compute_dtype))
+
+
+def psnr(a, b, *, axis=(-3, -2, -1)):
+  """Peak signal-to-noise ratio in dB, per image: 10·log10(1/MSE), images in [0, 1] or uint8.
+
+  uint8 inputs are scaled to [0, 1] first. Returns float32 [N] for [N, H, W, C] inputs.
+  """
+  def unit(x):
+    x = jnp.asarray(x)
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+  mse = jnp.mean((unit(a) - unit(b)) ** 2, axis=axis)
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-12))
+
+
+def denoising_psnr(denoiser: Denoiser, images, sigma: float, key, *, batch_size: int = 256,
+                   compute_dtype=jnp.float32) -> dict[str, float]:
+  """Mean PSNR (dB) against the clean images of the noisy input x + σε (unclipped, the exact
+  noise the denoiser sees) and of the single-step denoised output."""
+  images = jnp.asarray(images)
+  den = noise_and_denoise(denoiser, images, sigma, key, batch_size=batch_size,
+                          compute_dtype=compute_dtype)
+  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+  noise = image_noise(_as_key(key), jnp.arange(images.shape[0]), images.shape[1:])
+  noisy = x + sigma * noise
+  return {"sigma": float(sigma), "timestep": timestep_for_sigma(denoiser.schedule, sigma),
+          "psnr_noisy": float(jnp.mean(psnr(noisy, x))),
+          "psnr_denoised": float(jnp.mean(psnr(den, images)))}

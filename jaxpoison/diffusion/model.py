@@ -1,0 +1,215 @@
+"""The `Denoiser` pytree (UNet config + schedule + params), its ε prediction and its files.
+
+Params are a flat dict {dotted name: array}, names as in the NNX module tree
+("down_blocks.1.attentions.0.to_q.kernel"), float32 unless converted otherwise. A directory
+written by `save_denoiser` holds `denoiser.json` (configs) and `params/` (an orbax checkpoint).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxpoison.diffusion.schedule import ScheduleConfig
+from jaxpoison.diffusion.unet import UNet, UNetConfig
+from jaxpoison.io import atomic_write_json
+
+CONFIG_FILE = "denoiser.json"
+PARAMS_DIR = "params"
+FORMAT = "jaxpoison.denoiser"
+FORMAT_VERSION = 1
+DEFAULT_DENOISER_PATH = Path(__file__).resolve().parent.parent / "assets" / "default_denoiser"
+
+
+class CheckpointMismatchError(ValueError):
+  """Params (a checkpoint or a converted state dict) do not fit the architecture of the config."""
+
+
+@flax.struct.dataclass
+class Denoiser:
+  """A DDPM ε-prediction model: `unet` and `schedule` are static, `params` a flat dict pytree.
+
+  A pytree: pass it into jit, shard or replicate it like any array tree.
+  """
+  params: dict[str, Any]
+  unet: UNetConfig = flax.struct.field(pytree_node=False)
+  schedule: ScheduleConfig = flax.struct.field(pytree_node=False)
+
+  @property
+  def num_params(self) -> int:
+    return sum(int(np.prod(v.shape)) for v in self.params.values())
+
+
+def _name(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+@functools.lru_cache(maxsize=32)
+def _structure(unet: UNetConfig):
+  """graphdef, treedef of the nested params, the flat names and their shapes, for one config."""
+  model = nnx.eval_shape(lambda: UNet(unet, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model, nnx.Param)
+  pure = nnx.to_pure_dict(state)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
+  names = tuple(_name(p) for p, _ in leaves)
+  shapes = {n: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for n, (_, leaf) in zip(names, leaves)}
+  return graphdef, treedef, names, shapes
+
+
+def param_shapes(unet: UNetConfig) -> dict[str, jax.ShapeDtypeStruct]:
+  """{name: ShapeDtypeStruct} of the params a config needs."""
+  return dict(_structure(unet)[3])
+
+
+def check_params(unet: UNetConfig, params: dict, *, source: str = "params") -> None:
+  """Raises CheckpointMismatchError naming the first missing, unexpected or misshapen params."""
+  expected = _structure(unet)[3]
+  missing = [n for n in expected if n not in params]
+  unexpected = sorted(n for n in params if n not in expected)
+  wrong = [f"{n}: {tuple(params[n].shape)} != expected {tuple(expected[n].shape)}"
+           for n in expected if n in params and tuple(params[n].shape) != expected[n].shape]
+  if missing or unexpected or wrong:
+    parts = []
+    if missing:
+      parts.append(f"{len(missing)} missing (first: {missing[:5]})")
+    if unexpected:
+      parts.append(f"{len(unexpected)} unexpected (first: {unexpected[:5]})")
+    if wrong:
+      parts.append(f"{len(wrong)} with the wrong shape (first: {wrong[:3]})")
+    raise CheckpointMismatchError(
+        f"{source} do not match the UNet config ({'; '.join(parts)}); config: {unet}")
+
+
+def create_denoiser(unet: UNetConfig, schedule: ScheduleConfig, key) -> Denoiser:
+  """A randomly initialized denoiser (float32 params; PyTorch-like default inits of flax)."""
+  if isinstance(key, int):
+    key = jax.random.key(key)
+  elif not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)  # a legacy uint32 [2] key
+  model = UNet(unet, rngs=nnx.Rngs(params=key))
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
+  return Denoiser(params={_name(p): v for p, v in leaves}, unet=unet, schedule=schedule)
+
+
+def unet_apply(unet: UNetConfig, params: dict, x, t, *, compute_dtype=jnp.float32,
+               dropout_key=None):
+  """Runs the UNet: x float [B, H, W, C] (NHWC), t [B] steps -> float32 [B, H, W, out_channels].
+
+  Floating params and x are cast to `compute_dtype` (bfloat16 halves the memory traffic; the
+  GroupNorm statistics and the attention softmax stay in float32).
+  """
+  graphdef, treedef, names, _ = _structure(unet)
+  leaves = [params[n].astype(compute_dtype) for n in names]
+  model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
+  out = model(x.astype(compute_dtype), t, dropout_key=dropout_key)
+  return out.astype(jnp.float32)
+
+
+def predict_eps(denoiser: Denoiser, x, t, *, compute_dtype=jnp.float32):
+  """ε_θ(x_t, t): float32 [B, H, W, C] (the first C channels when the model learns Σ too)."""
+  out = unet_apply(denoiser.unet, denoiser.params, x, t, compute_dtype=compute_dtype)
+  return out[..., :denoiser.unet.eps_channels]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _config_dict(denoiser: Denoiser, extra: dict | None) -> dict:
+  return {"format": FORMAT, "version": FORMAT_VERSION, "unet": denoiser.unet.to_dict(),
+          "schedule": denoiser.schedule.to_dict(), "extra": extra or {}}
+
+
+def save_denoiser(denoiser: Denoiser, path: str | os.PathLike, *, extra: dict | None = None,
+                  overwrite: bool = True) -> Path:
+  """Writes `path/denoiser.json` and `path/params/` (orbax), atomically.
+
+  Everything is written to a temporary directory beside `path` and renamed onto it, so a
+  crash leaves either the old denoiser or the new one. `extra` (JSON) is stored as metadata.
+  """
+  import orbax.checkpoint as ocp
+
+  check_params(denoiser.unet, denoiser.params)
+  path = Path(path).absolute()
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+  try:
+    params = {k: np.asarray(jax.device_get(v)) for k, v in denoiser.params.items()}
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp / PARAMS_DIR, params)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    atomic_write_json(tmp / CONFIG_FILE, _config_dict(denoiser, extra))
+    old = None
+    if path.exists():
+      old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+      os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path
+
+
+def read_denoiser_config(path: str | os.PathLike) -> tuple[UNetConfig, ScheduleConfig, dict]:
+  """(unet, schedule, extra) from a denoiser directory's `denoiser.json`."""
+  file = Path(path) / CONFIG_FILE
+  if not file.is_file():
+    raise FileNotFoundError(f"{path}: not a denoiser directory (no {CONFIG_FILE})")
+  d = json.loads(file.read_text())
+  if d.get("format") != FORMAT:
+    raise ValueError(f"{file}: format {d.get('format')!r}, expected {FORMAT!r}")
+  if int(d.get("version", 0)) > FORMAT_VERSION:
+    raise ValueError(f"{file}: version {d['version']} is newer than this jaxpoison reads "
+                     f"({FORMAT_VERSION})")
+  return UNetConfig.from_dict(d["unet"]), ScheduleConfig.from_dict(d["schedule"]), d.get("extra", {})
+
+
+def load_denoiser(path: str | os.PathLike) -> Denoiser:
+  """Loads a directory written by `save_denoiser`; params come back as float32 jax arrays.
+
+  Raises CheckpointMismatchError when the params do not fit the stored UNet config.
+  """
+  import orbax.checkpoint as ocp
+
+  path = Path(path).absolute()
+  unet, schedule, _ = read_denoiser_config(path)
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    raw = checkpointer.restore(path / PARAMS_DIR)
+  finally:
+    checkpointer.close()
+  params = {str(k): v for k, v in raw.items()}
+  check_params(unet, params, source=f"params in {path}")
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+  return Denoiser(params=params, unet=unet, schedule=schedule)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_denoiser() -> Denoiser:
+  return load_denoiser(DEFAULT_DENOISER_PATH)
+
+
+def default_denoiser() -> Denoiser:
+  """The small CIFAR-10 DDPM shipped in `jaxpoison/assets/default_denoiser/` (loaded once)."""
+  if not (DEFAULT_DENOISER_PATH / CONFIG_FILE).is_file():
+    raise FileNotFoundError(
+        f"the embedded default denoiser is missing from {DEFAULT_DENOISER_PATH}; reinstall "
+        "jaxpoison or train one with scripts/train_denoiser.py")
+  return _default_denoiser()
