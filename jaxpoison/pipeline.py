@@ -496,7 +496,8 @@ class ChunkComputer:
 
     def train_vote_local(denoised, y_train, x_test, indices):
       keys = jax.vmap(lambda i: model_keys(seed, sigma, i)[1])(indices)
-      models = train_fn(keys, denoised, y_train)
+      labels = jnp.broadcast_to(y_train, (denoised.shape[0], y_train.shape[0]))
+      models = train_fn(keys, denoised, labels)
       return classifier.predict(models, x_test).astype(jnp.int32)
 
     self._denoise = jax.jit(jax.shard_map(
