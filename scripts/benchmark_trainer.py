@@ -100,7 +100,12 @@ def main():
   args = parser.parse_args()
 
   data = jp.load_cifar10(args.data)
-  x, y = data.x_train[:args.num_train], data.y_train[:args.num_train]
+  # Random subsets: some copies of CIFAR-10 store the images sorted by class.
+  rng = np.random.default_rng(0)
+  subset = rng.permutation(len(data.x_train))[:args.num_train]
+  x, y = data.x_train[subset], data.y_train[subset]
+  test = rng.permutation(len(data.x_test))[:2000]
+  x_test, y_test = data.x_test[test], data.y_test[test]
   config = classifier.airbench94_config(
       widths=tuple(int(w) for w in args.widths.split(",")), batch_size=args.batch_size,
       epochs=args.epochs, whitening_images=min(5000, args.num_train))
@@ -119,7 +124,7 @@ def main():
     if one_model is None:
       one_model = vmapped if m == 1 else timed(
           lambda: classifier.train_models(keys[:1], x, y, config), args.repeats)
-    accuracy = np.asarray(classifier.evaluate(models, data.x_test[:2000], data.y_test[:2000]))
+    accuracy = np.asarray(classifier.evaluate(models, x_test, y_test))
     rows.append((m, first, vmapped / m, one_model, one_model / (vmapped / m), accuracy.mean()))
     print(f"M={m}: first call {first:.1f} s (with compilation); vmapped {vmapped / m:.3f} s per "
           f"model; separate {one_model:.3f} s per model; separate/vmapped "

@@ -48,7 +48,8 @@ def main():
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
   parser.add_argument("--data", default="tfds")
   parser.add_argument("--num_models", type=int, default=4)
-  parser.add_argument("--num_train", type=int, default=0, help="first N images (0: all)")
+  parser.add_argument("--num_train", type=int, default=0,
+                      help="a random subset of N training images (0: all)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="")
   args = parser.parse_args()
@@ -57,7 +58,9 @@ def main():
   data = jp.load_cifar10(args.data)
   x, y = data.x_train, data.y_train
   if args.num_train:
-    x, y = x[:args.num_train], y[:args.num_train]
+    # A random subset: some copies of CIFAR-10 store the images sorted by class.
+    subset = np.random.default_rng(args.seed).permutation(len(x))[:args.num_train]
+    x, y = x[subset], y[subset]
   keys = jax.random.split(jax.random.key(args.seed), args.num_models)
   start = time.perf_counter()
   models = jax.block_until_ready(classifier.train_models(keys, x, y, config))

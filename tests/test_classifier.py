@@ -224,7 +224,7 @@ def test_config_errors():
 
 
 def test_whitening_filters_whiten_the_patches():
-  """Independent check with numpy: filters f_j = v_j / √(λ_j + ε) give f_j' C f_j = λ/(λ+ε)."""
+  """Independent check with numpy: filters f_j = v_j / √(λ_j + ε) give f_j'Cf_j = λ/(λ+ε)."""
   images, _ = _colour_data(1, 64)
   kernel = np.asarray(classifier.whitening_kernel(jnp.asarray(images), 64))
   x = (images / 255.0 - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2470, 0.2435, 0.2616])
