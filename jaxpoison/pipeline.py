@@ -75,7 +75,7 @@ class CertifyConfig:
     models_per_step: models computed concurrently per chunk (None: planned from device memory);
       rounded up to a multiple of the device count.
     num_test: certify this many test points (a fixed random subset; None: all).
-    num_train: train on the first num_train training images (None: all).
+    num_train: train on a fixed random subset of num_train training images (None: all).
     radii: radii at which the summary reports certified accuracy.
     denoise_batch_size: images per denoiser call.
   """
@@ -429,7 +429,7 @@ def resolve_denoiser(denoiser) -> "diffusion.Denoiser":
 
 
 def subset_indices(num_total: int, num: int | None) -> np.ndarray:
-  """A fixed (seed 0) random subset of test indices, sorted; all indices when num is None."""
+  """A fixed (seed 0) random subset of indices, sorted; all indices when num is None."""
   if num is None or num >= num_total:
     return np.arange(num_total)
   return np.sort(np.random.default_rng(0).choice(num_total, size=num, replace=False))
@@ -576,9 +576,18 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
 
 def load_data(config: CertifyConfig) -> tuple[Dataset, np.ndarray]:
   dataset = load_cifar10(config.data, data_dir=config.data_dir)
-  if config.num_train is not None:
-    dataset = dataset.subset(num_train=config.num_train)
-  return dataset, subset_indices(len(dataset.x_test), config.num_test)
+  return train_subset(dataset, config.num_train), subset_indices(len(dataset.x_test),
+                                                                 config.num_test)
+
+
+def train_subset(dataset: Dataset, num_train: int | None) -> Dataset:
+  """A fixed random subset of the training set (some copies of CIFAR-10 are sorted by class,
+  so the first N images would hold a few classes only)."""
+  if num_train is None or num_train >= len(dataset.x_train):
+    return dataset
+  keep = subset_indices(len(dataset.x_train), num_train)
+  return dataclasses.replace(dataset, x_train=dataset.x_train[keep],
+                             y_train=dataset.y_train[keep])
 
 
 def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=None,
@@ -595,8 +604,7 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
   if dataset is None:
     dataset, test_indices = load_data(config)
   else:
-    if config.num_train is not None:
-      dataset = dataset.subset(num_train=config.num_train)
+    dataset = train_subset(dataset, config.num_train)
     test_indices = subset_indices(len(dataset.x_test), config.num_test)
   denoiser = resolve_denoiser(config.denoiser)
   if tuple(dataset.image_shape) != (denoiser.unet.sample_size, denoiser.unet.sample_size,

@@ -40,7 +40,7 @@ def parse_args(argv):
   parser.add_argument("--trainer", help="airbench94 | resnet18 | tiny | tiny_resnet18")
   parser.add_argument("--models_per_step", type=int, help="models per chunk (default: planned)")
   parser.add_argument("--num_test", type=int, help="certify a fixed random subset of test points")
-  parser.add_argument("--num_train", type=int, help="train on the first N training images")
+  parser.add_argument("--num_train", type=int, help="train on a fixed random subset of N training images")
   parser.add_argument("--denoise_batch_size", type=int)
   parser.add_argument("--out", default="runs/certify_cifar10", help="results folder")
   parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize")

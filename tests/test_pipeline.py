@@ -139,3 +139,14 @@ def test_subset_indices_fixed_and_sorted():
   assert np.array_equal(a, pipeline.subset_indices(1000, 50))
   assert np.all(np.diff(a) > 0) and len(a) == 50
   assert np.array_equal(pipeline.subset_indices(10, None), np.arange(10))
+
+
+def test_train_subset_is_a_fixed_random_subset_of_every_class():
+  from jaxpoison.data import make_dataset
+  y = np.repeat(np.arange(10), 50)  # Sorted by class, like some CIFAR-10 copies.
+  x = np.zeros((500, 32, 32, 3), np.uint8)
+  dataset = make_dataset(x, y, x[:10], y[:10])
+  subset = pipeline.train_subset(dataset, 100)
+  assert len(subset.y_train) == 100 and len(np.unique(subset.y_train)) == 10
+  np.testing.assert_array_equal(subset.y_train, pipeline.train_subset(dataset, 100).y_train)
+  assert pipeline.train_subset(dataset, None) is dataset
