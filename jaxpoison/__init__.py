@@ -14,6 +14,8 @@ Public API, re-exported from the submodules:
   training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
 * attack benchmark (the paper's Table 1): the module `poison_benchmark`, and
   `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
+* certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
+  folder and chunk helpers behind scripts/certify.py).
 * classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
   `classifier.predict`, `classifier.evaluate`, checkpoints), and `train_models`, `TrainConfig`,
   `airbench94_config`, `resnet18_config`. `predict` is not re-exported: use
@@ -71,6 +73,8 @@ from jaxpoison.poison_benchmark import (
     render_table,
     run_benchmark,
 )
+from jaxpoison import pipeline
+from jaxpoison.pipeline import CertifyConfig, run_certification
 
 try:
   __version__ = _metadata.version("jaxpoison")

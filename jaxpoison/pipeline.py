@@ -1,0 +1,694 @@
+"""Algorithms 1 and 2 of the paper end to end: denoise, train, vote, certify, resumably.
+
+For each noise level σ and each model index i (0 ≤ i < num_models):
+
+1. `noise_key(seed, σ, i)` draws fresh Gaussian noise for the whole training set, which the
+   one-step DDPM denoiser removes (`diffusion.noise_and_denoise`);
+2. a classifier is trained on the denoised copy with `train_key(seed, σ, i)`;
+3. it votes on every test point.
+
+Models are computed in chunks of `models_per_step`, the chunk's models sharded over all devices
+(a one-axis `jax.sharding.Mesh` named "models", spanning every host under `jax.distributed`).
+Each finished chunk's votes are written atomically to `<out>/sigma_<σ>/votes/`, so a crash loses
+at most the chunk in flight and a rerun computes only the missing model indices. Keys depend only
+on (seed, σ, i), never on the chunk or the device count, so a resumed run reproduces the votes of
+an uninterrupted one bit for bit on the same device and chunking.
+
+The first n0 models are the selection models of Cohen et al.'s CERTIFY, the remaining
+num_models − n0 the estimation models. σ and every radius are in [0, 1] pixel units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from scipy import stats
+
+from jaxpoison import certify as certify_lib
+from jaxpoison import classifier, diffusion
+from jaxpoison._checks import check_alpha, check_sigma
+from jaxpoison.data import Dataset, load_cifar10
+from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text, _json_default
+
+log = logging.getLogger("jaxpoison.certify")
+
+DEFAULT_RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+TRAINER_PRESETS = ("airbench94", "resnet18", "tiny", "tiny_resnet18")
+SETTINGS_FILE = "settings.json"
+_CHUNK_RE = re.compile(r"^models_(\d{6,})-(\d{6,})\.npz$")
+
+
+class ResultsMismatch(ValueError):
+  """The results folder was written by a run with different settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CertifyConfig:
+  """Everything that defines a certification run.
+
+  Attributes:
+    sigmas: noise levels σ in (0, 1] pixel units; each gets its own models and results.
+    num_models: models per σ in all, the n0 selection models included.
+    n0: selection models (CERTIFY's first sample); the rest estimate pA.
+    alpha: failure probability of the certificate.
+    seed: root of every key (noise, training).
+    data: "tfds" or a path to a CIFAR-10 `.npz` / JPEG pack / image folder.
+    data_dir: tfds data directory (None: tfds' default).
+    denoiser: "default" (the embedded denoiser) or a path written by `diffusion.save_denoiser`
+      (e.g. by scripts/convert_checkpoint.py).
+    trainer: a preset name (see TRAINER_PRESETS) or a `classifier.TrainConfig`.
+    models_per_step: models computed concurrently per chunk (None: planned from device memory);
+      rounded up to a multiple of the device count.
+    num_test: certify this many test points (a fixed random subset; None: all).
+    num_train: train on a fixed random subset of num_train training images (None: all).
+    radii: radii at which the summary reports certified accuracy.
+    denoise_batch_size: images per denoiser call.
+  """
+  sigmas: tuple[float, ...] = (0.25,)
+  num_models: int = 10_000
+  n0: int = 100
+  alpha: float = 0.001
+  seed: int = 0
+  data: str = "tfds"
+  data_dir: str | None = None
+  denoiser: str = "default"
+  trainer: Any = "airbench94"
+  models_per_step: int | None = None
+  num_test: int | None = None
+  num_train: int | None = None
+  radii: tuple[float, ...] = DEFAULT_RADII
+  denoise_batch_size: int = 500
+
+  def validate(self) -> "CertifyConfig":
+    sigmas = tuple(float(s) for s in np.atleast_1d(self.sigmas))
+    if not sigmas:
+      raise ValueError("sigmas: expected at least one noise level")
+    for s in sigmas:
+      check_sigma(s, name="sigma")
+    if len(set(sigmas)) != len(sigmas):
+      raise ValueError(f"sigmas: each noise level once, got {sigmas}")
+    if int(self.n0) < 1:
+      raise ValueError(f"n0: expected at least 1 selection model, got {self.n0}")
+    if int(self.num_models) <= int(self.n0):
+      raise ValueError(
+          f"num_models ({self.num_models}) must exceed n0 ({self.n0}): the first n0 models "
+          "select the class, the remaining num_models - n0 estimate its probability")
+    check_alpha(self.alpha)
+    if self.models_per_step is not None and int(self.models_per_step) < 1:
+      raise ValueError(f"models_per_step: expected a positive count, got {self.models_per_step}")
+    for name in ("num_test", "num_train"):
+      value = getattr(self, name)
+      if value is not None and int(value) < 1:
+        raise ValueError(f"{name}: expected a positive count or None, got {value}")
+    if isinstance(self.trainer, str) and self.trainer not in TRAINER_PRESETS:
+      raise ValueError(f"trainer: expected one of {TRAINER_PRESETS} or a TrainConfig, "
+                       f"got {self.trainer!r}")
+    if int(self.denoise_batch_size) < 1:
+      raise ValueError(f"denoise_batch_size: expected >= 1, got {self.denoise_batch_size}")
+    return dataclasses.replace(self, sigmas=sigmas, radii=tuple(float(r) for r in self.radii))
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys: functions of (seed, σ, model index) only.
+
+
+def sigma_key(seed: int, sigma: float) -> jax.Array:
+  """The root key of one noise level; σ enters in micro-units so the σ list's order is moot."""
+  return jax.random.fold_in(jax.random.key(seed), int(round(sigma * 1_000_000)))
+
+
+def model_keys(seed: int, sigma: float, index) -> tuple[jax.Array, jax.Array]:
+  """(noise key, training key) of model `index` at noise level σ."""
+  key = jax.random.fold_in(sigma_key(seed, sigma), index)
+  return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results folder: settings, chunk files.
+
+
+def _hash_arrays(*arrays) -> str:
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(np.asarray(array))
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def pytree_fingerprint(tree) -> str:
+  """A short hash of every leaf's dtype, shape and bytes (e.g. denoiser parameters)."""
+  return _hash_arrays(*[np.asarray(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def _config_dict(config) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(config), default=_json_default_lenient))
+
+
+def _json_default_lenient(obj):
+  try:
+    return _json_default(obj)
+  except TypeError:
+    return str(obj)
+
+
+def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarray,
+                 denoiser, train_config) -> dict:
+  """What the votes depend on. num_models, n0, alpha and models_per_step are left out: more
+  models extend a run, and n0/alpha only change the analysis of the same votes."""
+  return {
+      "seed": int(config.seed),
+      "data": _hash_arrays(dataset.x_train, dataset.y_train, dataset.x_test[test_indices],
+                           dataset.y_test[test_indices]),
+      "num_train": int(len(dataset.x_train)),
+      "test_indices": _hash_arrays(test_indices),
+      "num_test": int(len(test_indices)),
+      "denoiser": {"config": _config_dict(denoiser.unet), "schedule": _config_dict(
+          denoiser.schedule), "params": pytree_fingerprint(denoiser.params)},
+      "trainer": _config_dict(train_config),
+      "denoise_batch_size": int(config.denoise_batch_size),
+  }
+
+
+def _differences(old, new, prefix="") -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+      diffs += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+    return diffs
+  return [] if old == new else [f"{prefix[:-1]}: folder has {old!r}, this run has {new!r}"]
+
+
+def claim_results_dir(out: str | os.PathLike, settings: dict) -> Path:
+  """Creates `out` for these settings, or checks that it was written with the same ones.
+
+  Raises:
+    ResultsMismatch: naming every differing setting; nothing in the folder is touched.
+  """
+  out = Path(out)
+  path = out / SETTINGS_FILE
+  if path.exists():
+    existing = json.loads(path.read_text())
+    diffs = _differences(existing, json.loads(json.dumps(settings, default=_json_default)))
+    if diffs:
+      raise ResultsMismatch(
+          f"{out} holds results of a run with different settings; refusing to mix or overwrite "
+          "them. Use another --out, or the same settings. Differences:\n  " + "\n  ".join(diffs))
+    return out
+  if out.exists() and any(out.iterdir()):
+    raise ResultsMismatch(
+        f"{out} is not empty and has no {SETTINGS_FILE}: not a results folder of "
+        "scripts/certify.py; refusing to write into it")
+  atomic_write_json(path, settings)
+  return out
+
+
+def sigma_dir(out: Path, sigma: float) -> Path:
+  return Path(out) / f"sigma_{sigma:g}"
+
+
+def chunk_path(votes_dir: Path, start: int, stop: int) -> Path:
+  return Path(votes_dir) / f"models_{start:06d}-{stop - 1:06d}.npz"
+
+
+def finished_models(votes_dir: Path) -> np.ndarray:
+  """Bool mask over model indices: True where a chunk file holds that model's votes."""
+  ranges = []
+  if Path(votes_dir).is_dir():
+    for path in Path(votes_dir).iterdir():
+      match = _CHUNK_RE.match(path.name)
+      if match:
+        ranges.append((int(match.group(1)), int(match.group(2)) + 1))
+  done = np.zeros(max([stop for _, stop in ranges], default=0), bool)
+  for start, stop in ranges:
+    done[start:stop] = True
+  return done
+
+
+def pending_chunks(votes_dir: Path, num_models: int, models_per_step: int) -> list[range]:
+  """Contiguous runs of unfinished model indices below num_models, cut at models_per_step."""
+  done = finished_models(votes_dir)
+  done = np.concatenate([done, np.zeros(max(0, num_models - len(done)), bool)])[:num_models]
+  chunks = []
+  start = None
+  for i in range(num_models + 1):
+    missing = i < num_models and not done[i]
+    if missing and start is None:
+      start = i
+    if start is not None and (not missing or i - start == models_per_step):
+      chunks.append(range(start, i))
+      start = i if missing else None
+  return chunks
+
+
+def load_votes(votes_dir: Path, num_models: int, num_points: int) -> np.ndarray:
+  """Votes int [num_models, num_points] of models 0..num_models-1 from the chunk files."""
+  votes = np.full((num_models, num_points), -1, np.int64)
+  for path in sorted(Path(votes_dir).glob("models_*.npz")):
+    if not _CHUNK_RE.match(path.name):
+      continue
+    with np.load(path) as chunk:
+      indices, chunk_votes = chunk["model_indices"], chunk["votes"]
+    if chunk_votes.shape[1] != num_points:
+      raise ResultsMismatch(f"{path}: votes for {chunk_votes.shape[1]} test points, expected "
+                            f"{num_points}")
+    keep = indices < num_models
+    votes[indices[keep]] = chunk_votes[keep]
+  missing = np.flatnonzero(votes[:, 0] < 0) if num_points else np.array([], int)
+  if missing.size:
+    raise ValueError(f"{votes_dir}: no votes yet for {missing.size} of {num_models} models "
+                     f"(first missing: {missing[:5].tolist()})")
+  return votes
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis: from votes to the certificate and the summary.
+
+
+def analyse_votes(votes: np.ndarray, labels: np.ndarray, *, n0: int, sigma: float,
+                  alpha: float, num_classes: int, num_train: int,
+                  radii: Sequence[float] = DEFAULT_RADII) -> tuple[dict, dict]:
+  """Cohen et al.'s CERTIFY on the votes; returns (per-point arrays, summary dict)."""
+  votes = np.asarray(votes)
+  labels = np.asarray(labels)
+  counts_select = certify_lib.vote_counts(votes[:n0], num_classes)
+  counts_estimate = certify_lib.vote_counts(votes[n0:], num_classes)
+  c_a, p_a = certify_lib.top_class_lower_bound(counts_select, counts_estimate, alpha)
+  cert = certify_lib.certify(counts_select, counts_estimate, sigma, alpha)
+  correct = cert.labels == labels
+  model_acc = (votes == labels[None]).mean(axis=1)
+  certified = cert.labels != certify_lib.ABSTAIN
+  grid = np.asarray(radii, np.float64)
+  cert_acc = certify_lib.certified_accuracy(cert.radii, correct, grid)
+  n = votes.shape[0] - n0
+  poison_r = {"1": 1, "1%": max(1, int(round(0.01 * num_train))), "100%": num_train}
+  poisoning = {}
+  for name, r in poison_r.items():
+    per_point = np.where(certified & correct,
+                         certify_lib.poisoning_radius(np.where(certified, p_a, 0.5),
+                                                      sigma=sigma, r=r), 0.0)
+    best = max(0.0, float(certify_lib.poisoning_radius(alpha ** (1.0 / n), sigma=sigma, r=r)))
+    poisoning[name] = {
+        "r": r,
+        "median_certified_correct": float(np.median(per_point[certified & correct]))
+        if (certified & correct).any() else 0.0,
+        "mean_over_test_points": float(per_point.mean()) if len(per_point) else 0.0,
+        "max_with_these_models": best,
+    }
+  summary = {
+      "sigma": sigma,
+      "num_models": int(votes.shape[0]),
+      "n0": int(n0),
+      "alpha": float(alpha),
+      "num_test": int(len(labels)),
+      "model_accuracy_mean": float(model_acc.mean()),
+      "model_accuracy_sd": float(model_acc.std(ddof=1)) if len(model_acc) > 1 else 0.0,
+      "smoothed_accuracy": float(correct.mean()),
+      "abstention_rate": float((~certified).mean()),
+      "certified_accuracy": {f"{r:g}": float(a) for r, a in zip(grid, cert_acc)},
+      # When all n estimation models agree, pA = α^(1/n): no radius beyond this is certifiable.
+      "max_certifiable_radius": max(0.0, float(sigma * stats.norm.ppf(alpha ** (1.0 / n)))),
+      "poisoning_radius": poisoning,
+  }
+  per_point = {"label": labels, "predict": cert.labels, "radius": cert.radii,
+               "correct": correct.astype(np.int64), "p_a": p_a, "c_a": c_a,
+               "counts_select": counts_select, "counts_estimate": counts_estimate}
+  return per_point, summary
+
+
+def write_certify_table(path: Path, test_indices: np.ndarray, per_point: dict) -> Path:
+  """Cohen et al.'s certify output: idx label predict radius correct (tab-separated)."""
+  lines = ["idx\tlabel\tpredict\tradius\tcorrect"]
+  for idx, label, pred, radius, correct in zip(test_indices, per_point["label"],
+                                               per_point["predict"], per_point["radius"],
+                                               per_point["correct"]):
+    lines.append(f"{int(idx)}\t{int(label)}\t{int(pred)}\t{radius:.4f}\t{int(correct)}")
+  return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def plot_certified_accuracy(path: Path, curves: dict[float, tuple[np.ndarray, np.ndarray]],
+                            title: str = "") -> Path:
+  """Certified accuracy versus ℓ2 radius, one line per σ, saved atomically as a PNG."""
+  import io as _io
+
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for sigma, (grid, acc) in sorted(curves.items()):
+    ax.plot(grid, acc, label=f"σ = {sigma:g}")
+  ax.set_xlabel("ℓ2 radius ([0, 1] pixel units)")
+  ax.set_ylabel("certified accuracy")
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  if title:
+    ax.set_title(title)
+  buffer = _io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  from jaxpoison.io import atomic_write_bytes
+  return atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices.
+
+
+def models_mesh(devices=None) -> Mesh:
+  """A one-axis mesh "models" over every device of every process."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), ("models",))
+
+
+def replicate(tree, mesh: Mesh):
+  """Puts host arrays on every device of the mesh (also across hosts)."""
+  sharding = NamedSharding(mesh, PartitionSpec())
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def shard_models(indices: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Model indices int32 [M], split over the mesh's models axis."""
+  indices = np.asarray(indices, np.int32)
+  sharding = NamedSharding(mesh, PartitionSpec("models"))
+  return jax.make_array_from_callback(indices.shape, sharding, lambda index: indices[index])
+
+
+def gather_to_host(array: jax.Array) -> np.ndarray:
+  if array.is_fully_addressable:
+    return np.asarray(array)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving the pieces.
+
+
+def resolve_trainer(trainer, dataset: Dataset):
+  """A `classifier.TrainConfig` for this dataset from a preset name or a config (its
+  compute_dtype "auto" picks bfloat16 on an accelerator, float32 on the CPU)."""
+  if isinstance(trainer, str):
+    presets = {
+        "airbench94": classifier.airbench94_config,
+        "resnet18": classifier.resnet18_config,
+        "tiny": lambda: classifier.tiny_config("airbench94"),
+        "tiny_resnet18": lambda: classifier.tiny_config("resnet18"),
+    }
+    trainer = presets[trainer]()
+  return dataclasses.replace(trainer, num_classes=dataset.num_classes,
+                             image_shape=tuple(dataset.image_shape))
+
+
+def resolve_denoiser(denoiser) -> "diffusion.Denoiser":
+  if isinstance(denoiser, diffusion.Denoiser):
+    return denoiser
+  if denoiser in (None, "default"):
+    return diffusion.default_denoiser()
+  return diffusion.load_denoiser(denoiser)
+
+
+def subset_indices(num_total: int, num: int | None) -> np.ndarray:
+  """A fixed (seed 0) random subset of indices, sorted; all indices when num is None."""
+  if num is None or num >= num_total:
+    return np.arange(num_total)
+  return np.sort(np.random.default_rng(0).choice(num_total, size=num, replace=False))
+
+
+# Models per device when no memory budget is known (a CPU): small chunks keep progress visible.
+CPU_MODELS_PER_DEVICE = 4
+# Upper bound per device when planning from memory: past this, throughput no longer grows.
+MAX_MODELS_PER_DEVICE = 128
+
+
+def choose_models_per_step(requested: int | None, train_config, num_train: int,
+                           num_devices: int) -> int:
+  """Rounds a requested chunk up to a multiple of the device count, or plans one from memory.
+
+  The trainer's plan measures XLA's compiled footprint of training 1 and 2 models, each on its
+  own copy of the training set (the denoised copies, which the denoising program writes and the
+  training program consumes in place), within 90% of the device's memory.
+
+  Raises:
+    classifier.InsufficientMemoryError: not even one model per device fits.
+  """
+  if requested is None:
+    limit = classifier.device_memory_limit(train_config)
+    if limit is None:
+      per_device = CPU_MODELS_PER_DEVICE
+    else:
+      per_device = classifier.plan_models_per_step(train_config, num_train,
+                                                   memory_bytes=int(0.9 * limit))
+      if per_device < 1:
+        raise classifier.InsufficientMemoryError(
+            f"one model on {num_train} training images does not fit in "
+            f"{limit / 2**30:.1f} GiB of device memory; use a smaller trainer or --num_train")
+      per_device = min(per_device, MAX_MODELS_PER_DEVICE)
+    requested = per_device * num_devices
+  return int(math.ceil(int(requested) / num_devices) * num_devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# One chunk of models: denoise, train, vote.
+
+
+class ChunkComputer:
+  """Jitted, sharded programs for one σ: compiled once, called once per chunk.
+
+  Two programs rather than one so the log can say where the time goes (the paper: denoising is
+  about half the cost); the denoised copies stay on device and are donated to the second.
+  """
+
+  def __init__(self, *, mesh: Mesh, seed: int, sigma: float, denoiser, train_config,
+               denoise_batch_size: int):
+    self.mesh = mesh
+    spec_models = PartitionSpec("models")
+    spec_all = PartitionSpec()
+    train_fn = classifier.make_train_fn(train_config)
+
+    def denoise_local(denoiser, x_train, indices):
+      def one(index):
+        noise, _ = model_keys(seed, sigma, index)
+        return diffusion.noise_and_denoise(denoiser, x_train, sigma, noise,
+                                           batch_size=denoise_batch_size)
+      # lax.map, not vmap: each copy is computed exactly as a lone call would compute it.
+      return jax.lax.map(one, indices)
+
+    def train_vote_local(denoised, y_train, x_test, indices):
+      keys = jax.vmap(lambda i: model_keys(seed, sigma, i)[1])(indices)
+      labels = jnp.broadcast_to(y_train, (denoised.shape[0], y_train.shape[0]))
+      models = train_fn(keys, denoised, labels)
+      return classifier.predict(models, x_test).astype(jnp.int32)
+
+    self._denoise = jax.jit(jax.shard_map(
+        denoise_local, mesh=mesh, in_specs=(spec_all, spec_all, spec_models),
+        out_specs=spec_models, check_vma=False))
+    self._train_vote = jax.jit(jax.shard_map(
+        train_vote_local, mesh=mesh, in_specs=(spec_models, spec_all, spec_all, spec_models),
+        out_specs=spec_models, check_vma=False), donate_argnums=0)
+
+  def __call__(self, denoiser, x_train, y_train, x_test, indices: np.ndarray):
+    """Votes int32 [len(indices), num_test] on the host, and (denoise s, train+vote s)."""
+    sharded = shard_models(indices, self.mesh)
+    start = time.perf_counter()
+    denoised = self._denoise(denoiser, x_train, sharded)
+    denoised.block_until_ready()
+    middle = time.perf_counter()
+    votes = self._train_vote(denoised, y_train, x_test, sharded)
+    votes = gather_to_host(votes)
+    end = time.perf_counter()
+    return votes, (middle - start, end - middle)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def _device_description() -> dict:
+  devices = jax.devices()
+  return {"platform": devices[0].platform, "kind": devices[0].device_kind,
+          "count": len(devices), "processes": jax.process_count(),
+          "host": platform.node()}
+
+
+def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: int,
+              models_per_step: int, sigma: float, progress: bool = True,
+              is_writer: bool = True) -> dict:
+  """Computes and stores the votes of every model index below num_models not yet on disk."""
+  from tqdm.auto import tqdm
+
+  chunks = pending_chunks(votes_dir, num_models, models_per_step)
+  done = num_models - sum(len(c) for c in chunks)
+  timing = {"chunks": 0, "models": 0, "denoise_s": 0.0, "train_vote_s": 0.0,
+            "first_chunk_s": None}
+  bar = tqdm(total=num_models, initial=done, unit="model", disable=not progress,
+             desc=f"σ={sigma:g}", dynamic_ncols=True)
+  run_start = time.perf_counter()
+  try:
+    for chunk in chunks:
+      indices = np.asarray(chunk, np.int32)
+      # Every chunk padded to the same size: one compilation; padded models are discarded.
+      padded = np.concatenate([indices, np.full(models_per_step - len(indices), indices[-1],
+                                                np.int32)])
+      chunk_start = time.perf_counter()
+      votes, (t_denoise, t_train) = computer(*arrays, padded)
+      elapsed = time.perf_counter() - chunk_start
+      if is_writer:
+        atomic_save_npz(chunk_path(votes_dir, chunk.start, chunk.stop),
+                        model_indices=indices, votes=votes[:len(indices)].astype(np.int16))
+      if timing["first_chunk_s"] is None:
+        timing["first_chunk_s"] = elapsed
+      else:
+        timing["denoise_s"] += t_denoise
+        timing["train_vote_s"] += t_train
+        timing["chunks"] += 1
+        timing["models"] += len(indices)
+      bar.update(len(indices))
+      rate = bar.n and (bar.n - done) / max(time.perf_counter() - run_start, 1e-9) * 3600
+      bar.set_postfix_str(f"{rate:,.0f} models/h")
+      log.info("σ=%g models %d-%d done in %.1f s (denoise %.1f s, train+vote %.1f s); "
+               "%d/%d models; %.0f models/h", sigma, chunk.start, chunk.stop - 1, elapsed,
+               t_denoise, t_train, bar.n, num_models, rate)
+  finally:
+    bar.close()
+  return timing
+
+
+def load_data(config: CertifyConfig) -> tuple[Dataset, np.ndarray]:
+  dataset = load_cifar10(config.data, data_dir=config.data_dir)
+  return train_subset(dataset, config.num_train), subset_indices(len(dataset.x_test),
+                                                                 config.num_test)
+
+
+def train_subset(dataset: Dataset, num_train: int | None) -> Dataset:
+  """A fixed random subset of the training set (some copies of CIFAR-10 are sorted by class,
+  so the first N images would hold a few classes only)."""
+  if num_train is None or num_train >= len(dataset.x_train):
+    return dataset
+  keep = subset_indices(len(dataset.x_train), num_train)
+  return dataclasses.replace(dataset, x_train=dataset.x_train[keep],
+                             y_train=dataset.y_train[keep])
+
+
+def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=None,
+                      progress: bool = True) -> dict:
+  """Runs (or resumes) certification and writes every report; returns the top summary.
+
+  Args:
+    config: the run's settings.
+    out: results folder (created; refused if written by other settings).
+    dataset: a `Dataset` to use instead of loading `config.data` (tests, notebooks).
+    progress: show a progress bar.
+  """
+  config = config.validate()
+  if dataset is None:
+    dataset, test_indices = load_data(config)
+  else:
+    dataset = train_subset(dataset, config.num_train)
+    test_indices = subset_indices(len(dataset.x_test), config.num_test)
+  denoiser = resolve_denoiser(config.denoiser)
+  if tuple(dataset.image_shape) != (denoiser.unet.sample_size, denoiser.unet.sample_size,
+                                    denoiser.unet.in_channels):
+    raise ValueError(f"the denoiser works on {denoiser.unet.sample_size}×"
+                     f"{denoiser.unet.sample_size}×{denoiser.unet.in_channels} images, the "
+                     f"data has {dataset.image_shape}")
+  train_config = resolve_trainer(config.trainer, dataset)
+  settings = run_settings(config, dataset, test_indices, denoiser, train_config)
+  out = claim_results_dir(out, settings)
+
+  mesh = models_mesh()
+  num_devices = mesh.devices.size
+  models_per_step = choose_models_per_step(
+      config.models_per_step, train_config, len(dataset.x_train), num_devices)
+  log.info("certifying σ=%s with %d models (n0=%d) on %d %s device(s), %d models per step; "
+           "results in %s", ",".join(f"{s:g}" for s in config.sigmas), config.num_models,
+           config.n0, num_devices, jax.devices()[0].device_kind, models_per_step, out)
+  x_test = dataset.x_test[test_indices]
+  y_test = dataset.y_test[test_indices]
+  arrays = replicate((denoiser, dataset.x_train, dataset.y_train.astype(np.int32), x_test), mesh)
+  is_writer = jax.process_index() == 0
+
+  summaries, curves, timings = {}, {}, {}
+  for sigma in config.sigmas:
+    votes_dir = sigma_dir(out, sigma) / "votes"
+    computer = ChunkComputer(mesh=mesh, seed=config.seed, sigma=sigma, denoiser=denoiser,
+                             train_config=train_config,
+                             denoise_batch_size=min(config.denoise_batch_size,
+                                                    len(dataset.x_train)))
+    timings[f"{sigma:g}"] = run_votes(
+        computer, arrays, votes_dir, num_models=config.num_models,
+        models_per_step=models_per_step, sigma=sigma, progress=progress and is_writer,
+        is_writer=is_writer)
+    votes = load_votes(votes_dir, config.num_models, len(test_indices)) if is_writer else None
+    if is_writer:
+      per_point, summary = analyse_votes(
+          votes, y_test, n0=config.n0, sigma=sigma, alpha=config.alpha,
+          num_classes=dataset.num_classes, num_train=len(dataset.x_train), radii=config.radii)
+      write_sigma_reports(sigma_dir(out, sigma), test_indices, per_point, summary)
+      summaries[f"{sigma:g}"] = summary
+      grid = np.linspace(0.0, max(float(per_point["radius"].max(initial=0.0)), 1e-3) * 1.05, 200)
+      curves[sigma] = (grid, certify_lib.certified_accuracy(per_point["radius"],
+                                                             per_point["correct"] > 0, grid))
+  if not is_writer:
+    return {}
+  top = {
+      "config": _config_dict(dataclasses.replace(config, trainer=str(config.trainer)
+                                                 if isinstance(config.trainer, str)
+                                                 else "custom")),
+      "trainer": _config_dict(train_config),
+      "settings": settings,
+      "version": _version(),
+      "jax_version": jax.__version__,
+      "device": _device_description(),
+      "models_per_step": models_per_step,
+      "timings": {s: _timing_report(t) for s, t in timings.items()},
+      "sigmas": summaries,
+  }
+  atomic_write_json(out / "summary.json", top)
+  plot_certified_accuracy(out / "certified_accuracy.png", curves,
+                          title=f"{config.num_models} models, α = {config.alpha:g}")
+  return top
+
+
+def write_sigma_reports(directory: Path, test_indices, per_point: dict, summary: dict) -> None:
+  write_certify_table(directory / "certify.tsv", test_indices, per_point)
+  atomic_save_npz(directory / "counts.npz", test_indices=test_indices,
+                  counts_select=per_point["counts_select"],
+                  counts_estimate=per_point["counts_estimate"], label=per_point["label"],
+                  predict=per_point["predict"], radius=per_point["radius"], p_a=per_point["p_a"])
+  atomic_write_json(directory / "summary.json", summary)
+
+
+def _timing_report(timing: dict) -> dict:
+  report = dict(timing)
+  total = timing["denoise_s"] + timing["train_vote_s"]
+  if timing["models"] and total > 0:
+    report["seconds_per_model"] = total / timing["models"]
+    report["models_per_hour"] = 3600 * timing["models"] / total
+    report["denoise_fraction"] = timing["denoise_s"] / total
+  return report
+
+
+def _version() -> str:
+  import jaxpoison
+  return jaxpoison.__version__

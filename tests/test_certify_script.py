@@ -1,0 +1,166 @@
+"""scripts/certify.py end to end on the CPU: tiny data, a tiny random denoiser, the tiny trainer.
+
+Checks the outputs' structure, that radii agree with the stored counts, that a run killed with
+SIGKILL and resumed gives the votes of an uninterrupted run bit for bit, that another config is
+refused, and that four (virtual) devices give the votes of one.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxpoison import diffusion, pipeline
+from jaxpoison.data import CIFAR10_LABEL_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "certify.py"
+NUM_MODELS, N0 = 8, 2
+TINY_UNET = diffusion.UNetConfig(block_out_channels=(8, 16), layers_per_block=1,
+                                 attention_resolutions=(), norm_num_groups=4,
+                                 mid_attention=False)
+
+
+def _class_coloured(rng, labels):
+  colours = rng.uniform(0.1, 0.9, size=(10, 3))
+  images = colours[labels][:, None, None, :] + rng.normal(0, 0.08, (len(labels), 32, 32, 3))
+  return np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("certify_inputs")
+  rng = np.random.default_rng(0)
+  y_train = np.arange(160) % 10
+  y_test = np.arange(40) % 10
+  np.savez(root / "data.npz", x_train=_class_coloured(rng, y_train), y_train=y_train,
+           x_test=_class_coloured(rng, y_test), y_test=y_test,
+           label_names=np.array(CIFAR10_LABEL_NAMES))
+  denoiser = diffusion.create_denoiser(TINY_UNET,
+                                       diffusion.linear_schedule(), jax.random.key(0))
+  diffusion.save_denoiser(denoiser, root / "denoiser")
+  return root
+
+
+def _command(inputs, out, *extra, sigmas=("0.25", "0.5"), num_models=NUM_MODELS):
+  return [sys.executable, str(SCRIPT), "--data", str(inputs / "data.npz"),
+          "--denoiser", str(inputs / "denoiser"), "--trainer", "tiny",
+          "--num_models", str(num_models), "--n0", str(N0), "--num_test", "30",
+          "--sigma", *sigmas, "--out", str(out), "--no_progress", *extra]
+
+
+def _env(devices=1):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _run(command, devices=1, check=True):
+  result = subprocess.run(command, env=_env(devices), capture_output=True, text=True,
+                          timeout=600)
+  if check and result.returncode != 0:
+    raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
+  return result
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(inputs, tmp_path_factory):
+  out = tmp_path_factory.mktemp("certify") / "uninterrupted"
+  result = _run(_command(inputs, out, "--models_per_step", "2"))
+  return out, result
+
+
+def _votes(out, sigma, num_models=NUM_MODELS):
+  return pipeline.load_votes(Path(out) / f"sigma_{sigma}" / "votes", num_models, 30)
+
+
+def test_outputs_structure_and_radii_agree_with_counts(uninterrupted):
+  out, result = uninterrupted
+  assert "models 0-1 done" in result.stderr  # One log line per chunk.
+  summary = json.loads((out / "summary.json").read_text())
+  assert set(summary["sigmas"]) == {"0.25", "0.5"}
+  assert summary["device"]["count"] == 1 and summary["version"]
+  assert (out / "certified_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for sigma in ("0.25", "0.5"):
+    directory = out / f"sigma_{sigma}"
+    s = json.loads((directory / "summary.json").read_text())
+    assert s["num_models"] == NUM_MODELS and s["n0"] == N0 and s["num_test"] == 30
+    assert set(s["certified_accuracy"]) == {"0", "0.05", "0.1", "0.25", "0.5", "1"}
+    assert set(s["poisoning_radius"]) == {"1", "1%", "100%"}
+    assert 0.0 <= s["smoothed_accuracy"] <= 1.0
+    table = np.genfromtxt(directory / "certify.tsv", names=True, dtype=None, delimiter="\t")
+    assert table.dtype.names == ("idx", "label", "predict", "radius", "correct")
+    assert len(table) == 30
+    counts = np.load(directory / "counts.npz")
+    np.testing.assert_array_equal(counts["counts_select"].sum(1), N0)
+    np.testing.assert_array_equal(counts["counts_estimate"].sum(1), NUM_MODELS - N0)
+    np.testing.assert_array_equal(counts["test_indices"], table["idx"])
+    votes = _votes(out, sigma)
+    np.testing.assert_array_equal(
+        counts["counts_estimate"], np.stack([(votes[N0:] == c).sum(0) for c in range(10)], 1))
+    # The radius from the counts alone: σ Φ⁻¹ of the Clopper–Pearson bound on ĉA's count.
+    c_a = counts["counts_select"].argmax(1)
+    k = counts["counts_estimate"][np.arange(30), c_a]
+    n = NUM_MODELS - N0
+    p_a = stats.beta.ppf(0.001, k, n - k + 1)
+    expected = np.where(p_a > 0.5, float(sigma) * stats.norm.ppf(np.clip(p_a, 1e-12, 1)), 0.0)
+    np.testing.assert_allclose(table["radius"], expected, atol=6e-5)  # Table has 4 decimals.
+    np.testing.assert_array_equal(table["predict"], np.where(p_a > 0.5, c_a, -1))
+    np.testing.assert_array_equal(table["correct"], table["predict"] == table["label"])
+
+
+def test_killed_run_resumes_bit_identical(inputs, uninterrupted, tmp_path):
+  out = tmp_path / "killed"
+  process = subprocess.Popen(_command(inputs, out, "--models_per_step", "2", sigmas=("0.25",)),
+                             env=_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  votes_dir = out / "sigma_0.25" / "votes"
+  deadline = time.time() + 300
+  while time.time() < deadline and not list(votes_dir.glob("models_*.npz")):
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (out / "summary.json").exists(), "the run finished before it could be killed"
+  finished_before = pipeline.finished_models(votes_dir).sum()
+  assert 0 < finished_before < NUM_MODELS
+  result = _run(_command(inputs, out, "--models_per_step", "2", sigmas=("0.25",)))
+  # The resumed run computes only the models not on disk.
+  assert "models 0-1 done" not in result.stderr
+  np.testing.assert_array_equal(_votes(out, "0.25"), _votes(uninterrupted[0], "0.25"))
+  assert ((out / "sigma_0.25" / "certify.tsv").read_text()
+          == (uninterrupted[0] / "sigma_0.25" / "certify.tsv").read_text())
+
+
+def test_rerun_of_a_finished_run_changes_nothing(inputs, uninterrupted):
+  out = uninterrupted[0]
+  before = {p: p.stat().st_mtime_ns for p in out.rglob("models_*.npz")}
+  result = _run(_command(inputs, out, "--models_per_step", "2"))
+  assert "done in" not in result.stderr
+  assert {p: p.stat().st_mtime_ns for p in out.rglob("models_*.npz")} == before
+
+
+def test_other_config_is_refused_and_nothing_is_touched(inputs, uninterrupted):
+  out = uninterrupted[0]
+  before = (out / "settings.json").read_text()
+  result = _run(_command(inputs, out, "--seed", "1"), check=False)
+  assert result.returncode == 2
+  assert "seed: folder has 0, this run has 1" in result.stderr
+  assert (out / "settings.json").read_text() == before
+
+
+def test_four_devices_give_the_votes_of_one(inputs, uninterrupted, tmp_path):
+  # Eight models in one chunk over four devices: each device trains the same pair of models
+  # as one chunk of the one-device run (two models per step), so the votes must be identical.
+  four = tmp_path / "four"
+  result = _run(_command(inputs, four, "--models_per_step", "8", sigmas=("0.25",)), devices=4)
+  assert json.loads((four / "summary.json").read_text())["device"]["count"] == 4, result.stderr
+  assert "models 0-7 done" in result.stderr
+  np.testing.assert_array_equal(_votes(four, "0.25"), _votes(uninterrupted[0], "0.25"))

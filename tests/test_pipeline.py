@@ -1,0 +1,152 @@
+"""Unit tests of the certification pipeline's pieces (results folder, chunks, analysis)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxpoison import certify as certify_lib
+from jaxpoison import pipeline
+from jaxpoison.io import atomic_save_npz
+
+
+def test_model_keys_depend_only_on_seed_sigma_index():
+  a_noise, a_train = pipeline.model_keys(0, 0.25, 7)
+  b_noise, b_train = pipeline.model_keys(0, 0.25, 7)
+  assert np.array_equal(jax.random.key_data(a_noise), jax.random.key_data(b_noise))
+  assert np.array_equal(jax.random.key_data(a_train), jax.random.key_data(b_train))
+  others = [pipeline.model_keys(0, 0.25, 8)[0], pipeline.model_keys(1, 0.25, 7)[0],
+            pipeline.model_keys(0, 0.5, 7)[0], a_train]
+  for other in others:
+    assert not np.array_equal(jax.random.key_data(a_noise), jax.random.key_data(other))
+  # Traced indices (as inside the jitted chunk) give the same keys as Python ints.
+  traced = jax.jit(lambda i: jax.random.key_data(pipeline.model_keys(0, 0.25, i)[0]))(7)
+  assert np.array_equal(np.asarray(traced), jax.random.key_data(a_noise))
+
+
+def _touch_chunk(votes_dir, start, stop, num_points=3):
+  indices = np.arange(start, stop)
+  atomic_save_npz(pipeline.chunk_path(votes_dir, start, stop), model_indices=indices,
+                  votes=np.tile(indices[:, None] % 10, (1, num_points)).astype(np.int16))
+
+
+def test_pending_chunks_cover_exactly_the_missing_models(tmp_path):
+  assert pipeline.pending_chunks(tmp_path, 10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+  _touch_chunk(tmp_path, 0, 4)
+  _touch_chunk(tmp_path, 6, 8)
+  assert pipeline.pending_chunks(tmp_path, 10, 4) == [range(4, 6), range(8, 10)]
+  assert pipeline.pending_chunks(tmp_path, 12, 3) == [range(4, 6), range(8, 11), range(11, 12)]
+  # Stray temporary files of an interrupted write are not chunks.
+  (tmp_path / ".models_000008-000009.npz.abc.tmp").write_bytes(b"partial")
+  assert pipeline.pending_chunks(tmp_path, 10, 4) == [range(4, 6), range(8, 10)]
+  _touch_chunk(tmp_path, 4, 6)
+  _touch_chunk(tmp_path, 8, 10)
+  assert pipeline.pending_chunks(tmp_path, 10, 4) == []
+  votes = pipeline.load_votes(tmp_path, 10, 3)
+  np.testing.assert_array_equal(votes[:, 0], np.arange(10) % 10)
+
+
+def test_load_votes_names_missing_models(tmp_path):
+  _touch_chunk(tmp_path, 0, 4)
+  with pytest.raises(ValueError, match="no votes yet for 2 of 6 models"):
+    pipeline.load_votes(tmp_path, 6, 3)
+
+
+def test_claim_results_dir_refuses_other_settings(tmp_path):
+  settings = {"seed": 0, "trainer": {"epochs": 2, "model": "tiny"}, "num_test": 5}
+  out = tmp_path / "run"
+  pipeline.claim_results_dir(out, settings)
+  pipeline.claim_results_dir(out, settings)  # Same settings: a resume.
+  changed = {"seed": 0, "trainer": {"epochs": 3, "model": "tiny"}, "num_test": 5}
+  with pytest.raises(pipeline.ResultsMismatch, match=r"trainer\.epochs: folder has 2, this run has 3"):
+    pipeline.claim_results_dir(out, changed)
+  assert json.loads((out / pipeline.SETTINGS_FILE).read_text()) == settings
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  with pytest.raises(pipeline.ResultsMismatch, match="not a results folder"):
+    pipeline.claim_results_dir(foreign, settings)
+
+
+def test_config_validation_messages():
+  good = pipeline.CertifyConfig(num_models=10, n0=2)
+  assert good.validate().sigmas == (0.25,)
+  with pytest.raises(ValueError, match="must exceed n0"):
+    pipeline.CertifyConfig(num_models=5, n0=5).validate()
+  with pytest.raises(ValueError, match="sigma"):
+    pipeline.CertifyConfig(sigmas=(25.0,)).validate()
+  with pytest.raises(ValueError, match="sigma"):
+    pipeline.CertifyConfig(sigmas=(0.0,)).validate()
+  with pytest.raises(ValueError, match="alpha"):
+    pipeline.CertifyConfig(alpha=1.0).validate()
+  with pytest.raises(ValueError, match="trainer"):
+    pipeline.CertifyConfig(trainer="vgg").validate()
+  with pytest.raises(ValueError, match="each noise level once"):
+    pipeline.CertifyConfig(sigmas=(0.25, 0.25)).validate()
+
+
+def test_analyse_votes_matches_certify_and_the_radius_formula():
+  rng = np.random.default_rng(0)
+  num_models, num_points, n0, sigma, alpha = 60, 40, 10, 0.5, 0.01
+  labels = rng.integers(0, 3, num_points)
+  # Each point's models vote its label with a point-specific probability.
+  p = rng.uniform(0.2, 1.0, num_points)
+  agree = rng.uniform(size=(num_models, num_points)) < p
+  votes = np.where(agree, labels, (labels + 1) % 3)
+  per_point, summary = pipeline.analyse_votes(votes, labels, n0=n0, sigma=sigma, alpha=alpha,
+                                              num_classes=3, num_train=500)
+  counts_select = certify_lib.vote_counts(votes[:n0], 3)
+  counts_estimate = certify_lib.vote_counts(votes[n0:], 3)
+  cert = certify_lib.certify(counts_select, counts_estimate, sigma, alpha)
+  np.testing.assert_array_equal(per_point["predict"], cert.labels)
+  # Radii from the counts, independently: σ Φ⁻¹(Clopper–Pearson lower bound).
+  c_a = counts_select.argmax(1)
+  k = counts_estimate[np.arange(num_points), c_a]
+  p_a = stats.beta.ppf(alpha, k, num_models - n0 - k + 1)
+  expected = np.where(p_a > 0.5, sigma * stats.norm.ppf(p_a), 0.0)
+  np.testing.assert_allclose(per_point["radius"], expected, rtol=1e-9, atol=1e-12)
+  correct = per_point["predict"] == labels
+  assert summary["smoothed_accuracy"] == pytest.approx(correct.mean())
+  assert summary["abstention_rate"] == pytest.approx((per_point["predict"] < 0).mean())
+  for r, acc in summary["certified_accuracy"].items():
+    assert acc == pytest.approx(np.mean(correct & (expected >= float(r))))
+  model_acc = (votes == labels).mean(1)
+  assert summary["model_accuracy_mean"] == pytest.approx(model_acc.mean())
+  assert summary["model_accuracy_sd"] == pytest.approx(model_acc.std(ddof=1))
+  n = num_models - n0
+  assert summary["max_certifiable_radius"] == pytest.approx(
+      sigma * stats.norm.ppf(alpha ** (1 / n)))
+  # The dataset-level bound shrinks as 1/√r.
+  r1 = summary["poisoning_radius"]["1"]["max_with_these_models"]
+  r_all = summary["poisoning_radius"]["100%"]["max_with_these_models"]
+  assert summary["poisoning_radius"]["1%"]["r"] == 5
+  assert r_all == pytest.approx(r1 / np.sqrt(500))
+
+
+def test_write_certify_table_is_cohen_format(tmp_path):
+  per_point = {"label": np.array([1, 2]), "predict": np.array([1, -1]),
+               "radius": np.array([0.12345, 0.0]), "correct": np.array([1, 0])}
+  path = pipeline.write_certify_table(tmp_path / "certify.tsv", np.array([40, 7]), per_point)
+  lines = path.read_text().splitlines()
+  assert lines == ["idx\tlabel\tpredict\tradius\tcorrect", "40\t1\t1\t0.1235\t1",
+                   "7\t2\t-1\t0.0000\t0"]
+
+
+def test_subset_indices_fixed_and_sorted():
+  a = pipeline.subset_indices(1000, 50)
+  assert np.array_equal(a, pipeline.subset_indices(1000, 50))
+  assert np.all(np.diff(a) > 0) and len(a) == 50
+  assert np.array_equal(pipeline.subset_indices(10, None), np.arange(10))
+
+
+def test_train_subset_is_a_fixed_random_subset_of_every_class():
+  from jaxpoison.data import make_dataset
+  y = np.repeat(np.arange(10), 50)  # Sorted by class, like some CIFAR-10 copies.
+  x = np.zeros((500, 32, 32, 3), np.uint8)
+  dataset = make_dataset(x, y, x[:10], y[:10])
+  subset = pipeline.train_subset(dataset, 100)
+  assert len(subset.y_train) == 100 and len(np.unique(subset.y_train)) == 10
+  np.testing.assert_array_equal(subset.y_train, pipeline.train_subset(dataset, 100).y_train)
+  assert pipeline.train_subset(dataset, None) is dataset
