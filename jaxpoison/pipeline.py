@@ -544,6 +544,7 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
   bar = tqdm(total=num_models, initial=done, unit="model", disable=not progress,
              desc=f"σ={sigma:g}", dynamic_ncols=True)
   run_start = time.perf_counter()
+  computed = 0
   try:
     for chunk in chunks:
       indices = np.asarray(chunk, np.int32)
@@ -563,12 +564,16 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
         timing["train_vote_s"] += t_train
         timing["chunks"] += 1
         timing["models"] += len(indices)
+      # Counted here, not by the bar: a disabled bar (--no_progress, other hosts) counts nothing.
+      done += len(indices)
+      computed += len(indices)
       bar.update(len(indices))
-      rate = bar.n and (bar.n - done) / max(time.perf_counter() - run_start, 1e-9) * 3600
+      rate = computed / max(time.perf_counter() - run_start, 1e-9) * 3600
+      eta_h = (num_models - done) / rate if rate > 0 else float("inf")
       bar.set_postfix_str(f"{rate:,.0f} models/h")
       log.info("σ=%g models %d-%d done in %.1f s (denoise %.1f s, train+vote %.1f s); "
-               "%d/%d models; %.0f models/h", sigma, chunk.start, chunk.stop - 1, elapsed,
-               t_denoise, t_train, bar.n, num_models, rate)
+               "%d/%d models; %.0f models/h; ETA %.2f h", sigma, chunk.start, chunk.stop - 1,
+               elapsed, t_denoise, t_train, done, num_models, rate, eta_h)
   finally:
     bar.close()
   return timing

@@ -84,7 +84,10 @@ def _votes(out, sigma, num_models=NUM_MODELS):
 
 def test_outputs_structure_and_radii_agree_with_counts(uninterrupted):
   out, result = uninterrupted
-  assert "models 0-1 done" in result.stderr  # One log line per chunk.
+  # One log line per chunk, with the models done so far, the rate and the ETA.
+  assert "models 0-1 done" in result.stderr
+  assert "2/8 models" in result.stderr and "8/8 models" in result.stderr
+  assert "models/h; ETA" in result.stderr
   summary = json.loads((out / "summary.json").read_text())
   assert set(summary["sigmas"]) == {"0.25", "0.5"}
   assert summary["device"]["count"] == 1 and summary["version"]
