@@ -476,7 +476,8 @@ class ChunkComputer:
   """Jitted, sharded programs for one σ: compiled once, called once per chunk.
 
   Two programs rather than one so the log can say where the time goes (the paper: denoising is
-  about half the cost); the denoised copies stay on device and are donated to the second.
+  about half the cost). The denoised copies stay on device between the two and are freed when
+  the second returns (not donated: no output of the second could reuse their buffer).
   """
 
   def __init__(self, *, mesh: Mesh, seed: int, sigma: float, denoiser, train_config,
@@ -505,7 +506,7 @@ class ChunkComputer:
         out_specs=spec_models, check_vma=False))
     self._train_vote = jax.jit(jax.shard_map(
         train_vote_local, mesh=mesh, in_specs=(spec_models, spec_all, spec_all, spec_models),
-        out_specs=spec_models, check_vma=False), donate_argnums=0)
+        out_specs=spec_models, check_vma=False))
 
   def __call__(self, denoiser, x_train, y_train, x_test, indices: np.ndarray):
     """Votes int32 [len(indices), num_test] on the host, and (denoise s, train+vote s)."""

@@ -31,7 +31,8 @@ def main(argv=None):
   parser.add_argument("--models_per_step", type=int, nargs="+", default=[1, 8])
   parser.add_argument("--out", default="runs/benchmark_certify")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+  logging.getLogger("jaxpoison").setLevel(logging.INFO)
 
   import jax
   from jaxpoison import pipeline

@@ -50,7 +50,9 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+  # Our per-chunk lines at INFO; orbax's and absl's chatter stays at WARNING.
+  logging.getLogger("jaxpoison").setLevel(logging.INFO)
   import jax
   if args.distributed:
     jax.distributed.initialize()
