@@ -435,8 +435,10 @@ def subset_indices(num_total: int, num: int | None) -> np.ndarray:
   return np.sort(np.random.default_rng(0).choice(num_total, size=num, replace=False))
 
 
-# Models per device when no memory budget is known (a CPU): small chunks keep progress visible.
-CPU_MODELS_PER_DEVICE = 4
+# Models per device when no memory budget is known (a CPU). One: XLA:CPU runs the vmapped
+# (grouped) convolutions of several models slower than the same models one after the other
+# (BENCHMARKS.md, issue 5), so on a CPU concurrency comes only from several devices.
+CPU_MODELS_PER_DEVICE = 1
 # Upper bound per device when planning from memory: past this, throughput no longer grows.
 MAX_MODELS_PER_DEVICE = 128
 
