@@ -37,9 +37,12 @@ def main(argv=None):
 
   den = D.load_denoiser(args.denoiser) if args.denoiser else D.default_denoiser()
   data = jaxpoison.load_cifar10(args.data)
-  x = np.asarray(data.x_test[:args.num_images], np.float32) / 255.0
+  # A fixed random subset: some copies of CIFAR-10 are sorted by class.
+  count = min(args.num_images, len(data.x_test))
+  subset = np.sort(np.random.default_rng(0).choice(len(data.x_test), count, replace=False))
+  x = np.asarray(data.x_test[subset], np.float32) / 255.0
   print(f"denoiser: {args.denoiser or 'default'} ({den.num_params:,} params), "
-        f"{len(x)} CIFAR-10 test images")
+        f"{len(x)} CIFAR-10 test images (a fixed random subset)")
   print("| σ | t* | PSNR noisy (dB) | PSNR denoised (dB) | gain (dB) |")
   print("|---|---|---|---|---|")
   for i, sigma in enumerate(float(s) for s in args.sigmas.split(",")):
