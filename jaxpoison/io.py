@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -43,6 +45,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
+    raise
+  _fsync_dir(path.parent)
+  return path
+
+
+def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+  """Calls `write(directory)` on a temporary directory beside `path`, then swaps it in.
+
+  A crash leaves either the old directory or the new one at `path` (the old one is moved aside
+  and deleted only after the new one is in place), plus at most a stray hidden temporary.
+  """
+  path = Path(path).absolute()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+  try:
+    write(tmp)
+    old = None
+    if path.exists():
+      old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+      os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+      shutil.rmtree(old, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
     raise
   _fsync_dir(path.parent)
   return path

@@ -36,3 +36,20 @@ def test_json_refuses_unknown_objects(tmp_path):
   with pytest.raises(TypeError, match="cannot write object as JSON"):
     io.atomic_write_json(tmp_path / "x.json", {"x": object()})
   assert not (tmp_path / "x.json").exists()
+
+
+def test_atomic_write_dir_replaces_whole_directory_and_keeps_old_on_failure(tmp_path):
+  from jaxpoison.io import atomic_write_dir
+  target = tmp_path / "ck"
+  atomic_write_dir(target, lambda d: (d / "a.txt").write_text("one"))
+  atomic_write_dir(target, lambda d: (d / "b.txt").write_text("two"))
+  assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+  def fail(d):
+    (d / "c.txt").write_text("partial")
+    raise RuntimeError("crash while writing")
+  import pytest
+  with pytest.raises(RuntimeError, match="crash while writing"):
+    atomic_write_dir(target, fail)
+  assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -10,9 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from flax import nnx
 
 from jaxpoison.diffusion.schedule import ScheduleConfig
 from jaxpoison.diffusion.unet import UNet, UNetConfig
-from jaxpoison.io import atomic_write_json
+from jaxpoison.io import atomic_write_dir, atomic_write_json
 
 CONFIG_FILE = "denoiser.json"
 PARAMS_DIR = "params"
@@ -145,26 +142,16 @@ def save_denoiser(denoiser: Denoiser, path: str | os.PathLike, *, extra: dict | 
   path = Path(path).absolute()
   if path.exists() and not overwrite:
     raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-  try:
+
+  def write(tmp: Path) -> None:
     params = {k: np.asarray(jax.device_get(v)) for k, v in denoiser.params.items()}
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp / PARAMS_DIR, params)
     checkpointer.wait_until_finished()
     checkpointer.close()
     atomic_write_json(tmp / CONFIG_FILE, _config_dict(denoiser, extra))
-    old = None
-    if path.exists():
-      old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-      os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return path
+
+  return atomic_write_dir(path, write)
 
 
 def read_denoiser_config(path: str | os.PathLike) -> tuple[UNetConfig, ScheduleConfig, dict]:

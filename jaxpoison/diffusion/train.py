@@ -22,8 +22,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ import optax
 from jaxpoison.diffusion.model import Denoiser, create_denoiser, save_denoiser, unet_apply
 from jaxpoison.diffusion.schedule import ScheduleConfig, alphas_cumprod, timestep_for_sigma
 from jaxpoison.diffusion.unet import UNetConfig
-from jaxpoison.io import atomic_write_json
+from jaxpoison.io import atomic_write_dir, atomic_write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,25 +162,14 @@ def train_chunk_stepwise(state: DenoiserTrainState, images, cfg: DenoiserTrainCo
 def _save_state(state: DenoiserTrainState, directory: Path) -> None:
   """Orbax checkpoint of the full train state, written to a temp dir and renamed."""
   import orbax.checkpoint as ocp
-  directory = directory.absolute()
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=".state.", suffix=".tmp"))
-  try:
+
+  def write(tmp: Path) -> None:
     ck = ocp.StandardCheckpointer()
     ck.save(tmp / "state", jax.device_get(state))
     ck.wait_until_finished()
     ck.close()
-    old = None
-    if directory.exists():
-      old = directory.parent / f".{directory.name}.old"
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+
+  atomic_write_dir(directory, write)
 
 
 def _restore_state(directory: Path, template: DenoiserTrainState) -> DenoiserTrainState:
