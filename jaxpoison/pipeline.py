@@ -43,7 +43,8 @@ from jaxpoison import certify as certify_lib
 from jaxpoison import classifier, diffusion
 from jaxpoison._checks import check_alpha, check_sigma
 from jaxpoison.data import Dataset, load_cifar10
-from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text, _json_default
+from jaxpoison.io import (_json_default, atomic_save_npz, atomic_write_bytes, atomic_write_json,
+                          atomic_write_text)
 
 log = logging.getLogger("jaxpoison.certify")
 
@@ -363,7 +364,6 @@ def plot_certified_accuracy(path: Path, curves: dict[float, tuple[np.ndarray, np
   buffer = _io.BytesIO()
   fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
   plt.close(fig)
-  from jaxpoison.io import atomic_write_bytes
   return atomic_write_bytes(path, buffer.getvalue())
 
 
