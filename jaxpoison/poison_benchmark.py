@@ -21,7 +21,7 @@ the transfer-learning setting of Schwarzschild et al.'s benchmark:
   weights with a fresh linear head and the extractor frozen (the benchmark's linear probe:
   SGD, momentum 0.9, lr 0.01, weight decay 2e-4, 40 epochs, batch 128), and the record says
   whether the target is classified as the base class (attack success) and the clean accuracy
-  on the first `num_eval` test images. Several trials are fine-tuned at once, one model each on
+  on `num_eval` test images (a fixed random subset, `eval_indices`). Several trials are fine-tuned at once, one model each on
   the classifier's model axis.
 
 Keys of trial i: `t = fold_in(key(seed), i)`; sampling `fold_in(t, 0)`, crafting
@@ -73,11 +73,11 @@ ATTACK_TITLES = {
 }
 DEFAULT_SIGMAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 RUN_FILE = "run.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: clean accuracy on a random test subset (was the first num_eval)
 # Streams of a trial's key (see the module docstring).
 SAMPLE, CRAFT, DENOISE, FINETUNE = range(4)
 # Streams of the pretraining key.
-SPLIT, PRETRAIN_VICTIM, PRETRAIN_CRAFTER = range(3)
+SPLIT, PRETRAIN_VICTIM, PRETRAIN_CRAFTER, EVAL_SUBSET = range(4)
 
 
 class BenchmarkConfigError(ValueError):
@@ -153,7 +153,8 @@ class BenchmarkConfig:
       fine-tune half (250, the benchmark's 2,500 images); None takes the whole half.
     pretrain_seed: fixes the half split (a permutation of the training set: first half
       pretraining, second half fine-tune pool) and the pretraining keys.
-    num_eval: clean accuracy is measured on the first this many test images.
+    num_eval: clean accuracy is measured on this many test images, a fixed random subset
+      (`eval_indices`; a prefix would be one class in a copy sorted by label).
     victim: `jaxpoison.classifier.TrainConfig` to pretrain the victim's extractor with (None:
       `resnet18_config()`, the paper's); unused when a pretrained checkpoint is given.
     crafter: TrainConfig of the model the poisons are crafted on, pretrained the same way on
@@ -295,6 +296,18 @@ def split_training_set(labels, *, pretrain_seed: int = 0,
           f"{finetune_per_class} were asked for (use a smaller value or None for the whole half)")
     chosen.append(members[:finetune_per_class])
   return Split(pretrain, pool, np.sort(np.concatenate(chosen)))
+
+
+def eval_indices(num_test: int, num_eval: int, *, seed: int = 0) -> np.ndarray:
+  """The test images clean accuracy is measured on: `num_eval` of `num_test`, sorted.
+
+  A seeded random subset (`fold_in(key(seed), EVAL_SUBSET)`), not the first `num_eval`: test
+  sets stored sorted by label (as some CIFAR-10 copies are) would otherwise give one class.
+  """
+  if not 1 <= num_eval <= num_test:
+    raise ValueError(f"num_eval: expected 1 to {num_test} (the test images), got {num_eval}")
+  key = jax.random.fold_in(jax.random.key(seed), EVAL_SUBSET)
+  return np.sort(np.asarray(jax.random.permutation(key, num_test))[:num_eval])
 
 
 def poisoned_images(finetune_images: np.ndarray, finetune_indices: np.ndarray,
@@ -671,31 +684,32 @@ def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key:
   classifier.save_models(path / "models", models)
   seconds = time.perf_counter() - start
   num_test = min(1000, dataset.x_test.shape[0])
-  accuracy = float(classifier.evaluate(models, dataset.x_test[:num_test],
-                                       dataset.y_test[:num_test])[0])
+  subset = eval_indices(dataset.x_test.shape[0], num_test)
+  accuracy = float(classifier.evaluate(models, dataset.x_test[subset],
+                                       dataset.y_test[subset])[0])
   io.atomic_write_json(done, {"seconds": seconds, "test_accuracy": accuracy,
                               "num_test": num_test, "num_images": int(split.pretrain.size)})
   log(f"pretrained {train_config.model} in {seconds:.0f} s, test accuracy {accuracy:.3f} "
-      f"(first {num_test} test images)")
+      f"(on {num_test} random test images)")
   return models
 
 
-@functools.lru_cache(maxsize=8)
-def _finetune_and_score(train_config):
-  """jit(fine-tune M victims, predict each one's target, clean accuracy): compiled per config."""
-  train = classifier.make_train_fn(train_config)
+@jax.jit
+def _score(models, targets, eval_images, eval_labels):
+  # predictions [M, M]: model m's prediction of every trial's target; its own is the diagonal.
+  predictions = jnp.diagonal(classifier.predict(models, targets))
+  return predictions, classifier.evaluate(models, eval_images, eval_labels)
 
-  @jax.jit
-  def run(keys, images, labels, init, targets, eval_images, eval_labels):
-    # The labels are the same for every trial (clean-label poisons keep the bases' labels);
-    # given per model, [M, N], like the images.
-    labels = jnp.broadcast_to(labels, images.shape[:2])
-    models = train(keys, images, labels, init)
-    # predictions [M, M]: model m's prediction of every trial's target; its own is the diagonal.
-    predictions = jnp.diagonal(classifier.predict(models, targets))
-    return predictions, classifier.evaluate(models, eval_images, eval_labels)
 
-  return run
+def _finetune_and_score(train_config, keys, images, labels, init, targets, eval_images,
+                        eval_labels):
+  """Fine-tunes M victims (`train_models`: compiled once per shape, and on the CPU with the
+  steps called from Python, see TrainConfig.loop) and scores them."""
+  # The labels are the same for every trial (clean-label poisons keep the bases' labels);
+  # given per model, [M, N], like the images.
+  labels = np.broadcast_to(labels, images.shape[:2])
+  models = classifier.train_models(keys, images, labels, train_config, init=init)
+  return _score(models, targets, eval_images, eval_labels)
 
 
 def _denoise(denoiser, images: np.ndarray, sigma: float, key, batch_size: int) -> np.ndarray:
@@ -723,21 +737,22 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
   short last batch reuses the compiled program.
   """
   train_config = finetune_train_config(victim.config, config.finetune)
-  run = _finetune_and_score(train_config)
   num = len(poison_sets)
   width = max(num, pad_to or num)
   order = list(range(num)) + [num - 1] * (width - num)
   poisoned = [poisoned_images(finetune_images, finetune_indices, p) for p in poison_sets]
   targets = np.stack([dataset.x_test[p.target_index] for p in poison_sets])[order]
   train_keys = jnp.stack([jax.random.fold_in(keys[i], FINETUNE) for i in order])
-  eval_images = dataset.x_test[:config.num_eval]
-  eval_labels = dataset.y_test[:config.num_eval]
+  subset = eval_indices(dataset.x_test.shape[0], config.num_eval, seed=config.seed)
+  eval_images = dataset.x_test[subset]
+  eval_labels = dataset.y_test[subset]
   out = [{"target_prediction": [], "clean_accuracy": []} for _ in range(num)]
   for s, sigma in enumerate(config.sigmas):
     images = np.stack([_denoise(denoiser, poisoned[i], sigma, denoise_key(keys[i], s),
                                 config.denoise_batch_size) for i in range(num)])[order]
-    predictions, accuracy = run(train_keys, images, finetune_labels, victim, targets,
-                                eval_images, eval_labels)
+    predictions, accuracy = _finetune_and_score(train_config, train_keys, images,
+                                                finetune_labels, victim, targets, eval_images,
+                                                eval_labels)
     predictions, accuracy = np.asarray(predictions), np.asarray(accuracy)
     for i in range(num):
       out[i]["target_prediction"].append(int(predictions[i]))

@@ -103,6 +103,19 @@ def test_shared_and_per_model_images_agree(data, config, keys, batched):
   assert diff <= BATCHED_VS_ALONE_RTOL
 
 
+def test_host_loop_matches_the_scanned_program(data, config, keys, batched):
+  # On the CPU, loop="auto" calls a jitted step from Python (XLA:CPU runs convolutions inside
+  # a while loop far slower); the scanned program must train the same models up to rounding.
+  (x, y), _ = data
+  assert classifier.resolve_loop(config) == "host"
+  scanned = classifier.train_models(keys, x, y, config.replace(loop="scan"))
+  diff = _max_diff(batched, scanned)
+  print(f"host loop vs scan: relative max |Δ variable| = {diff:.3g}")
+  assert diff <= BATCHED_VS_ALONE_RTOL
+  with pytest.raises(ValueError, match=r"loop: expected one of \('auto', 'scan', 'host'\)"):
+    config.replace(loop="python")
+
+
 def test_warm_start_with_zero_steps_returns_init_broadcast(data, config, keys, batched):
   (x, y), _ = data
   one = classifier.select(batched, 0)

@@ -146,6 +146,19 @@ def test_split_is_disjoint_seeded_and_takes_the_first_per_class():
     pb.split_training_set(labels, finetune_per_class=21)
 
 
+def test_eval_indices_cover_every_class_of_a_label_sorted_test_set():
+  labels = np.repeat(np.arange(10), 100)  # sorted by label, like some CIFAR-10 copies
+  subset = pb.eval_indices(labels.size, 50, seed=0)
+  assert subset.size == 50 and np.unique(subset).size == 50 and np.all(np.diff(subset) > 0)
+  assert np.unique(labels[subset]).size == 10  # a prefix would be class 0 only
+  np.testing.assert_array_equal(subset, pb.eval_indices(labels.size, 50, seed=0))
+  assert not np.array_equal(subset, pb.eval_indices(labels.size, 50, seed=1))
+  np.testing.assert_array_equal(pb.eval_indices(labels.size, labels.size), np.arange(1000))
+  for bad in (0, 1001):
+    with pytest.raises(ValueError, match="num_eval: expected 1 to 1000"):
+      pb.eval_indices(labels.size, bad)
+
+
 # --- the run file -------------------------------------------------------------------------------
 
 def test_run_file_is_written_then_checked(tmp_path):

@@ -1,9 +1,10 @@
 """Many CIFAR classifiers trained at once: airbench94 and ResNet-18 in Flax NNX.
 
 `train_models(keys, images, labels, config)` trains one model per key in a single jitted
-program (`lax.scan` over steps, `jax.vmap` over models), each on the shared training set or on
-its own copy; `make_train_fn(config)` is the same as a pure function for use inside a larger
-jitted program. `predict`, `logits`, `evaluate` and `features` run every model (with the
+program (`lax.scan` over steps, `jax.vmap` over models; on the CPU a jitted step called from
+Python, see TrainConfig.loop), each on the shared training set or on its own copy;
+`make_train_fn(config)` is the same as a pure function for use inside a larger jitted program,
+`make_train_parts(config)` its pieces. `predict`, `logits`, `evaluate` and `features` run every model (with the
 config's test-time augmentation); `save_models`/`load_models` keep them.
 """
 
@@ -27,6 +28,7 @@ from jaxpoison.classifier.config import (
     TrainConfig,
     airbench94_config,
     resnet18_config,
+    resolve_loop,
     tiny_config,
 )
 from jaxpoison.classifier.models import Airbench94, ResNet18, create_model, whitening_kernel
@@ -35,6 +37,7 @@ from jaxpoison.classifier.train import (
     TrainedModels,
     lr_factor,
     make_train_fn,
+    make_train_parts,
     total_steps,
 )
 
@@ -42,7 +45,8 @@ __all__ = [
     "Airbench94", "CheckpointMismatchError", "InsufficientMemoryError", "ResNet18",
     "TrainConfig", "TrainedModels", "airbench94_config", "create_model", "device_memory_limit",
     "estimate_bytes", "evaluate", "feature_extractor", "features", "load_models", "logits",
-    "lr_factor", "make_train_fn", "plan_models_per_step", "predict", "resnet18_config",
+    "lr_factor", "make_train_fn", "make_train_parts", "plan_models_per_step", "predict",
+    "resnet18_config", "resolve_loop",
     "save_models", "select", "stack", "tiny_config", "total_steps", "train_models",
     "whitening_kernel",
 ]

@@ -13,6 +13,7 @@ TRAINABLE = ("all", "head")
 SCHEDULES = ("airbench", "cosine")
 FLIPS = ("alternating", "random", "none")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+LOOPS = ("auto", "scan", "host")
 
 # Per-channel statistics of the CIFAR-10 training set, in [0, 1] units; the networks normalize
 # their inputs with them.
@@ -62,6 +63,10 @@ class TrainConfig:
     reinit_head: re-initialize the final linear layer when warm-starting from `init`.
     num_classes, image_shape: the data (H, W, C).
     whitening_images: how many training images estimate the whitening patch covariance.
+    loop: how `train_models` runs the steps: "scan" (one program, a `lax.scan` over steps, no
+      host round trips), "host" (a jitted step called from Python: XLA:CPU runs convolutions
+      inside a while loop an order of magnitude slower than the same step on its own), or
+      "auto" (host on the CPU, scan on an accelerator). `make_train_fn` always scans.
     models_per_step: how many models one compiled program trains at once (0: all requested
       at once, or as many as fit `memory_limit_bytes` when that is set).
     memory_limit_bytes: device memory budget for one program (0: the device's own limit on an
@@ -93,6 +98,7 @@ class TrainConfig:
   num_classes: int = 10
   image_shape: tuple[int, int, int] = (32, 32, 3)
   whitening_images: int = 5000
+  loop: str = "auto"
   models_per_step: int = 0
   memory_limit_bytes: int = 0
 
@@ -106,6 +112,7 @@ class TrainConfig:
         (self.flip in FLIPS, f"flip: expected one of {FLIPS}, got {self.flip!r}"),
         (self.compute_dtype in COMPUTE_DTYPES,
          f"compute_dtype: expected one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}"),
+        (self.loop in LOOPS, f"loop: expected one of {LOOPS}, got {self.loop!r}"),
         (self.epochs >= 0, f"epochs: expected a non-negative number, got {self.epochs}"),
         (self.batch_size >= 1, f"batch_size: expected a positive integer, got {self.batch_size}"),
         (0 <= self.label_smoothing < 1,
@@ -158,6 +165,13 @@ def resolve_compute_dtype(config: TrainConfig):
   if name == "auto":
     name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   return jnp.dtype(name)
+
+
+def resolve_loop(config: TrainConfig) -> str:
+  """"scan" or "host": how `train_models` runs this config's steps on the default backend."""
+  if config.loop != "auto":
+    return config.loop
+  return "host" if jax.default_backend() == "cpu" else "scan"
 
 
 def airbench94_config(**changes) -> TrainConfig:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import collections
 import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -135,20 +136,20 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
   return images
 
 
-def make_train_fn(config: TrainConfig):
-  """A pure function that trains M models: `fn(keys, images, labels, init=None)`.
+class TrainParts(NamedTuple):
+  """The training loop in pieces, for callers that run the steps themselves.
 
-  Args (of the returned function):
-    keys: typed PRNG keys [M]; model m's initialization, shuffling and augmentation are drawn
-      from fold_in(keys[m], ·), so model m's result does not depend on the other models.
-    images: uint8 [N, H, W, C] (shared by all models) or [M, N, H, W, C] (one set per model).
-    labels: int [N] or [M, N].
-    init: optional TrainedModels with M (or 1, broadcast) models to warm-start from (their
-      whitening filters are kept; `config.reinit_head` draws a fresh final layer).
-
-  Returns: TrainedModels with M models. Traceable: may be called inside an outer jax.jit (with
-  the models axis sharded); it does not validate its arguments (train_models does).
+  start(keys, images, labels, init=None) -> carry; body(carry, step, keys, images, labels) ->
+  carry after step `step` (int32 scalar, 0 ≤ step < total_steps); finish(carry, num_steps) ->
+  TrainedModels. All traceable; `make_train_fn` is start, a `lax.scan` of body, finish.
   """
+  start: Callable
+  body: Callable
+  finish: Callable
+
+
+def make_train_parts(config: TrainConfig) -> TrainParts:
+  """The pieces of `make_train_fn(config)`'s loop (see TrainParts); arguments as there."""
   graphdef = model_graphdef(config)
   dtype = resolve_compute_dtype(config)
   lr_eff, decay_eff = _sgd_constants(config)
@@ -165,14 +166,12 @@ def make_train_fn(config: TrainConfig):
   def fresh_head(key):
     return init_head(config, jax.random.fold_in(key, _HEAD), dtype)
 
-  def train_fn(keys, images, labels, init: TrainedModels | None = None):
+  def start(keys, images, labels, init: TrainedModels | None = None):
+    """The loop's initial carry: (params, rest, momentum, lookahead EMA, permutation)."""
     TRACES[config] += 1  # Runs once per trace: the tests' recompilation counter.
     num_models = keys.shape[0]
     shared = images.ndim == 4
     num_train = images.shape[-4]
-    spe = steps_per_epoch(config, num_train)
-    num_steps = total_steps(config, num_train)
-    whiten_steps = config.whiten_bias_epochs * spe
     if init is None:
       if shared:
         state = jax.vmap(init_one, in_axes=(0, None))(keys, images)
@@ -186,7 +185,19 @@ def make_train_fn(config: TrainConfig):
         state = nnx.State(dict(state))
         state["head"] = jax.vmap(fresh_head)(keys)
     params, rest = nnx.split_state(state, nnx.Param, ...)
-    trainable, lr_scale, is_whiten_bias = _leaf_rules(config, params)
+    buf = jax.tree.map(jnp.zeros_like, params)
+    ema = (params, rest) if config.lookahead else None
+    perm = jnp.zeros((num_models, num_train), jnp.int32)
+    return params, rest, buf, ema, perm
+
+  def body(carry, step, keys, images, labels):
+    """One SGD step of every model: the carry after step `step` (an int32 scalar)."""
+    shared = images.ndim == 4
+    num_train = images.shape[-4]
+    spe = steps_per_epoch(config, num_train)
+    num_steps = total_steps(config, num_train)
+    whiten_steps = config.whiten_bias_epochs * spe
+    trainable, lr_scale, is_whiten_bias = _leaf_rules(config, carry[0])
 
     def loss_fn(p, r, x, y):
       model = nnx.merge(graphdef, p, r, copy=True)
@@ -237,7 +248,7 @@ def make_train_fn(config: TrainConfig):
         return data[idx]
       return jax.vmap(lambda d, i: d[i])(data, idx)
 
-    def body(carry, step):
+    def advance(carry, step):
       p, r, buf, ema, perm = carry
       epoch = step // spe
       pos = step % spe
@@ -262,16 +273,43 @@ def make_train_fn(config: TrainConfig):
           return ema[0], ema[1], ema
 
         p, r, ema = jax.lax.cond(t % _LOOKAHEAD_EVERY == 0, pull, lambda o: o, (p, r, ema))
-      return (p, r, buf, ema, perm), None
+      return p, r, buf, ema, perm
 
-    buf = jax.tree.map(jnp.zeros_like, params)
-    ema = (params, rest) if config.lookahead else None
-    perm = jnp.zeros((num_models, num_train), jnp.int32)
-    if num_steps > 0:
-      (params, rest, buf, ema, perm), _ = jax.lax.scan(
-          body, (params, rest, buf, ema, perm), jnp.arange(num_steps))
-      if config.lookahead:
-        params, rest = ema  # airbench returns the lookahead EMA.
+    return advance(carry, step)
+
+  def finish(carry, num_steps: int) -> TrainedModels:
+    params, rest, _, ema, _ = carry
+    if config.lookahead and num_steps > 0:
+      params, rest = ema  # airbench returns the lookahead EMA.
     return TrainedModels(graphdef, nnx.merge_state(params, rest), config)
+
+  return TrainParts(start, body, finish)
+
+
+def make_train_fn(config: TrainConfig):
+  """A pure function that trains M models: `fn(keys, images, labels, init=None)`.
+
+  Args (of the returned function):
+    keys: typed PRNG keys [M]; model m's initialization, shuffling and augmentation are drawn
+      from fold_in(keys[m], ·), so model m's result does not depend on the other models.
+    images: uint8 [N, H, W, C] (shared by all models) or [M, N, H, W, C] (one set per model).
+    labels: int [N] or [M, N].
+    init: optional TrainedModels with M (or 1, broadcast) models to warm-start from (their
+      whitening filters are kept; `config.reinit_head` draws a fresh final layer).
+
+  Returns: TrainedModels with M models. Traceable: may be called inside an outer jax.jit (with
+  the models axis sharded); it does not validate its arguments (train_models does). The steps
+  run in one `lax.scan`, whatever `config.loop` says.
+  """
+  parts = make_train_parts(config)
+
+  def train_fn(keys, images, labels, init: TrainedModels | None = None):
+    carry = parts.start(keys, images, labels, init)
+    num_steps = total_steps(config, images.shape[-4])
+    if num_steps > 0:
+      carry, _ = jax.lax.scan(
+          lambda c, step: (parts.body(c, step, keys, images, labels), None), carry,
+          jnp.arange(num_steps, dtype=jnp.int32))
+    return parts.finish(carry, num_steps)
 
   return train_fn
