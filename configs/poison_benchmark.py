@@ -10,8 +10,9 @@ same command to resume (finished trials are skipped, poisons reused).
 
 What it does: pretrains a ResNet-18 on one half of the CIFAR-10 training set (the paper
 pretrains on CIFAR-100, not available here), then, for 100 trials per attack, crafts 25 poisons
-(ℓ∞ 16/255, each attack's published steps) against it, denoises the 2,500-image fine-tune set
-(the first 250 per class of the other half) at σ ∈ {0, 0.1, 0.25, 0.5, 1.0} with the default
+(ℓ2 ≤ 6.43 in [0, 1] pixel units, the paper's bound for the transfer-learning attacks; each
+attack's published steps) against it, denoises the 2,500-image fine-tune set (the first 250
+per class of the other half) at σ ∈ {0, 0.1, 0.25, 0.5, 1.0} with the default
 denoiser and fine-tunes a fresh linear head (40 epochs, SGD 0.01) per σ.
 
 What to expect: the paper (white-box, CIFAR-100 pretraining, its 35.7M-parameter DDPM) reports
@@ -23,6 +24,7 @@ and the small default denoiser loses more detail at large σ, so clean accuracy 
 attack (1200 polytope steps), fine-tuning 5 linear heads per trial in seconds.
 """
 
+from jaxpoison.attacks import L2_EPSILON_TRANSFER
 from jaxpoison.poison_benchmark import BenchmarkConfig, FineTuneConfig, model_config
 
 
@@ -38,6 +40,8 @@ def get_config() -> BenchmarkConfig:
       num_eval=1000,
       victim=model_config("resnet18"),
       crafter=None,  # white-box: crafted on the victim's pretrained extractor
+      norm="l2",
+      epsilon=L2_EPSILON_TRANSFER,  # the paper's bound for the transfer-learning attacks
       craft_steps=None,  # published defaults: 120 (Poison Frogs), 1200 (polytopes)
       finetune=FineTuneConfig(epochs=40, batch_size=128, learning_rate=0.01, momentum=0.9,
                               weight_decay=2e-4),

@@ -25,6 +25,7 @@ trained, so the loss in accuracy is larger than the paper's 0.2 points). With 10
 cell is coarse (one trial is 10 points).
 """
 
+from jaxpoison.attacks import L2_EPSILON_TRANSFER
 from jaxpoison.poison_benchmark import BenchmarkConfig, FineTuneConfig, model_config
 
 
@@ -41,6 +42,8 @@ def get_config() -> BenchmarkConfig:
       victim=model_config("airbench94", widths=(32, 64, 64), epochs=4, batch_size=512,
                           whitening_images=5000, tta_level=0),
       crafter=None,
+      norm="l2",
+      epsilon=L2_EPSILON_TRANSFER,  # the paper's bound for the transfer-learning attacks
       craft_steps=None,
       finetune=FineTuneConfig(epochs=20, batch_size=50, learning_rate=0.01, momentum=0.9,
                               weight_decay=2e-4),
