@@ -7,6 +7,7 @@ mistake in a long experiment fails at the boundary rather than deep inside a jit
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -128,3 +129,24 @@ def check_alpha(alpha, *, name: str = "alpha") -> float:
   if not 0.0 < value < 1.0:
     raise ValueError(f"{name}: expected a failure probability in (0, 1), got {value}")
   return value
+
+
+def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
+  """`value` as a finite number > 0 (>= 0 with allow_zero; an int with integer), else an error
+  naming `name`."""
+  kind = int if integer else float
+  if integer and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+    raise TypeError(f"{name}: expected an integer, got {value!r}")
+  try:
+    number = kind(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{name}: expected a number, got {value!r}") from None
+  if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ValueError(f"{name}: expected a finite value {bound}, got {value!r}")
+  return number
+
+
+def set_frozen_field(config, name: str, value) -> None:
+  """Sets a validated field on a frozen config (as a plain Python value: hashable, JSON-able)."""
+  object.__setattr__(config, name, value)

@@ -21,8 +21,8 @@ the transfer-learning setting of Schwarzschild et al.'s benchmark:
   weights with a fresh linear head and the extractor frozen (the benchmark's linear probe:
   SGD, momentum 0.9, lr 0.01, weight decay 2e-4, 40 epochs, batch 128), and the record says
   whether the target is classified as the base class (attack success) and the clean accuracy
-  on `num_eval` test images (a fixed random subset, `eval_indices`). Several trials are fine-tuned at once, one model each on
-  the classifier's model axis.
+  on `num_eval` test images (a fixed random subset, `eval_indices`). Several trials are
+  fine-tuned at once, one model each on the classifier's model axis.
 
 Keys of trial i: `t = fold_in(key(seed), i)`; sampling `fold_in(t, 0)`, crafting
 `fold_in(t, 1)`, denoising at the s-th σ `fold_in(fold_in(t, 2), s)`, fine-tuning
@@ -62,7 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison import attacks, classifier, io
-from jaxpoison._checks import check_perturbation_bound, check_sigma
+from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
+from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.configs import BENCHMARK_NUM_POISONS, LINF_EPSILON
 
 ATTACK_NAMES = tuple(attacks.ATTACKS)
@@ -92,20 +93,6 @@ def _integer(name: str, value, *, minimum: int = 1) -> int:
   return int(value)
 
 
-def _positive_float(name: str, value) -> float:
-  try:
-    number = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{name}: expected a number, got {value!r}") from None
-  if not math.isfinite(number) or number <= 0:
-    raise ValueError(f"{name}: expected a positive, finite number, got {value!r}")
-  return number
-
-
-def _store(config, name: str, value) -> None:
-  object.__setattr__(config, name, value)
-
-
 @dataclasses.dataclass(frozen=True)
 class FineTuneConfig:
   """How the victim is fine-tuned: the benchmark's linear probe on the frozen extractor.
@@ -126,7 +113,7 @@ class FineTuneConfig:
   def __post_init__(self):
     _store(self, "epochs", _integer("finetune.epochs", self.epochs))
     _store(self, "batch_size", _integer("finetune.batch_size", self.batch_size))
-    _store(self, "learning_rate", _positive_float("finetune.learning_rate", self.learning_rate))
+    _store(self, "learning_rate", check_positive("finetune.learning_rate", self.learning_rate))
     momentum = float(self.momentum)
     if not 0 <= momentum < 1:
       raise ValueError(f"finetune.momentum: expected a value in [0, 1), got {self.momentum!r}")
@@ -211,7 +198,7 @@ class BenchmarkConfig:
     if self.num_poisons is not None:
       _store(self, "num_poisons", _integer("num_poisons", self.num_poisons))
     else:
-      budget = _positive_float("budget", self.budget)
+      budget = check_positive("budget", self.budget)
       if budget >= 1:
         raise ValueError(f"budget: expected a fraction of the fine-tune set in (0, 1), got "
                          f"{self.budget!r}")

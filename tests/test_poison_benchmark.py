@@ -100,6 +100,8 @@ def test_render_table_errors():
     (dict(budget=0.01), ValueError, "set exactly one"),
     (dict(num_poisons=None), ValueError, "set exactly one"),
     (dict(num_poisons=None, budget=1.5), ValueError, "budget: expected a fraction"),
+    (dict(num_poisons=None, budget=0.0), ValueError, "budget: expected a finite value > 0"),
+    (dict(num_poisons=None, budget="1%"), TypeError, "budget: expected a number"),
     (dict(num_trials=0), ValueError, "num_trials: expected an integer >= 1"),
     (dict(num_trials=2.0), TypeError, "num_trials: expected an integer"),
     (dict(epsilon=16), ValueError, "allows any image"),
@@ -112,6 +114,15 @@ def test_config_errors(changes, error, match):
     pb.BenchmarkConfig(**changes)
 
 
+def test_finetune_config_errors():
+  with pytest.raises(ValueError, match="finetune.learning_rate: expected a finite value > 0"):
+    pb.FineTuneConfig(learning_rate=0.0)
+  with pytest.raises(ValueError, match="finetune.momentum: expected a value in"):
+    pb.FineTuneConfig(momentum=1.0)
+  with pytest.raises(ValueError, match="finetune.weight_decay: expected a value >= 0"):
+    pb.FineTuneConfig(weight_decay=-1e-4)
+
+
 def test_config_attack_config_and_budget():
   config = pb.BenchmarkConfig(num_poisons=None, budget=0.01, craft_steps=7, norm="l2",
                               epsilon=A.L2_EPSILON_TRANSFER)
@@ -120,8 +131,6 @@ def test_config_attack_config_and_budget():
   assert cp == A.ConvexPolytopeConfig(num_steps=7, norm="l2", epsilon=6.43)
   assert pb.BenchmarkConfig().attack_config("poison_frogs") == A.PoisonFrogsConfig()
   assert pb.BenchmarkConfig().poisons_for(10) == 25
-  with pytest.raises(ValueError, match="finetune.momentum"):
-    pb.FineTuneConfig(momentum=1.0)
 
 
 # --- the split ---------------------------------------------------------------------------------

@@ -14,13 +14,13 @@ The bound defaults to the ℓ∞ ε = 16/255 of Hong et al.'s Table 1 (the bench
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 
 from jaxpoison._checks import check_perturbation_bound
+from jaxpoison._checks import check_positive as _positive
+from jaxpoison._checks import set_frozen_field as _store
 
 LINF_EPSILON = 16 / 255
 # 3.48 ≈ (16/255)·√(32·32·3): the ℓ2 ball that holds every ℓ∞ 16/255 perturbation of a CIFAR
@@ -54,25 +54,6 @@ class AttackResult(NamedTuple):
   final_loss: jax.Array
   loss_history: jax.Array
   coefficients: jax.Array | None = None
-
-
-def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False):
-  kind = int if integer else float
-  if integer and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-    raise TypeError(f"{name}: expected an integer, got {value!r}")
-  try:
-    number = kind(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"{name}: expected a number, got {value!r}") from None
-  if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-    bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"{name}: expected a finite value {bound}, got {value!r}")
-  return number
-
-
-def _store(config, name: str, value) -> None:
-  """Sets a validated field on a frozen config (as a plain Python value: hashable, JSON-able)."""
-  object.__setattr__(config, name, value)
 
 
 def _fraction(name: str, value, *, upper_open: bool = True) -> float:

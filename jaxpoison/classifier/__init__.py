@@ -4,8 +4,8 @@
 program (`lax.scan` over steps, `jax.vmap` over models; on the CPU a jitted step called from
 Python, see TrainConfig.loop), each on the shared training set or on its own copy;
 `make_train_fn(config)` is the same as a pure function for use inside a larger jitted program,
-`make_train_parts(config)` its pieces. `predict`, `logits`, `evaluate` and `features` run every model (with the
-config's test-time augmentation); `save_models`/`load_models` keep them.
+`make_train_parts(config)` its pieces. `predict`, `logits`, `evaluate` and `features` run every
+model (with the config's test-time augmentation); `save_models`/`load_models` keep them.
 """
 
 from jaxpoison.classifier.api import (

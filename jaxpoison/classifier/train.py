@@ -248,34 +248,31 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
         return data[idx]
       return jax.vmap(lambda d, i: d[i])(data, idx)
 
-    def advance(carry, step):
-      p, r, buf, ema, perm = carry
-      epoch = step // spe
-      pos = step % spe
-      perm = jax.lax.cond(pos == 0, lambda: jax.vmap(permutation, (0, None))(keys, epoch),
-                          lambda: perm)
-      idx = jax.lax.dynamic_slice_in_dim(perm, pos * config.batch_size, config.batch_size,
-                                         axis=1)
-      x = gather(images, idx)
-      y = gather(labels, idx)
-      x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
-          keys, x, idx)
-      factor = lr_factor(config, step, num_steps)
-      p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None))(
-          p, r, buf, x, y, factor, step < whiten_steps)
-      if config.lookahead:
-        t = step + 1
-        decay = 0.95 ** 5 * (t.astype(jnp.float32) / num_steps) ** 3
+    p, r, buf, ema, perm = carry
+    epoch = step // spe
+    pos = step % spe
+    perm = jax.lax.cond(pos == 0, lambda: jax.vmap(permutation, (0, None))(keys, epoch),
+                        lambda: perm)
+    idx = jax.lax.dynamic_slice_in_dim(perm, pos * config.batch_size, config.batch_size,
+                                       axis=1)
+    x = gather(images, idx)
+    y = gather(labels, idx)
+    x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
+        keys, x, idx)
+    factor = lr_factor(config, step, num_steps)
+    p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None))(
+        p, r, buf, x, y, factor, step < whiten_steps)
+    if config.lookahead:
+      t = step + 1
+      decay = 0.95 ** 5 * (t.astype(jnp.float32) / num_steps) ** 3
 
-        def pull(operands):
-          p, r, ema = operands
-          ema = jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, (p, r))
-          return ema[0], ema[1], ema
+      def pull(operands):
+        p, r, ema = operands
+        ema = jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, (p, r))
+        return ema[0], ema[1], ema
 
-        p, r, ema = jax.lax.cond(t % _LOOKAHEAD_EVERY == 0, pull, lambda o: o, (p, r, ema))
-      return p, r, buf, ema, perm
-
-    return advance(carry, step)
+      p, r, ema = jax.lax.cond(t % _LOOKAHEAD_EVERY == 0, pull, lambda o: o, (p, r, ema))
+    return p, r, buf, ema, perm
 
   def finish(carry, num_steps: int) -> TrainedModels:
     params, rest, _, ema, _ = carry
