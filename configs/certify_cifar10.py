@@ -29,7 +29,7 @@ def get_config() -> CertifyConfig:
       n0=100,
       alpha=0.001,
       seed=0,
-      data="tfds",
+      data="official",
       denoiser="default",
       trainer="airbench94",
       models_per_step=None,

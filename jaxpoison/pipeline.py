@@ -42,7 +42,7 @@ from scipy import stats
 from jaxpoison import certify as certify_lib
 from jaxpoison import classifier, diffusion
 from jaxpoison._checks import check_alpha, check_sigma
-from jaxpoison.data import Dataset, load_cifar10
+from jaxpoison.data import DataError, Dataset, load_cifar10
 from jaxpoison.io import (_json_default, atomic_save_npz, atomic_write_bytes, atomic_write_json,
                           atomic_write_text)
 
@@ -68,8 +68,10 @@ class CertifyConfig:
     n0: selection models (CERTIFY's first sample); the rest estimate pA.
     alpha: failure probability of the certificate.
     seed: root of every key (noise, training).
-    data: "tfds" or a path to a CIFAR-10 `.npz` / JPEG pack / image folder.
-    data_dir: tfds data directory (None: tfds' default).
+    data: "official" (the official archive, downloaded once and cached in data_dir), "tfds" or
+      a path to a CIFAR-10 `.npz` / JPEG pack / image folder.
+    data_dir: where "official" caches the archive (None: $JAXPOISON_DATA_DIR or
+      ~/.cache/jaxpoison), or the tfds data directory for "tfds" (None: tfds' default).
     denoiser: "default" (the embedded denoiser) or a path written by `diffusion.save_denoiser`
       (e.g. by scripts/convert_checkpoint.py).
     trainer: a preset name (see TRAINER_PRESETS) or a `classifier.TrainConfig`.
@@ -79,13 +81,19 @@ class CertifyConfig:
     num_train: train on a fixed random subset of num_train training images (None: all).
     radii: radii at which the summary reports certified accuracy.
     denoise_batch_size: images per denoiser call.
+    allow_untrained_sigma: accept a σ whose denoising step lies outside the steps the denoiser
+      was trained on (refused by default: see `diffusion.check_trained_sigma`).
+    allow_environment_change: resume a results folder although the platform, the JAX version
+      or a resolved compute dtype or training loop differs from the run that started it
+      (refused by default: the votes would mix models computed differently). The change is
+      recorded in settings.json under "environment_history".
   """
   sigmas: tuple[float, ...] = (0.25,)
   num_models: int = 10_000
   n0: int = 100
   alpha: float = 0.001
   seed: int = 0
-  data: str = "tfds"
+  data: str = "official"
   data_dir: str | None = None
   denoiser: str = "default"
   trainer: Any = "airbench94"
@@ -94,6 +102,8 @@ class CertifyConfig:
   num_train: int | None = None
   radii: tuple[float, ...] = DEFAULT_RADII
   denoise_batch_size: int = 500
+  allow_untrained_sigma: bool = False
+  allow_environment_change: bool = False
 
   def validate(self) -> "CertifyConfig":
     sigmas = tuple(float(s) for s in np.atleast_1d(self.sigmas))
@@ -168,11 +178,35 @@ def _json_default_lenient(obj):
     return str(obj)
 
 
+# Version of what settings.json records and of how votes are computed; 2: exact noise of level σ
+# (earlier runs added the nearest step's noise level).
+SETTINGS_VERSION = 2
+# The denoiser's UNet runs in float32 in the pipeline (bfloat16 is issue 14's fast path).
+DENOISER_COMPUTE_DTYPE = "float32"
+ENVIRONMENT = "environment"
+
+
+def environment_settings(train_config) -> dict:
+  """How the votes are computed on this machine: resolving "auto" here, so that a run resumed
+  on another backend (bf16 rather than f32 training, a scanned rather than a host loop) or under
+  another JAX is noticed rather than silently mixed."""
+  import jaxlib
+  return {
+      "platform": jax.default_backend(),
+      "jax_version": jax.__version__,
+      "jaxlib_version": jaxlib.__version__,
+      "trainer_compute_dtype": classifier.resolve_compute_dtype(train_config).name,
+      "trainer_loop": classifier.resolve_loop(train_config),
+      "denoiser_compute_dtype": DENOISER_COMPUTE_DTYPE,
+  }
+
+
 def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarray,
                  denoiser, train_config) -> dict:
   """What the votes depend on. num_models, n0, alpha and models_per_step are left out: more
   models extend a run, and n0/alpha only change the analysis of the same votes."""
   return {
+      "settings_version": SETTINGS_VERSION,
       "seed": int(config.seed),
       "data": _hash_arrays(dataset.x_train, dataset.y_train, dataset.x_test[test_indices],
                            dataset.y_test[test_indices]),
@@ -180,9 +214,11 @@ def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarr
       "test_indices": _hash_arrays(test_indices),
       "num_test": int(len(test_indices)),
       "denoiser": {"config": _config_dict(denoiser.unet), "schedule": _config_dict(
-          denoiser.schedule), "params": pytree_fingerprint(denoiser.params)},
+          denoiser.schedule), "params": pytree_fingerprint(denoiser.params),
+                   "trained_timesteps": list(denoiser.trained_timesteps)},
       "trainer": _config_dict(train_config),
       "denoise_batch_size": int(config.denoise_batch_size),
+      ENVIRONMENT: environment_settings(train_config),
   }
 
 
@@ -195,21 +231,36 @@ def _differences(old, new, prefix="") -> list[str]:
   return [] if old == new else [f"{prefix[:-1]}: folder has {old!r}, this run has {new!r}"]
 
 
-def claim_results_dir(out: str | os.PathLike, settings: dict) -> Path:
+def claim_results_dir(out: str | os.PathLike, settings: dict, *,
+                      allow_environment_change: bool = False) -> Path:
   """Creates `out` for these settings, or checks that it was written with the same ones.
+
+  Settings under "environment" (platform, JAX version, resolved dtypes and loop) may differ
+  when `allow_environment_change` is set: the folder's settings.json then takes the new
+  environment and keeps the old ones in "environment_history".
 
   Raises:
     ResultsMismatch: naming every differing setting; nothing in the folder is touched.
   """
   out = Path(out)
   path = out / SETTINGS_FILE
+  settings = json.loads(json.dumps(settings, default=_json_default))
   if path.exists():
     existing = json.loads(path.read_text())
-    diffs = _differences(existing, json.loads(json.dumps(settings, default=_json_default)))
-    if diffs:
+    history = existing.pop("environment_history", [])
+    diffs = _differences(existing, settings)
+    fixed = [d for d in diffs if not d.startswith(f"{ENVIRONMENT}.")]
+    if fixed or (diffs and not allow_environment_change):
+      hint = ("" if fixed else " Pass --allow_environment_change (CertifyConfig."
+              "allow_environment_change) to resume on purpose; the change is recorded.")
       raise ResultsMismatch(
           f"{out} holds results of a run with different settings; refusing to mix or overwrite "
-          "them. Use another --out, or the same settings. Differences:\n  " + "\n  ".join(diffs))
+          f"them. Use another --out, or the same settings.{hint} Differences:\n  "
+          + "\n  ".join(diffs))
+    if diffs:
+      log.warning("resuming %s in another environment (allowed): %s", out, "; ".join(diffs))
+      atomic_write_json(path, {**settings, "environment_history": history + [
+          existing.get(ENVIRONMENT)]})
     return out
   if out.exists() and any(out.iterdir()):
     raise ResultsMismatch(
@@ -292,6 +343,11 @@ def analyse_votes(votes: np.ndarray, labels: np.ndarray, *, n0: int, sigma: floa
   c_a, p_a = certify_lib.top_class_lower_bound(counts_select, counts_estimate, alpha)
   cert = certify_lib.certify(counts_select, counts_estimate, sigma, alpha)
   correct = cert.labels == labels
+  # PREDICT (Algorithm 2) on every model's vote: the smoothed classifier's prediction, wrong
+  # with probability at most α; abstentions count as wrong.
+  counts_all = counts_select + counts_estimate
+  smoothed = certify_lib.predict(counts_all, alpha)
+  majority = np.argmax(counts_all, axis=-1)
   model_acc = (votes == labels[None]).mean(axis=1)
   certified = cert.labels != certify_lib.ABSTAIN
   grid = np.asarray(radii, np.float64)
@@ -319,7 +375,13 @@ def analyse_votes(votes: np.ndarray, labels: np.ndarray, *, n0: int, sigma: floa
       "num_test": int(len(labels)),
       "model_accuracy_mean": float(model_acc.mean()),
       "model_accuracy_sd": float(model_acc.std(ddof=1)) if len(model_acc) > 1 else 0.0,
-      "smoothed_accuracy": float(correct.mean()),
+      # PREDICT's accuracy: the smoothed classifier's clean accuracy (abstentions wrong).
+      "smoothed_accuracy": float((smoothed == labels).mean()),
+      "smoothed_abstention_rate": float((smoothed == certify_lib.ABSTAIN).mean()),
+      # The plain majority vote of all models (ties to the lower class), no test.
+      "majority_vote_accuracy": float((majority == labels).mean()),
+      # CERTIFY's label accuracy: by construction the certified accuracy at radius 0.
+      "certify_accuracy": float(correct.mean()),
       "abstention_rate": float((~certified).mean()),
       "certified_accuracy": {f"{r:g}": float(a) for r, a in zip(grid, cert_acc)},
       # When all n estimation models agree, pA = α^(1/n): no radius beyond this is certifiable.
@@ -327,6 +389,7 @@ def analyse_votes(votes: np.ndarray, labels: np.ndarray, *, n0: int, sigma: floa
       "poisoning_radius": poisoning,
   }
   per_point = {"label": labels, "predict": cert.labels, "radius": cert.radii,
+               "smoothed_predict": smoothed,
                "correct": correct.astype(np.int64), "p_a": p_a, "c_a": c_a,
                "counts_select": counts_select, "counts_estimate": counts_estimate}
   return per_point, summary
@@ -477,38 +540,86 @@ def choose_models_per_step(requested: int | None, train_config, num_train: int,
 class ChunkComputer:
   """Jitted, sharded programs for one σ: compiled once, called once per chunk.
 
-  Two programs rather than one so the log can say where the time goes (the paper: denoising is
-  about half the cost). The denoised copies stay on device between the two and are freed when
-  the second returns (not donated: no output of the second could reuse their buffer).
+  Denoising and training are separate programs so the log can say where the time goes (the
+  paper: denoising is about half the cost). The denoised copies stay on device between them.
+
+  Training runs as the trainer's resolved loop says (`classifier.resolve_loop`): "scan", one
+  program with a `lax.scan` over the SGD steps (accelerators), or "host", a jitted, sharded step
+  called from Python with the carry donated (the CPU, where XLA runs convolutions inside a
+  while loop about 13× slower than the same step on its own). Both give the same models up to
+  float rounding; which one ran is recorded in the run's settings.
   """
 
   def __init__(self, *, mesh: Mesh, seed: int, sigma: float, denoiser, train_config,
-               denoise_batch_size: int):
+               denoise_batch_size: int, allow_untrained_sigma: bool = False):
     self.mesh = mesh
     spec_models = PartitionSpec("models")
     spec_all = PartitionSpec()
-    train_fn = classifier.make_train_fn(train_config)
+    self.loop = classifier.resolve_loop(train_config)
 
     def denoise_local(denoiser, x_train, indices):
       def one(index):
         noise, _ = model_keys(seed, sigma, index)
         return diffusion.noise_and_denoise(denoiser, x_train, sigma, noise,
-                                           batch_size=denoise_batch_size)
+                                           batch_size=denoise_batch_size,
+                                           allow_untrained_sigma=allow_untrained_sigma)
       # lax.map, not vmap: each copy is computed exactly as a lone call would compute it.
       return jax.lax.map(one, indices)
 
-    def train_vote_local(denoised, y_train, x_test, indices):
+    def keys_labels(indices, y_train, num_models):
       keys = jax.vmap(lambda i: model_keys(seed, sigma, i)[1])(indices)
-      labels = jnp.broadcast_to(y_train, (denoised.shape[0], y_train.shape[0]))
-      models = train_fn(keys, denoised, labels)
-      return classifier.predict(models, x_test).astype(jnp.int32)
+      return keys, jnp.broadcast_to(y_train, (num_models, y_train.shape[0]))
 
-    self._denoise = jax.jit(jax.shard_map(
-        denoise_local, mesh=mesh, in_specs=(spec_all, spec_all, spec_models),
-        out_specs=spec_models, check_vma=False))
-    self._train_vote = jax.jit(jax.shard_map(
-        train_vote_local, mesh=mesh, in_specs=(spec_models, spec_all, spec_all, spec_models),
-        out_specs=spec_models, check_vma=False))
+    def shard(fn, in_specs, donate=()):
+      return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec_models,
+                                   check_vma=False), donate_argnums=donate)
+
+    self._denoise = shard(denoise_local, (spec_all, spec_all, spec_models))
+    if self.loop == "scan":
+      train_fn = classifier.make_train_fn(train_config)
+
+      def train_vote_local(denoised, y_train, x_test, indices):
+        keys, labels = keys_labels(indices, y_train, denoised.shape[0])
+        models = train_fn(keys, denoised, labels)
+        return classifier.predict(models, x_test).astype(jnp.int32)
+
+      self._train_vote = shard(train_vote_local, (spec_models, spec_all, spec_all, spec_models))
+    else:
+      parts = classifier.make_train_parts(train_config)
+
+      def start_local(denoised, y_train, indices):
+        keys, labels = keys_labels(indices, y_train, denoised.shape[0])
+        # Fresh buffers: nothing of the inputs may be aliased into the donated carry.
+        return jax.tree.map(jnp.copy, parts.start(keys, denoised, labels))
+
+      def step_local(carry, step, denoised, y_train, indices):
+        keys, labels = keys_labels(indices, y_train, denoised.shape[0])
+        return parts.body(carry, step, keys, denoised, labels)
+
+      def vote_local(carry, x_test, num_steps):
+        models = parts.finish(carry, num_steps)
+        return classifier.predict(models, x_test).astype(jnp.int32)
+
+      self._start = shard(start_local, (spec_models, spec_all, spec_models))
+      self._step = shard(step_local, (spec_models, spec_all, spec_models, spec_all, spec_models),
+                         donate=(0,))
+      self._vote_fns = {}
+
+      def vote(carry, x_test, num_steps):
+        if num_steps not in self._vote_fns:
+          self._vote_fns[num_steps] = shard(
+              lambda c, x: vote_local(c, x, num_steps), (spec_models, spec_all))
+        return self._vote_fns[num_steps](carry, x_test)
+
+      self._vote = vote
+      self._train_config = train_config
+
+  def _train_vote_host(self, denoised, y_train, x_test, sharded):
+    num_steps = classifier.total_steps(self._train_config, denoised.shape[1])
+    carry = self._start(denoised, y_train, sharded)
+    for step in range(num_steps):
+      carry = self._step(carry, np.int32(step), denoised, y_train, sharded)
+    return self._vote(carry, x_test, num_steps)
 
   def __call__(self, denoiser, x_train, y_train, x_test, indices: np.ndarray):
     """Votes int32 [len(indices), num_test] on the host, and (denoise s, train+vote s)."""
@@ -517,7 +628,10 @@ class ChunkComputer:
     denoised = self._denoise(denoiser, x_train, sharded)
     denoised.block_until_ready()
     middle = time.perf_counter()
-    votes = self._train_vote(denoised, y_train, x_test, sharded)
+    if self.loop == "scan":
+      votes = self._train_vote(denoised, y_train, x_test, sharded)
+    else:
+      votes = self._train_vote_host(denoised, y_train, x_test, sharded)
     votes = gather_to_host(votes)
     end = time.perf_counter()
     return votes, (middle - start, end - middle)
@@ -617,12 +731,16 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
   denoiser = resolve_denoiser(config.denoiser)
   if tuple(dataset.image_shape) != (denoiser.unet.sample_size, denoiser.unet.sample_size,
                                     denoiser.unet.in_channels):
-    raise ValueError(f"the denoiser works on {denoiser.unet.sample_size}×"
+    raise DataError(f"the denoiser works on {denoiser.unet.sample_size}×"
                      f"{denoiser.unet.sample_size}×{denoiser.unet.in_channels} images, the "
                      f"data has {dataset.image_shape}")
+  if not config.allow_untrained_sigma:
+    for sigma in config.sigmas:  # Before any folder is written or any program compiled.
+      diffusion.check_trained_sigma(denoiser, sigma)
   train_config = resolve_trainer(config.trainer, dataset)
   settings = run_settings(config, dataset, test_indices, denoiser, train_config)
-  out = claim_results_dir(out, settings)
+  out = claim_results_dir(out, settings,
+                          allow_environment_change=config.allow_environment_change)
 
   mesh = models_mesh()
   num_devices = mesh.devices.size
@@ -642,7 +760,8 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
     computer = ChunkComputer(mesh=mesh, seed=config.seed, sigma=sigma, denoiser=denoiser,
                              train_config=train_config,
                              denoise_batch_size=min(config.denoise_batch_size,
-                                                    len(dataset.x_train)))
+                                                    len(dataset.x_train)),
+                             allow_untrained_sigma=config.allow_untrained_sigma)
     timings[f"{sigma:g}"] = run_votes(
         computer, arrays, votes_dir, num_models=config.num_models,
         models_per_step=models_per_step, sigma=sigma, progress=progress and is_writer,
@@ -654,7 +773,10 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
           num_classes=dataset.num_classes, num_train=len(dataset.x_train), radii=config.radii)
       write_sigma_reports(sigma_dir(out, sigma), test_indices, per_point, summary)
       summaries[f"{sigma:g}"] = summary
-      grid = np.linspace(0.0, max(float(per_point["radius"].max(initial=0.0)), 1e-3) * 1.05, 200)
+      # Out to the largest radius certified and at least to the largest certifiable with this
+      # many estimation models (all agreeing), so an empty plot still shows the scale.
+      reach = max(float(per_point["radius"].max(initial=0.0)), summary["max_certifiable_radius"])
+      grid = np.linspace(0.0, max(reach, 1e-3) * 1.05, 200)
       curves[sigma] = (grid, certify_lib.certified_accuracy(per_point["radius"],
                                                              per_point["correct"] > 0, grid))
   if not is_writer:
@@ -683,7 +805,8 @@ def write_sigma_reports(directory: Path, test_indices, per_point: dict, summary:
   atomic_save_npz(directory / "counts.npz", test_indices=test_indices,
                   counts_select=per_point["counts_select"],
                   counts_estimate=per_point["counts_estimate"], label=per_point["label"],
-                  predict=per_point["predict"], radius=per_point["radius"], p_a=per_point["p_a"])
+                  predict=per_point["predict"], radius=per_point["radius"], p_a=per_point["p_a"],
+                  smoothed_predict=per_point["smoothed_predict"])
   atomic_write_json(directory / "summary.json", summary)
 
 

@@ -14,7 +14,6 @@ start to check that both implementations take the same steps.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxpoison as jp
-from jaxpoison import attacks
+from jaxpoison import attacks, cli
 from jaxpoison.attacks import testing
 
 
@@ -89,8 +88,8 @@ def timed(fn, repeats):
   return first, float(np.median([once(fn) for _ in range(repeats)]))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None):
+  parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--data", default="/tmp/cifar10.npz", help="CIFAR-10 source (see README)")
   parser.add_argument("--steps", type=int, default=200, help="crafting steps per attack")
   parser.add_argument("--num_poisons", type=int, default=attacks.BENCHMARK_NUM_POISONS)
@@ -98,7 +97,13 @@ def main():
   parser.add_argument("--feature_dim", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  with cli.user_errors(ValueError, TypeError):  # Bad flag values, before any work.
+    configs = {
+        "poison_frogs": attacks.PoisonFrogsConfig(num_steps=args.steps),
+        "convex_polytope": attacks.ConvexPolytopeConfig(num_steps=args.steps),
+        "bullseye_polytope": attacks.BullseyePolytopeConfig(num_steps=args.steps),
+    }
 
   import torch
   torch.set_num_threads(args.threads)
@@ -111,11 +116,6 @@ def main():
   print(f"device: {jax.devices()[0].device_kind}; {args.num_poisons} poisons; TinyCNN width "
         f"{args.width}, {args.feature_dim} features; {args.steps} steps")
 
-  configs = {
-      "poison_frogs": attacks.PoisonFrogsConfig(num_steps=args.steps),
-      "convex_polytope": attacks.ConvexPolytopeConfig(num_steps=args.steps),
-      "bullseye_polytope": attacks.BullseyePolytopeConfig(num_steps=args.steps),
-  }
   results = {}
   for name, config in configs.items():
     first, steady = timed(lambda: attacks.craft(name, key, [extractor], target, bases, config),
@@ -151,4 +151,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

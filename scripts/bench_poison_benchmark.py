@@ -14,33 +14,29 @@ give the same records.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
 import time
 from pathlib import Path
 
 import numpy as np
 
 import jaxpoison as jp
-from jaxpoison import classifier
+from jaxpoison import classifier, cli
 from jaxpoison import poison_benchmark as pb
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None) -> None:
+  p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--config", required=True)
   p.add_argument("--data", default="/tmp/cifar10.npz")
   p.add_argument("--out", required=True, help="a run directory with pretrained/ and poisons/")
   p.add_argument("--attack", default="bullseye_polytope")
   p.add_argument("--num_trials", type=int, default=4)
   p.add_argument("--repeats", type=int, default=3)
-  args = p.parse_args()
+  args = p.parse_args(argv)
 
-  spec = importlib.util.spec_from_file_location("benchmark_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = dataclasses.replace(module.get_config(), sigmas=(0.0,))
+  with cli.user_errors(ValueError, TypeError):  # An invalid config file.
+    config = dataclasses.replace(cli.load_config_file(args.config), sigmas=(0.0,))
   dataset = jp.load_cifar10(args.data)
   split = pb.split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
                                 finetune_per_class=config.finetune_per_class)
@@ -82,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

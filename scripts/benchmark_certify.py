@@ -9,7 +9,6 @@ the first (compiling) chunk, with the ratio to the first value (the reference; 1
 a time, the paper's loop). Also checks that every setting produced the same votes.
 """
 
-import argparse
 import json
 import logging
 import shutil
@@ -18,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxpoison import cli
+
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data", required=True)
   parser.add_argument("--num_train", type=int, default=2000)
   parser.add_argument("--num_test", type=int, default=500)
@@ -37,14 +38,16 @@ def main(argv=None):
   import jax
   from jaxpoison import pipeline
 
-  rows, reference_votes = [], None
-  for per_step in args.models_per_step:
-    out = Path(args.out) / f"models_per_step_{per_step}"
-    shutil.rmtree(out, ignore_errors=True)
-    config = pipeline.CertifyConfig(
+  with cli.user_errors(ValueError, TypeError):  # Bad flag values, before any run.
+    configs = [pipeline.CertifyConfig(
         sigmas=(args.sigma,), num_models=args.num_models, n0=max(1, args.num_models // 4),
         data=args.data, denoiser=args.denoiser, trainer=args.trainer, models_per_step=per_step,
-        num_test=args.num_test, num_train=args.num_train)
+        num_test=args.num_test, num_train=args.num_train).validate()
+        for per_step in args.models_per_step]
+  rows, reference_votes = [], None
+  for per_step, config in zip(args.models_per_step, configs):
+    out = Path(args.out) / f"models_per_step_{per_step}"
+    shutil.rmtree(out, ignore_errors=True)
     summary = pipeline.run_certification(config, out, progress=False)
     timing = summary["timings"][f"{args.sigma:g}"]
     votes = pipeline.load_votes(out / f"sigma_{args.sigma:g}" / "votes", args.num_models,
@@ -67,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

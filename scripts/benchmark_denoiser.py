@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jaxpoison import cli  # noqa: E402 (after the path set-up)
+
 
 def diffusers_kwargs(unet):
   n = len(unet.block_out_channels)
@@ -100,8 +102,8 @@ def run(name, unet, args):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="both", choices=("ddpm", "default", "both"))
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
@@ -119,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -16,14 +16,13 @@ On a GPU, run at airbench94 settings (--widths 64,256,256 --batch_size 1024 --ep
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
 import numpy as np
 
 import jaxpoison as jp
-from jaxpoison import classifier
+from jaxpoison import classifier, cli
 
 
 def timed(fn, repeats):
@@ -86,18 +85,22 @@ def torch_reference(x, y, config, steps, repeats, threads):
   return float(np.median(times))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data", default="tfds")
+def main(argv=None):
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data", default="official")
   parser.add_argument("--num_train", type=int, default=2048)
-  parser.add_argument("--widths", default="16,32,32")
+  parser.add_argument("--widths", type=cli.comma_separated(int), default="16,32,32")
   parser.add_argument("--batch_size", type=int, default=256)
   parser.add_argument("--epochs", type=float, default=1.0)
-  parser.add_argument("--models", default="1,2,4")
+  parser.add_argument("--models", type=cli.comma_separated(int), default="1,2,4")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--torch_threads", type=int, default=2)
   parser.add_argument("--no_torch", action="store_true")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  with cli.user_errors(ValueError, TypeError):  # Bad flag values, before loading anything.
+    config = classifier.airbench94_config(
+        widths=args.widths, batch_size=args.batch_size, epochs=args.epochs,
+        whitening_images=min(5000, args.num_train))
 
   data = jp.load_cifar10(args.data)
   # Random subsets: some copies of CIFAR-10 store the images sorted by class.
@@ -106,16 +109,13 @@ def main():
   x, y = data.x_train[subset], data.y_train[subset]
   test = rng.permutation(len(data.x_test))[:2000]
   x_test, y_test = data.x_test[test], data.y_test[test]
-  config = classifier.airbench94_config(
-      widths=tuple(int(w) for w in args.widths.split(",")), batch_size=args.batch_size,
-      epochs=args.epochs, whitening_images=min(5000, args.num_train))
   steps = classifier.total_steps(config, args.num_train)
   print(f"device: {jax.devices()[0].device_kind}; {config.widths=}, batch {args.batch_size}, "
         f"{steps} steps, {args.num_train} images")
   key = jax.random.key(0)
   one_model = None
   rows = []
-  for m in (int(v) for v in args.models.split(",")):
+  for m in args.models:
     keys = jax.random.split(key, m)
     start = time.perf_counter()
     models = jax.block_until_ready(classifier.train_models(keys, x, y, config))
@@ -142,4 +142,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -9,12 +9,13 @@ coordinator from the environment, e.g. JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSE
 JAX_PROCESS_ID, or a Slurm/Cloud TPU launcher); all hosts must see the same data and --out.
 """
 
-import argparse
 import dataclasses
 import importlib.util
 import logging
 import sys
 from pathlib import Path
+
+from jaxpoison import cli
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "certify_cifar10.py"
 
@@ -27,21 +28,28 @@ def load_config(path):
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="a config file (get_config)")
   parser.add_argument("--sigma", type=float, nargs="+", help="noise level(s) in [0, 1] pixels")
   parser.add_argument("--num_models", type=int, help="models per σ, n0 included")
   parser.add_argument("--n0", type=int, help="selection models")
   parser.add_argument("--alpha", type=float, help="failure probability")
   parser.add_argument("--seed", type=int)
-  parser.add_argument("--data", help="'tfds' or a path to an .npz / JPEG pack / image folder")
-  parser.add_argument("--data_dir", help="tfds data directory")
+  parser.add_argument("--data", help="'official' (download once), 'tfds' or a path to an .npz / "
+                      "JPEG pack / image folder")
+  parser.add_argument("--data_dir", help="cache of 'official' (default $JAXPOISON_DATA_DIR or "
+                      "~/.cache/jaxpoison) or the tfds data directory")
   parser.add_argument("--denoiser", help="'default' or a folder written by save_denoiser")
   parser.add_argument("--trainer", help="airbench94 | resnet18 | tiny | tiny_resnet18")
   parser.add_argument("--models_per_step", type=int, help="models per chunk (default: planned)")
   parser.add_argument("--num_test", type=int, help="certify a fixed random subset of test points")
   parser.add_argument("--num_train", type=int, help="train on a fixed random subset of N training images")
   parser.add_argument("--denoise_batch_size", type=int)
+  parser.add_argument("--allow_untrained_sigma", action="store_true", default=None,
+                      help="denoise at a σ outside the steps the denoiser was trained on")
+  parser.add_argument("--allow_environment_change", action="store_true", default=None,
+                      help="resume a folder started on another platform, JAX version, "
+                      "compute dtype or training loop (recorded in settings.json)")
   parser.add_argument("--out", default="runs/certify_cifar10", help="results folder")
   parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -61,22 +69,21 @@ def main(argv=None):
   config = load_config(args.config)
   overrides = {name: getattr(args, name) for name in (
       "num_models", "n0", "alpha", "seed", "data", "data_dir", "denoiser", "trainer",
-      "models_per_step", "num_test", "num_train", "denoise_batch_size")
+      "models_per_step", "num_test", "num_train", "denoise_batch_size",
+      "allow_untrained_sigma", "allow_environment_change")
       if getattr(args, name) is not None}
   if args.sigma is not None:
     overrides["sigmas"] = tuple(args.sigma)
-  config = dataclasses.replace(config, **overrides)
-  try:
-    summary = pipeline.run_certification(config, args.out, progress=not args.no_progress)
-  except pipeline.ResultsMismatch as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+  with cli.user_errors(ValueError, TypeError):  # Bad flag values, before any slow work.
+    config = dataclasses.replace(config, **overrides).validate()
+  summary = pipeline.run_certification(config, args.out, progress=not args.no_progress)
   for sigma, result in summary.get("sigmas", {}).items():
-    print(f"σ={sigma}: smoothed accuracy {result['smoothed_accuracy']:.3f}, abstention "
+    print(f"σ={sigma}: smoothed accuracy (PREDICT) {result['smoothed_accuracy']:.3f}, "
+          f"majority vote {result['majority_vote_accuracy']:.3f}, CERTIFY abstention "
           f"{result['abstention_rate']:.3f}, certified accuracy "
           + ", ".join(f"{k}: {v:.3f}" for k, v in result["certified_accuracy"].items()))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -18,17 +18,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jaxpoison import cli  # noqa: E402 (after the path set-up)
+from jaxpoison._checks import check_positive, check_sigma  # noqa: E402
+
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data", default="tfds")
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", default="official")
   parser.add_argument("--denoiser", default=None)
   parser.add_argument("--num_images", type=int, default=1000)
-  parser.add_argument("--sigmas", default="0.1,0.25,0.5,1.0")
+  parser.add_argument("--sigmas", type=cli.comma_separated(float), default="0.1,0.25,0.5,1.0")
   parser.add_argument("--batch_size", type=int, default=250)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
+  with cli.user_errors(ValueError, TypeError):  # Bad flag values, before loading anything.
+    for sigma in args.sigmas:
+      check_sigma(sigma, name="--sigmas")
+    check_positive("--num_images", args.num_images, integer=True)
+    check_positive("--batch_size", args.batch_size, integer=True)
 
   import jax
   import numpy as np
@@ -45,7 +53,7 @@ def main(argv=None):
         f"{len(x)} CIFAR-10 test images (a fixed random subset)")
   print("| σ | t* | PSNR noisy (dB) | PSNR denoised (dB) | gain (dB) |")
   print("|---|---|---|---|---|")
-  for i, sigma in enumerate(float(s) for s in args.sigmas.split(",")):
+  for i, sigma in enumerate(args.sigmas):
     t0 = time.time()
     r = D.denoising_psnr(den, x, sigma, jax.random.fold_in(jax.random.key(args.seed), i),
                          batch_size=args.batch_size)
@@ -55,4 +63,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

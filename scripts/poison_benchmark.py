@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
+from jaxpoison import cli
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _floats(text: str) -> tuple[float, ...]:
-  return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -31,11 +27,12 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--config", default=str(ROOT / "configs" / "poison_benchmark.py"),
                  help="a Python file whose get_config() returns a BenchmarkConfig")
-  p.add_argument("--data", default="tfds", help="'tfds' or a path (.npz, JPEG pack, folder)")
+  p.add_argument("--data", default="official",
+                 help="'official' (download once), 'tfds' or a path (.npz, JPEG pack, folder)")
   p.add_argument("--out", default="runs/poison_benchmark", help="output directory")
   p.add_argument("--craft_only", action="store_true",
                  help="only pretrain (if needed) and craft the poison files; no fine-tuning")
@@ -45,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   group.add_argument("--attacks", type=_names, help="comma-separated attack names")
   group.add_argument("--num_trials", type=int)
   group.add_argument("--seed", type=int)
-  group.add_argument("--sigmas", type=_floats, help="comma-separated σ; 0 = no defense")
+  group.add_argument("--sigmas", type=cli.comma_separated(float),
+                     help="comma-separated σ; 0 = no defense")
   group.add_argument("--num_poisons", type=int)
   group.add_argument("--budget", type=float,
                      help="poisons as a fraction of the fine-tune set (instead of --num_poisons)")
@@ -70,15 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  if spec is None or spec.loader is None:
-    sys.exit(f"--config {path}: not a Python file")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def main(argv=None) -> None:
   args = parse_args(argv)
   import jaxpoison as jp
@@ -90,7 +79,7 @@ def main(argv=None) -> None:
     print(markdown.read_text(), end="")
     return
 
-  config = load_config(args.config)
+  config = cli.load_config_file(args.config)
   changes = {name: getattr(args, name) for name in (
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "finetune_per_class",
       "num_eval", "norm", "epsilon", "craft_steps", "trials_per_step")
@@ -98,16 +87,18 @@ def main(argv=None) -> None:
   if args.budget is not None:
     changes.update(budget=args.budget, num_poisons=None)
   pretrain_changes = {} if args.pretrain_epochs is None else {"epochs": args.pretrain_epochs}
-  if args.victim_model is not None:
-    changes["victim"] = pb.model_config(args.victim_model, **pretrain_changes)
-  elif pretrain_changes:
-    changes["victim"] = dataclasses.replace(config.victim or pb.model_config("resnet18"),
-                                            **pretrain_changes)
-  if args.craft_model is not None:
-    changes["crafter"] = pb.model_config(args.craft_model, **pretrain_changes)
-  if args.finetune_epochs is not None:
-    changes["finetune"] = dataclasses.replace(config.finetune, epochs=args.finetune_epochs)
-  config = dataclasses.replace(config, **changes)
+  # The configs check their fields: here a ValueError or TypeError is a bad flag value.
+  with cli.user_errors(ValueError, TypeError):
+    if args.victim_model is not None:
+      changes["victim"] = pb.model_config(args.victim_model, **pretrain_changes)
+    elif pretrain_changes:
+      changes["victim"] = dataclasses.replace(config.victim or pb.model_config("resnet18"),
+                                              **pretrain_changes)
+    if args.craft_model is not None:
+      changes["crafter"] = pb.model_config(args.craft_model, **pretrain_changes)
+    if args.finetune_epochs is not None:
+      changes["finetune"] = dataclasses.replace(config.finetune, epochs=args.finetune_epochs)
+    config = dataclasses.replace(config, **changes)
 
   dataset = jp.load_cifar10(args.data)
   start = time.perf_counter()
@@ -128,4 +119,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -10,16 +10,14 @@ model's test accuracy and the seconds per model.
 
 from __future__ import annotations
 
-import argparse
 import ast
-import importlib.util
 import time
 
 import jax
 import numpy as np
 
 import jaxpoison as jp
-from jaxpoison import classifier
+from jaxpoison import classifier, cli
 
 
 def load_config(spec: str, overrides: list[str]) -> classifier.TrainConfig:
@@ -28,13 +26,12 @@ def load_config(spec: str, overrides: list[str]) -> classifier.TrainConfig:
   if spec in named:
     config = named[spec]()
   else:
-    module_spec = importlib.util.spec_from_file_location("train_config", spec)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config()
+    config = cli.load_config_file(spec)
   changes = {}
   for item in overrides:
-    name, _, value = item.partition("=")
+    name, equals, value = item.partition("=")
+    if not equals or not name:
+      raise cli.UsageError(f"--set {item!r}: expected FIELD=VALUE, e.g. --set epochs=2")
     try:
       changes[name] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
@@ -42,19 +39,21 @@ def load_config(spec: str, overrides: list[str]) -> classifier.TrainConfig:
   return config.replace(**changes)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="airbench94")
+def main(argv=None):
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="airbench94",
+                      help="airbench94, resnet18, tiny or a Python file with get_config()")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-  parser.add_argument("--data", default="tfds")
+  parser.add_argument("--data", default="official")
   parser.add_argument("--num_models", type=int, default=4)
   parser.add_argument("--num_train", type=int, default=0,
                       help="a random subset of N training images (0: all)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
-  config = load_config(args.config, args.set)
+  with cli.user_errors(ValueError, TypeError):  # TrainConfig rejects a bad --set value.
+    config = load_config(args.config, args.set)
   data = jp.load_cifar10(args.data)
   x, y = data.x_train, data.y_train
   if args.num_train:
@@ -77,4 +76,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

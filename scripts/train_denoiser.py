@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -21,18 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location("denoiser_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jaxpoison import cli  # noqa: E402 (after the path set-up)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data", default="tfds", help="'tfds' or a CIFAR-10 .npz / JPEG pack")
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--data", default="official",
+                      help="'official' (download once), 'tfds' or a CIFAR-10 .npz / JPEG pack")
   parser.add_argument("--out", required=True, help="run directory (resumed if it exists)")
   parser.add_argument("--config", default=str(REPO / "configs" / "default_denoiser.py"))
   parser.add_argument("--max_minutes", type=float, default=None)
@@ -46,9 +41,10 @@ def main(argv=None):
   from jaxpoison.diffusion import save_denoiser, train_denoiser
   from jaxpoison.diffusion.model import DEFAULT_DENOISER_PATH
 
-  cfg = load_config(args.config)
+  cfg = cli.load_config_file(args.config)
   if args.num_steps is not None:
-    cfg = dataclasses.replace(cfg, num_steps=args.num_steps)
+    with cli.user_errors(ValueError, TypeError):  # The config checks its fields.
+      cfg = dataclasses.replace(cfg, num_steps=args.num_steps)
   data = jaxpoison.load_cifar10(args.data)
   print(f"{len(data.x_train)} training images; config {cfg}", flush=True)
   t0 = time.time()
@@ -64,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -1,3 +1,10 @@
+import collections
+import hashlib
+import io
+import pickle
+import sys
+import tarfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,6 +177,169 @@ def test_load_cifar10_tfds_mocked():
   assert ds.x_train.shape == (9, 32, 32, 3) and ds.x_train.dtype == np.uint8
   assert ds.x_test.shape == (9, 32, 32, 3) and ds.y_test.dtype == np.int32
   assert ds.num_classes == 10 and ds.y_train.max() < 10
+
+
+def test_tfds_without_prepared_data_points_at_official(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(D.DataError, match=r'needs TensorFlow.*default source "official"') as info:
+    D.load_cifar10("tfds", data_dir=tmp_path)
+  assert "\n" not in str(info.value) and str(tmp_path) in str(info.value)
+
+
+def test_tfds_not_importable(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # `import` raises ImportError.
+  with pytest.raises(D.DataError, match=r"tensorflow_datasets cannot be imported.*\"official\""):
+    D.load_cifar10("tfds")
+
+
+# --- the official archive (served from a local file: no network) -------------------------------
+
+OFFICIAL_PER_BATCH = 20
+
+
+def _pickle_batch(obj) -> bytes:
+  # Protocol 3 writes globals as text lines (GLOBAL opcodes), like the official Python 2 files;
+  # renaming numpy._core to numpy.core gives the module names those files carry.
+  return pickle.dumps(obj, protocol=3).replace(b"cnumpy._core.multiarray\n",
+                                               b"cnumpy.core.multiarray\n")
+
+
+def _official_batches(seed=0):
+  """NHWC images and labels per batch, and the batches as pickled in the official archive
+  (each image one row: its red, then green, then blue 32×32 plane)."""
+  rng = np.random.default_rng(seed)
+  names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+  images = {n: rng.integers(0, 256, (OFFICIAL_PER_BATCH, 32, 32, 3), dtype=np.uint8)
+            for n in names}
+  labels = {n: [int(v) for v in rng.integers(0, 10, OFFICIAL_PER_BATCH)] for n in names}
+  members = {n: _pickle_batch({
+      b"batch_label": n.encode(), b"labels": labels[n],
+      b"data": images[n].transpose(0, 3, 1, 2).reshape(OFFICIAL_PER_BATCH, 3072),
+      b"filenames": [f"{n}_{i}.png".encode() for i in range(OFFICIAL_PER_BATCH)]})
+      for n in names}
+  members["batches.meta"] = _pickle_batch({
+      b"num_cases_per_batch": OFFICIAL_PER_BATCH, b"num_vis": 3072,
+      b"label_names": [n.encode() for n in D.CIFAR10_LABEL_NAMES]})
+  return images, labels, members
+
+
+def _write_tar_gz(path, members):
+  with tarfile.open(path, "w:gz") as tar:
+    for name, payload in members.items():
+      info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+      info.size = len(payload)
+      tar.addfile(info, io.BytesIO(payload))
+  return path, hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def official(tmp_path, monkeypatch):
+  """A small archive in the official format behind a file:// URL, and an empty cache."""
+  images, labels, members = _official_batches()
+  archive, md5 = _write_tar_gz(tmp_path / "served.tar.gz", members)
+  monkeypatch.setenv(D.URL_ENV, archive.as_uri())
+  monkeypatch.setenv(D.MD5_ENV, md5)
+  monkeypatch.setenv(D.DATA_DIR_ENV, str(tmp_path / "cache"))
+  return dict(images=images, labels=labels, archive=archive, md5=md5, cache=tmp_path / "cache")
+
+
+def test_official_download_decode_and_cache(official, monkeypatch, capsys):
+  ds = D.load_cifar10()  # The default source.
+  train = [f"data_batch_{i}" for i in range(1, 6)]
+  np.testing.assert_array_equal(ds.x_train, np.concatenate([official["images"][n] for n in train]))
+  np.testing.assert_array_equal(ds.y_train, np.concatenate([official["labels"][n] for n in train]))
+  np.testing.assert_array_equal(ds.x_test, official["images"]["test_batch"])
+  np.testing.assert_array_equal(ds.y_test, official["labels"]["test_batch"])
+  assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
+  assert ds.label_names == D.CIFAR10_LABEL_NAMES
+  assert "downloading CIFAR-10" in capsys.readouterr().err
+  cache = official["cache"]
+  assert sorted(p.name for p in cache.iterdir()) == [D.ARCHIVE_NAME, D.CACHE_NAME]
+  # The second load reads the cache: no download (the URL is unreachable) and no parse.
+  monkeypatch.setenv(D.URL_ENV, "http://127.0.0.1:9/cifar-10-python.tar.gz")
+  (cache / D.ARCHIVE_NAME).unlink()
+  again = D.load_cifar10("official")
+  np.testing.assert_array_equal(again.x_train, ds.x_train)
+  np.testing.assert_array_equal(again.y_test, ds.y_test)
+  assert again.label_names == ds.label_names
+  assert capsys.readouterr().err == ""
+
+
+def test_official_cache_of_another_archive_is_rebuilt(official, tmp_path, monkeypatch):
+  first = D.load_official_cifar10()
+  images, _, members = _official_batches(seed=1)
+  archive, md5 = _write_tar_gz(tmp_path / "other.tar.gz", members)
+  ds = D.load_official_cifar10(url=archive.as_uri(), md5=md5)
+  np.testing.assert_array_equal(ds.x_test, images["test_batch"])
+  assert not np.array_equal(ds.x_test, first.x_test)
+  # Explicit arguments take precedence over the environment; data_dir too.
+  elsewhere = D.load_official_cifar10(tmp_path / "elsewhere")
+  np.testing.assert_array_equal(elsewhere.x_test, first.x_test)
+  assert (tmp_path / "elsewhere" / D.CACHE_NAME).is_file()
+
+
+def test_official_checksum_mismatch(official, monkeypatch):
+  monkeypatch.setenv(D.MD5_ENV, "0" * 32)
+  with pytest.raises(D.DataError) as info:
+    D.load_cifar10()
+  message = str(info.value)
+  assert f"has md5 {official['md5']}; expected {'0' * 32}" in message
+  assert official["archive"].as_uri() in message and "\n" not in message
+  assert list(official["cache"].iterdir()) == []  # Neither the bad file nor a temporary.
+
+
+def test_official_unreachable_url(official, monkeypatch):
+  url = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # A closed local port: refused at once.
+  monkeypatch.setenv(D.URL_ENV, url)
+  with pytest.raises(D.DataError) as info:
+    D.load_cifar10()
+  message = str(info.value)
+  assert message.startswith(f"could not download CIFAR-10 from {url} (")
+  assert "--data /path/to/cifar10.npz" in message and D.URL_ENV in message
+  assert "\n" not in message
+  assert list(official["cache"].iterdir()) == []
+  monkeypatch.setenv(D.URL_ENV, official["archive"].as_uri() + ".missing")
+  with pytest.raises(D.DataError, match=r"could not download .*No such file.*--data"):
+    D.load_cifar10()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(drop="test_batch"), r"no test_batch in the archive"),
+    (dict(replace=("data_batch_2", {b"labels": [1]})),
+     r"data_batch_2: keys \[b'labels'\]; expected b'data'"),
+    (dict(replace=("data_batch_3", {b"labels": [0] * 4, b"data": np.zeros((4, 1024), np.uint8)})),
+     r"data_batch_3: data is uint8 \(4, 1024\); expected uint8 \[N, 3072\]"),
+    (dict(replace=("test_batch", {b"labels": [0] * 3, b"data": np.zeros((4, 3072), np.uint8)})),
+     r"test_batch: \(3,\) labels for 4 images"),
+    (dict(replace=("test_batch", {b"labels": [0] * 4, b"data": np.zeros((4, 3072), np.uint8),
+                                  b"extra": collections.OrderedDict()})),
+     r"test_batch: cannot be unpickled \(refers to collections.OrderedDict; expected only numpy"),
+    (dict(replace=("batches.meta", {b"num_vis": 3072})), r"batches.meta: no list b'label_names'"),
+])
+def test_official_unexpected_content(official, monkeypatch, tmp_path, change, match):
+  _, _, members = _official_batches()
+  if "drop" in change:
+    del members[change["drop"]]
+  else:
+    name, batch = change["replace"]
+    members[name] = _pickle_batch(batch)
+  archive, md5 = _write_tar_gz(tmp_path / "bad.tar.gz", members)
+  with pytest.raises(D.DataError, match=match):
+    D.load_official_cifar10(url=archive.as_uri(), md5=md5)
+  assert not (official["cache"] / D.CACHE_NAME).exists()
+
+
+def test_official_not_an_archive(official, tmp_path):
+  junk = tmp_path / "junk.tar.gz"
+  junk.write_bytes(b"not a gzip file")
+  md5 = hashlib.md5(junk.read_bytes()).hexdigest()
+  with pytest.raises(D.DataError, match=r"cannot be read as a tar.gz archive"):
+    D.load_official_cifar10(url=junk.as_uri(), md5=md5)
+
+
+def test_official_only_for_cifar10():
+  with pytest.raises(D.DataError, match=r'tiny_imagenet has no "official" download'):
+    D.load_tiny_imagenet("official")
 
 
 # --- augmentation -----------------------------------------------------------------------------

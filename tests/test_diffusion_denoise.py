@@ -1,10 +1,13 @@
 """noise_and_denoise and friends: purity, batch-size independence, many vs single, dtypes,
 tracing inside an outer jit, no recompilation, errors, the multi-step process and PSNR."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 
 from jaxpoison import diffusion as D
 from jaxpoison.diffusion import denoise as denoise_module
@@ -121,3 +124,71 @@ def test_psnr_against_numpy():
   np.testing.assert_allclose(D.psnr(a, b), ref, rtol=1e-5)
   u = (a * 255).round().astype(np.uint8)
   np.testing.assert_allclose(D.psnr(u, u.astype(np.float32) / 255), 120.0)
+
+
+def _zero_eps(den):
+  """The same network with its output layer zeroed: ε̂ ≡ 0, so x̂₀ = x_t*/√ᾱ exactly."""
+  params = dict(den.params)
+  for name in ("conv_out.kernel", "conv_out.bias"):
+    params[name] = jnp.zeros_like(params[name])
+  return D.Denoiser(params=params, unet=den.unet, schedule=den.schedule)
+
+
+@pytest.mark.parametrize("sigma", [0.026, 0.053, 0.1, 0.25])
+def test_added_noise_is_exactly_sigma(den, sigma):
+  # With ε̂ ≡ 0 the output minus the (mid-grey) input is the added noise, clipped to [0, 1].
+  # For σ = 0.026, 0.053 and 0.1 the nearest step of the linear schedule lies 3.1%, 0.8% and
+  # 0.6% below σ, so noise of the step's own level would fail here.
+  n = 5000 * 8 * 8 * 3
+  images = np.full((5000, 8, 8, 3), 0.5, np.float32)
+  out = np.asarray(D.noise_and_denoise(_zero_eps(den), images, sigma, jax.random.key(12),
+                                       batch_size=1000), np.float64)
+  noise = out - 0.5
+  # Expected std of σZ censored at ±0.5 (the clip to [0, 1]); below σ = 0.1 the clip is 5σ or
+  # more away and changes nothing at this precision.
+  k = 0.5 / sigma
+  inside = (2 * stats.norm.cdf(k) - 1) - 2 * k * stats.norm.pdf(k)
+  expected_std = math.sqrt(sigma ** 2 * inside + 2 * 0.25 * stats.norm.sf(k))
+  # The sample std's relative standard error is 1/√(2n) ≈ 0.072% for n ≈ 960,000 values
+  # (i.i.d.: each image's noise is its own draw); 5 standard errors is 0.36%.
+  assert abs(noise.std() / expected_std - 1) < 5 / math.sqrt(2 * n)
+  assert abs(noise.mean()) < 5 * expected_std / math.sqrt(n)
+
+
+def test_untrained_sigma_refused_unless_allowed(den, images, tmp_path):
+  key = jax.random.key(13)
+  narrow = D.Denoiser(params=den.params, unet=den.unet, schedule=den.schedule,
+                      timestep_range=(0, 100))
+  assert narrow.trained_timesteps == (0, 100) and den.trained_timesteps == (0, 999)
+  with pytest.raises(ValueError, match=r"t\* = 258.*\[0, 100\].*allow_untrained_sigma"):
+    D.noise_and_denoise(narrow, images, 0.5, key)
+  with pytest.raises(ValueError, match="allow_untrained_sigma"):
+    D.noise_and_denoise_many(narrow, images, 0.5, jax.random.split(key, 2))
+  with pytest.raises(ValueError, match="allow_untrained_sigma"):
+    D.denoise_multistep(narrow, images, 0.5, key, num_steps=2)
+  with pytest.raises(ValueError, match="start_timestep"):
+    D.denoise_multistep(narrow, images, 0.05, key, start_timestep=200)
+  np.testing.assert_array_equal(
+      D.noise_and_denoise(narrow, images, 0.5, key, allow_untrained_sigma=True),
+      D.noise_and_denoise(den, images, 0.5, key))
+  D.noise_and_denoise(narrow, images, 0.1, key)  # t* = 57: inside.
+  # The range survives a save/load round trip; the embedded default records its own.
+  D.save_denoiser(narrow, tmp_path / "narrow")
+  assert D.load_denoiser(tmp_path / "narrow").trained_timesteps == (0, 100)
+  default = D.default_denoiser()
+  lo, hi = default.trained_timesteps
+  assert lo == 0 and hi == D.timestep_for_sigma(default.schedule, 1.0)
+  with pytest.raises(ValueError, match="outside the steps"):
+    D.check_trained_sigma(default, 2.0)
+
+
+def test_multistep_from_sigma_starts_with_exact_noise(den):
+  # One step from σ is the single-step denoiser; from start_timestep the start noise is the
+  # step's own level: with ε̂ ≡ 0 and a single step, the output is x + σ_t·ε.
+  zero = _zero_eps(den)
+  images = np.full((2000, 8, 8, 3), 0.5, np.float32)
+  t = 57
+  out = np.asarray(D.denoise_multistep(zero, images, 0.1, jax.random.key(14), num_steps=1,
+                                       start_timestep=t), np.float64) - 0.5
+  level = float(D.sigmas(den.schedule)[t])
+  assert abs(out.std() / level - 1) < 5 / math.sqrt(2 * out.size)

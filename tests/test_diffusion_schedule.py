@@ -46,10 +46,19 @@ def test_timestep_for_sigma_is_nearest_in_log_ratio(schedule):
   assert D.timestep_for_sigma(schedule, float(s[0]) / 10) == 0
 
 
-def test_timestep_for_sigma_linear_known_values():
-  # (1-ᾱ)/ᾱ = (2σ)² for DDPM's schedule: the steps Carlini et al.'s rule lands next to.
-  assert [D.timestep_for_sigma(D.linear_schedule(), s) for s in (0.25, 0.5, 1.0)] == [144, 258,
-                                                                                        396]
+def test_timestep_for_sigma_linear_against_diffusers_table():
+  # t* from diffusers' own ᾱ table, by the documented rule (nearest in log ratio), next to
+  # Carlini et al.'s rule (the first t with σ_t ≥ σ). The two differ by one step where the
+  # nearest step lies below σ; either is sound since the noise added is exactly σ
+  # (tests/test_diffusion_denoise.py), t* only picks which step's ε_θ sees the input.
+  a = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                              beta_schedule="linear").alphas_cumprod.numpy().astype(np.float64)
+  level = np.sqrt((1 - a) / a) / 2
+  sigmas = (0.1, 0.25, 0.5, 1.0)
+  nearest = [int(np.argmin(np.abs(np.log(level / s)))) for s in sigmas]
+  carlini = [int(np.argmax(level >= s)) for s in sigmas]
+  assert [D.timestep_for_sigma(D.linear_schedule(), s) for s in sigmas] == nearest
+  assert nearest == [57, 144, 258, 396] and carlini == [58, 145, 259, 396]
 
 
 @pytest.mark.parametrize("sigma", [0.0, -0.1, float("nan"), float("inf")])

@@ -54,6 +54,41 @@ def test_load_votes_names_missing_models(tmp_path):
     pipeline.load_votes(tmp_path, 6, 3)
 
 
+def test_environment_changes_refused_unless_allowed(tmp_path):
+  settings = {"seed": 0, "environment": {"platform": "cpu", "trainer_compute_dtype": "float32",
+                                         "jax_version": "0.10.2"}}
+  out = tmp_path / "run"
+  pipeline.claim_results_dir(out, settings)
+  moved = {"seed": 0, "environment": {"platform": "gpu", "trainer_compute_dtype": "bfloat16",
+                                      "jax_version": "0.10.2"}}
+  with pytest.raises(pipeline.ResultsMismatch, match=r"environment\.platform: folder has 'cpu', "
+                     r"this run has 'gpu'.*\n.*environment\.trainer_compute_dtype"):
+    pipeline.claim_results_dir(out, moved)
+  with pytest.raises(pipeline.ResultsMismatch, match="allow_environment_change"):
+    pipeline.claim_results_dir(out, moved)
+  # Allowed: recorded, and the new environment is the one later resumes compare with.
+  pipeline.claim_results_dir(out, moved, allow_environment_change=True)
+  stored = json.loads((out / pipeline.SETTINGS_FILE).read_text())
+  assert stored["environment"] == moved["environment"]
+  assert stored["environment_history"] == [settings["environment"]]
+  pipeline.claim_results_dir(out, moved)
+  # The override never covers settings that define the votes.
+  with pytest.raises(pipeline.ResultsMismatch, match="seed: folder has 0, this run has 1"):
+    pipeline.claim_results_dir(out, {**moved, "seed": 1}, allow_environment_change=True)
+
+
+def test_run_settings_resolve_dtype_loop_platform_and_jax_version():
+  from jaxpoison import classifier
+  env = pipeline.environment_settings(classifier.tiny_config(compute_dtype="auto"))
+  assert env["platform"] == jax.default_backend() == "cpu"
+  assert env["jax_version"] == jax.__version__
+  # "auto" is resolved: float32 and the host loop on the CPU.
+  assert env["trainer_compute_dtype"] == "float32" and env["trainer_loop"] == "host"
+  env = pipeline.environment_settings(classifier.tiny_config(compute_dtype="bfloat16",
+                                                             loop="scan"))
+  assert env["trainer_compute_dtype"] == "bfloat16" and env["trainer_loop"] == "scan"
+
+
 def test_claim_results_dir_refuses_other_settings(tmp_path):
   settings = {"seed": 0, "trainer": {"epochs": 2, "model": "tiny"}, "num_test": 5}
   out = tmp_path / "run"
@@ -107,11 +142,28 @@ def test_analyse_votes_matches_certify_and_the_radius_formula():
   p_a = stats.beta.ppf(alpha, k, num_models - n0 - k + 1)
   expected = np.where(p_a > 0.5, sigma * stats.norm.ppf(p_a), 0.0)
   np.testing.assert_allclose(per_point["radius"], expected, rtol=1e-9, atol=1e-12)
-  correct = per_point["predict"] == labels
-  assert summary["smoothed_accuracy"] == pytest.approx(correct.mean())
-  assert summary["abstention_rate"] == pytest.approx((per_point["predict"] < 0).mean())
+  # CERTIFY's labels from the counts alone: ĉA where the bound exceeds 1/2.
+  correct = (p_a > 0.5) & (c_a == labels)
+  assert summary["certify_accuracy"] == pytest.approx(correct.mean())
+  assert summary["abstention_rate"] == pytest.approx((p_a <= 0.5).mean())
   for r, acc in summary["certified_accuracy"].items():
     assert acc == pytest.approx(np.mean(correct & (expected >= float(r))))
+  # PREDICT on all models' votes, with scipy's exact two-sided binomial test of the top two.
+  smoothed, majority = [], []
+  for point in range(num_points):
+    counts = np.bincount(votes[:, point], minlength=3)
+    order = sorted(range(3), key=lambda c: (-counts[c], c))
+    n_a, n_b = counts[order[0]], counts[order[1]]
+    test = stats.binomtest(int(n_a), int(n_a + n_b), 0.5)
+    smoothed.append(order[0] if test.pvalue <= alpha else -1)
+    majority.append(order[0])
+  smoothed, majority = np.array(smoothed), np.array(majority)
+  assert 0 < (smoothed == -1).sum() < num_points  # The test abstains on some points only.
+  np.testing.assert_array_equal(per_point["smoothed_predict"], smoothed)
+  assert summary["smoothed_accuracy"] == pytest.approx(np.mean(smoothed == labels))
+  assert summary["smoothed_abstention_rate"] == pytest.approx(np.mean(smoothed == -1))
+  assert summary["majority_vote_accuracy"] == pytest.approx(np.mean(majority == labels))
+  assert summary["majority_vote_accuracy"] > summary["smoothed_accuracy"]
   model_acc = (votes == labels).mean(1)
   assert summary["model_accuracy_mean"] == pytest.approx(model_acc.mean())
   assert summary["model_accuracy_sd"] == pytest.approx(model_acc.std(ddof=1))

@@ -38,6 +38,8 @@ from jaxpoison.diffusion.unet import (
     timestep_embedding,
 )
 from jaxpoison.diffusion.denoise import (
+    UntrainedSigmaError,
+    check_trained_sigma,
     denoise_multistep,
     denoising_psnr,
     image_noise,

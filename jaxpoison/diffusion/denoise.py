@@ -2,7 +2,14 @@
 
 Carlini et al.'s denoised smoothing, as used by Hong, Carlini & Kurakin's certified defense:
 images x scaled to [-1, 1], t* = `timestep_for_sigma(schedule, σ)`,
-x_t* = √ᾱ·x + √(1-ᾱ)·ε, x̂₀ = (x_t* − √(1-ᾱ)·ε_θ(x_t*, t*))/√ᾱ clipped to [-1, 1], back to [0, 1].
+x_t* = √ᾱ·(x + 2σ·ε), x̂₀ = (x_t* − √(1-ᾱ)·ε_θ(x_t*, t*))/√ᾱ clipped to [-1, 1], back to [0, 1].
+
+Exact noise: the noise added is N(0, σ²) in [0, 1] pixel units (2σ in [-1, 1] units) whatever
+step t* the schedule offers, because the certificate's radius σ·Φ⁻¹(pA) is only sound for the
+noise actually added. Writing x_t* = √ᾱ·x + √(1-ᾱ)·ε instead would add noise of the step's
+level σ_t*, which for the nearest step lies below σ about half the time (0.63% less at σ = 0.1
+with DDPM's linear schedule) and would overclaim every radius by as much. t* only decides which
+step's ε_θ sees the input; its level σ_t* is within a few percent of σ.
 
 Randomness: the noise of image i is drawn from `fold_in(key, i)` (i = its index in `images`),
 so results do not depend on `batch_size`, and copies for several models use one key each.
@@ -19,7 +26,7 @@ import numpy as np
 
 from jaxpoison._checks import check_images, check_sigma
 from jaxpoison.diffusion.model import Denoiser, predict_eps
-from jaxpoison.diffusion.schedule import alphas_cumprod, timestep_for_sigma
+from jaxpoison.diffusion.schedule import alphas_cumprod, sigmas, timestep_for_sigma
 
 
 def _as_key(key):
@@ -32,13 +39,41 @@ def _as_key(key):
   raise TypeError(f"key: expected a jax.random.key, got {key.dtype} {key.shape}")
 
 
-def _validate(denoiser: Denoiser, images, sigma) -> tuple[float, int]:
+def _validate(denoiser: Denoiser, images, sigma, allow_untrained_sigma: bool = False
+              ) -> tuple[float, int]:
   if not isinstance(denoiser, Denoiser):
     raise TypeError(f"denoiser: expected a jaxpoison.diffusion.Denoiser, got {type(denoiser).__name__}")
   u = denoiser.unet
   check_images(images, image_shape=(u.sample_size, u.sample_size, u.in_channels))
   sigma = check_sigma(sigma)
-  return sigma, timestep_for_sigma(denoiser.schedule, sigma)
+  t = timestep_for_sigma(denoiser.schedule, sigma)
+  if not allow_untrained_sigma:
+    check_trained_sigma(denoiser, sigma)
+  return sigma, t
+
+
+class UntrainedSigmaError(ValueError):
+  """σ maps to a step outside the steps the denoiser was trained on."""
+
+
+def check_trained_sigma(denoiser: Denoiser, sigma: float) -> int:
+  """t* of σ, or a ValueError when t* lies outside the steps the denoiser was trained on.
+
+  A denoiser trained on t ∈ [lo, hi] (the embedded default: [0, t(σ = 1)]) has never seen
+  inputs of a higher step: its ε_θ there is whatever the network extrapolates, and models
+  trained on its output are worse by an unknown amount. Callers that want it anyway pass
+  allow_untrained_sigma=True.
+  """
+  t = timestep_for_sigma(denoiser.schedule, sigma)
+  lo, hi = denoiser.trained_timesteps
+  if not lo <= t <= hi:
+    levels = sigmas(denoiser.schedule)
+    raise UntrainedSigmaError(
+        f"sigma: σ = {sigma:g} maps to step t* = {t}, outside the steps this denoiser was "
+        f"trained on, t ∈ [{lo}, {hi}] (σ ∈ [{levels[lo]:.3g}, {levels[hi]:.3g}] in [0, 1] "
+        "pixel units); use a denoiser trained there, or pass allow_untrained_sigma=True "
+        "(scripts: --allow_untrained_sigma) to use it anyway")
+  return t
 
 
 def _to_unit(images):
@@ -76,13 +111,14 @@ def _batched(fn, images, batch_size: int):
   return out.reshape(num * b, *out.shape[2:])[:n]
 
 
-def _single_step(denoiser, images, key, t: int, batch_size: int, compute_dtype):
+def _single_step(denoiser, images, key, t: int, sigma: float, batch_size: int, compute_dtype):
   abar = float(alphas_cumprod(denoiser.schedule)[t])
   a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+  scale = 2.0 * float(sigma)  # σ in [0, 1] pixel units is 2σ in [-1, 1] units.
 
   def one_batch(batch, indices):
     x = _to_unit(batch)
-    x_t = a * x + s * image_noise(key, indices, x.shape[1:])
+    x_t = a * (x + scale * image_noise(key, indices, x.shape[1:]))
     eps = predict_eps(denoiser, x_t, jnp.full((x.shape[0],), t, jnp.int32),
                       compute_dtype=compute_dtype)
     return _from_unit((x_t - s * eps) / a, images.dtype)
@@ -90,48 +126,51 @@ def _single_step(denoiser, images, key, t: int, batch_size: int, compute_dtype):
   return _batched(one_batch, images, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("t", "batch_size", "compute_dtype"))
-def _noise_and_denoise_jit(denoiser, images, key, t, batch_size, compute_dtype):
-  return _single_step(denoiser, images, key, t, batch_size, compute_dtype)
+@functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype"))
+def _noise_and_denoise_jit(denoiser, images, key, t, sigma, batch_size, compute_dtype):
+  return _single_step(denoiser, images, key, t, sigma, batch_size, compute_dtype)
 
 
 def noise_and_denoise(denoiser: Denoiser, images, sigma: float, key, *, batch_size: int = 256,
-                      compute_dtype=jnp.float32):
-  """Adds N(0, σ²) noise (pixel units) and denoises with one DDPM step.
+                      compute_dtype=jnp.float32, allow_untrained_sigma: bool = False):
+  """Adds exactly N(0, σ²) noise (pixel units) and denoises with one DDPM step.
 
   images: uint8 [N, H, W, C] or float [N, H, W, C] in [0, 1]; returns the same shape and dtype
   (uint8 rounded). sigma: a Python float in (0, 4] (static; it picks t*). key: one
   jax.random.key; image i's noise comes from fold_in(key, i), so the output does not depend on
   `batch_size` (the number of images per UNet call, a static int). compute_dtype: float32 or
   bfloat16 for the UNet. Pure (same key, same output, bit for bit on CPU); jitted when called
-  directly and traceable inside an outer jit.
+  directly and traceable inside an outer jit. allow_untrained_sigma: accept a σ whose step t*
+  lies outside the steps the denoiser was trained on (refused by default, see
+  `check_trained_sigma`).
   """
-  sigma, t = _validate(denoiser, images, sigma)
+  sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
   if int(batch_size) < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  return _noise_and_denoise_jit(denoiser, images, _as_key(key), t, int(batch_size),
+  return _noise_and_denoise_jit(denoiser, images, _as_key(key), t, sigma, int(batch_size),
                                 jnp.dtype(compute_dtype))
 
 
-@functools.partial(jax.jit, static_argnames=("t", "batch_size", "compute_dtype"))
-def _many_jit(denoiser, images, keys, t, batch_size, compute_dtype):
+@functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype"))
+def _many_jit(denoiser, images, keys, t, sigma, batch_size, compute_dtype):
   return jax.lax.map(
-      lambda k: _single_step(denoiser, images, k, t, batch_size, compute_dtype), keys)
+      lambda k: _single_step(denoiser, images, k, t, sigma, batch_size, compute_dtype), keys)
 
 
 def noise_and_denoise_many(denoiser: Denoiser, images, sigma: float, keys, *,
-                           batch_size: int = 256, compute_dtype=jnp.float32):
+                           batch_size: int = 256, compute_dtype=jnp.float32,
+                           allow_untrained_sigma: bool = False):
   """M independent noisy-denoised copies of `images`, one per key: [M, N, H, W, C].
 
   keys: [M] jax.random keys (e.g. one per smoothed model, fold_in(run_key, model_index)). Copy m
   equals `noise_and_denoise(denoiser, images, sigma, keys[m])` (a lax.map over the keys runs the
   same computation).
   """
-  sigma, t = _validate(denoiser, images, sigma)
+  sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
   keys = _as_key(keys)
   if keys.ndim != 1:
     raise ValueError(f"keys: expected a 1-D array of keys [M], got shape {keys.shape}")
-  return _many_jit(denoiser, images, keys, t, int(batch_size), jnp.dtype(compute_dtype))
+  return _many_jit(denoiser, images, keys, t, sigma, int(batch_size), jnp.dtype(compute_dtype))
 
 
 def multistep_timesteps(t_start: int, num_steps: int | None) -> np.ndarray:
@@ -151,8 +190,9 @@ def multistep_timesteps(t_start: int, num_steps: int | None) -> np.ndarray:
   return np.unique(np.round(np.linspace(t_start, 0, num_steps)).astype(np.int64))[::-1].copy()
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch_size", "compute_dtype"))
-def _multistep_jit(denoiser, images, key, steps, batch_size, compute_dtype):
+@functools.partial(jax.jit, static_argnames=("steps", "noise_scale", "batch_size",
+                                             "compute_dtype"))
+def _multistep_jit(denoiser, images, key, steps, noise_scale, batch_size, compute_dtype):
   abar_all = alphas_cumprod(denoiser.schedule)
   steps = np.asarray(steps)
   abar = abar_all[steps]
@@ -168,8 +208,9 @@ def _multistep_jit(denoiser, images, key, steps, batch_size, compute_dtype):
 
   def one_batch(batch, indices):
     x = _to_unit(batch)
-    x_t = math.sqrt(abar[0]) * x + math.sqrt(1 - abar[0]) * image_noise(key, indices,
-                                                                        x.shape[1:])
+    # noise_scale: 2σ when started from σ (exact noise, as in `noise_and_denoise`), else the
+    # start step's own level √((1-ᾱ)/ᾱ).
+    x_t = math.sqrt(abar[0]) * (x + noise_scale * image_noise(key, indices, x.shape[1:]))
 
     def body(k, carry):
       x_t, _ = carry
@@ -188,24 +229,34 @@ def _multistep_jit(denoiser, images, key, steps, batch_size, compute_dtype):
 
 def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
                       num_steps: int | None = None, start_timestep: int | None = None,
-                      batch_size: int = 256, compute_dtype=jnp.float32):
+                      batch_size: int = 256, compute_dtype=jnp.float32,
+                      allow_untrained_sigma: bool = False):
   """Noise to level σ, then DDPM's ancestral reverse process from t* down to 0.
 
   Starts like `noise_and_denoise` (same noise for the same key), then walks the steps of
   `multistep_timesteps(t*, num_steps)`: at each step t, x̂₀ from ε_θ, clipped to [-1, 1], and
   x_s drawn from the posterior q(x_s | x_t, x̂₀) (fresh noise from fold_in(fold_in(key, i), k+1)
   at the k-th step). Returns the last x̂₀ (at t = 0). num_steps=1 is exactly `noise_and_denoise`.
-  start_timestep overrides t* (ECLIPSE starts at t* = 100 whatever σ is); sigma then only
-  validates.
+  start_timestep overrides t* (ECLIPSE starts at t* = 100 whatever σ is); the start noise is
+  then the step's own, x_t = √ᾱ·x + √(1-ᾱ)·ε, and sigma only validates.
   """
-  sigma, t = _validate(denoiser, images, sigma)
   if start_timestep is not None:
+    sigma, _ = _validate(denoiser, images, sigma, allow_untrained_sigma=True)
     t = int(start_timestep)
     if not 0 <= t < denoiser.schedule.num_timesteps:
       raise ValueError(f"start_timestep: expected in [0, {denoiser.schedule.num_timesteps}), got {t}")
+    lo, hi = denoiser.trained_timesteps
+    if not allow_untrained_sigma and not lo <= t <= hi:
+      raise UntrainedSigmaError(f"start_timestep: {t} is outside the steps this denoiser was trained on, "
+                       f"[{lo}, {hi}]; pass allow_untrained_sigma=True to use it anyway")
+    abar = float(alphas_cumprod(denoiser.schedule)[t])
+    noise_scale = math.sqrt((1.0 - abar) / abar)
+  else:
+    sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
+    noise_scale = 2.0 * sigma
   steps = tuple(int(s) for s in multistep_timesteps(t, num_steps))
-  return _multistep_jit(denoiser, images, _as_key(key), steps, int(batch_size),
-                        jnp.dtype(compute_dtype))
+  return _multistep_jit(denoiser, images, _as_key(key), steps, float(noise_scale),
+                        int(batch_size), jnp.dtype(compute_dtype))
 
 
 def psnr(a, b, *, axis=(-3, -2, -1)):
@@ -221,12 +272,14 @@ def psnr(a, b, *, axis=(-3, -2, -1)):
 
 
 def denoising_psnr(denoiser: Denoiser, images, sigma: float, key, *, batch_size: int = 256,
-                   compute_dtype=jnp.float32) -> dict[str, float]:
+                   compute_dtype=jnp.float32,
+                   allow_untrained_sigma: bool = False) -> dict[str, float]:
   """Mean PSNR (dB) against the clean images of the noisy input x + σε (unclipped, the exact
   noise the denoiser sees) and of the single-step denoised output."""
   images = jnp.asarray(images)
   den = noise_and_denoise(denoiser, images, sigma, key, batch_size=batch_size,
-                          compute_dtype=compute_dtype)
+                          compute_dtype=compute_dtype,
+                          allow_untrained_sigma=allow_untrained_sigma)
   x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
   noise = image_noise(_as_key(key), jnp.arange(images.shape[0]), images.shape[1:])
   noisy = x + sigma * noise

@@ -39,10 +39,22 @@ class Denoiser:
   """A DDPM ε-prediction model: `unet` and `schedule` are static, `params` a flat dict pytree.
 
   A pytree: pass it into jit, shard or replicate it like any array tree.
+
+  `timestep_range` (lo, hi): the steps the network was trained on (None: the whole schedule,
+  as for a converted checkpoint). Denoising at a σ whose step t* lies outside is refused unless
+  asked for (`denoise.check_trained_sigma`).
   """
   params: dict[str, Any]
   unet: UNetConfig = flax.struct.field(pytree_node=False)
   schedule: ScheduleConfig = flax.struct.field(pytree_node=False)
+  timestep_range: tuple[int, int] | None = flax.struct.field(pytree_node=False, default=None)
+
+  @property
+  def trained_timesteps(self) -> tuple[int, int]:
+    """(lo, hi), inclusive: the steps this denoiser was trained on."""
+    if self.timestep_range is None:
+      return 0, self.schedule.num_timesteps - 1
+    return int(self.timestep_range[0]), int(self.timestep_range[1])
 
   @property
   def num_params(self) -> int:
@@ -125,8 +137,23 @@ def predict_eps(denoiser: Denoiser, x, t, *, compute_dtype=jnp.float32):
 
 
 def _config_dict(denoiser: Denoiser, extra: dict | None) -> dict:
+  extra = dict(extra or {})
+  if denoiser.timestep_range is not None:
+    extra["timestep_range"] = list(denoiser.trained_timesteps)
   return {"format": FORMAT, "version": FORMAT_VERSION, "unet": denoiser.unet.to_dict(),
-          "schedule": denoiser.schedule.to_dict(), "extra": extra or {}}
+          "schedule": denoiser.schedule.to_dict(), "extra": extra}
+
+
+def _timestep_range(extra: dict, schedule: ScheduleConfig, source) -> tuple[int, int] | None:
+  """The trained steps recorded in a denoiser file's metadata (None: the whole schedule)."""
+  value = extra.get("timestep_range")
+  if value is None:
+    return None
+  lo, hi = (int(v) for v in value)
+  if not 0 <= lo <= hi < schedule.num_timesteps:
+    raise ValueError(f"{source}: timestep_range {value} is not inside [0, "
+                     f"{schedule.num_timesteps})")
+  return lo, hi
 
 
 def save_denoiser(denoiser: Denoiser, path: str | os.PathLike, *, extra: dict | None = None,
@@ -176,7 +203,8 @@ def load_denoiser(path: str | os.PathLike) -> Denoiser:
   import orbax.checkpoint as ocp
 
   path = Path(path).absolute()
-  unet, schedule, _ = read_denoiser_config(path)
+  unet, schedule, extra = read_denoiser_config(path)
+  timestep_range = _timestep_range(extra, schedule, path / CONFIG_FILE)
   checkpointer = ocp.StandardCheckpointer()
   try:
     raw = checkpointer.restore(path / PARAMS_DIR)
@@ -185,7 +213,7 @@ def load_denoiser(path: str | os.PathLike) -> Denoiser:
   params = {str(k): v for k, v in raw.items()}
   check_params(unet, params, source=f"params in {path}")
   params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
-  return Denoiser(params=params, unet=unet, schedule=schedule)
+  return Denoiser(params=params, unet=unet, schedule=schedule, timestep_range=timestep_range)
 
 
 @functools.lru_cache(maxsize=1)

@@ -216,10 +216,10 @@ def train_denoiser(cfg: DenoiserTrainConfig, images: np.ndarray, out_dir: str | 
 
   def checkpoint():
     _save_state(state, out / "state")
-    den = Denoiser(params=state.ema_params, unet=cfg.unet, schedule=cfg.schedule)
+    den = Denoiser(params=state.ema_params, unet=cfg.unet, schedule=cfg.schedule,
+                   timestep_range=(lo, hi))
     save_denoiser(den, out / "ema", extra={"train_steps": int(state.step),
-                                           "ema_decay": cfg.ema_decay,
-                                           "timestep_range": [lo, hi]})
+                                           "ema_decay": cfg.ema_decay})
 
   while int(state.step) < cfg.num_steps:
     n = min(cfg.steps_per_chunk, cfg.num_steps - int(state.step))
@@ -247,4 +247,5 @@ def train_denoiser(cfg: DenoiserTrainConfig, images: np.ndarray, out_dir: str | 
       log(f"stopping at the {max_minutes} min wall-clock cap")
       break
   checkpoint()
-  return Denoiser(params=state.ema_params, unet=cfg.unet, schedule=cfg.schedule)
+  return Denoiser(params=state.ema_params, unet=cfg.unet, schedule=cfg.schedule,
+                  timestep_range=(lo, hi))

@@ -1,0 +1,146 @@
+"""What every script in scripts/ shares: a user error is one line on stderr and exit code 2.
+
+A user error is something the person running the command can fix: a bad flag value, missing or
+invalid data, a results folder of another run, an invalid config value, a missing file, a
+checkpoint of another model, too little device memory. It prints `error: <message>` on one line
+(newlines in the message become "; ") and exits with code 2, without a traceback. Any other
+exception is a bug and keeps its traceback.
+
+    from jaxpoison import cli
+
+    def main(argv=None):
+      args = cli.ArgumentParser(description=...).parse_args(argv)
+      with cli.user_errors(ValueError, TypeError):  # Only where those mean a bad setting.
+        config = make_config(args)
+      ...
+
+    if __name__ == "__main__":
+      cli.run(main)
+
+Each script's `main(argv=None)` takes its flags as a list, so tests run scripts in-process with
+`cli.run(script.main, argv)`, exactly as the command line does.
+
+Set JAXPOISON_TRACEBACK=1 to re-raise user errors with their traceback instead (for debugging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_USER_ERROR = 2
+TRACEBACK_ENV = "JAXPOISON_TRACEBACK"
+
+
+class UsageError(Exception):
+  """A mistake in how a script was called that the script found itself (not argparse)."""
+
+
+def one_line(message: str) -> str:
+  """`message` on one line: its non-empty lines joined by "; " (by a space after a colon, which
+  introduces what follows)."""
+  text = ""
+  for line in str(message).splitlines():
+    line = line.strip()
+    if line:
+      text += ("" if not text else " " if text.endswith(":") else "; ") + line
+  return text
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `error: <message>` on one line to stderr and exits with code 2."""
+  print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser whose errors are one line (argparse prints the usage too) and exit 2."""
+
+  def error(self, message: str) -> NoReturn:
+    fail(f"{message} (see {self.prog} --help)")
+
+
+def comma_separated(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
+  """An argparse `type` for "a,b,c": a tuple of `kind` values, with a message naming the value
+  that is not one (argparse would only name the function)."""
+  def parse(text: str) -> tuple:
+    values = []
+    for item in (v.strip() for v in text.split(",")):
+      if not item:
+        continue
+      try:
+        values.append(kind(item))
+      except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{item!r} in {text!r} is not {getattr(kind, '__name__', 'a valid value')}; expected "
+            f"comma-separated {getattr(kind, '__name__', '')} values") from None
+    return tuple(values)
+  return parse
+
+
+def load_config_file(path: str | os.PathLike, *, flag: str = "--config") -> Any:
+  """`get_config()` of the Python file `path` (e.g. one of configs/)."""
+  path = Path(path)
+  if not path.is_file():
+    raise UsageError(f"{flag} {path}: no such file; expected a Python file with get_config()")
+  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+  if spec is None or spec.loader is None:
+    raise UsageError(f"{flag} {path}: not a Python file; expected a .py file with get_config()")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise UsageError(f"{flag} {path}: defines no get_config(); expected a function returning "
+                     "the settings")
+  return module.get_config()
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """The exception types that always mean a user error, wherever they are raised."""
+  # Imported on use: this module itself depends on none of the heavy submodules.
+  from jaxpoison import classifier, diffusion, pipeline, poison_benchmark
+  from jaxpoison.attacks import PoisonFileError
+  from jaxpoison.data import DataError
+  return (UsageError, DataError, pipeline.ResultsMismatch, poison_benchmark.BenchmarkConfigError,
+          PoisonFileError, diffusion.CheckpointMismatchError, diffusion.UntrainedSigmaError,
+          classifier.CheckpointMismatchError, classifier.InsufficientMemoryError,
+          FileNotFoundError)
+
+
+def _describe(error: BaseException) -> str:
+  message = str(error)
+  if isinstance(error, FileNotFoundError) and error.filename is not None:
+    message = f"{error.filename}: {error.strerror or 'no such file or directory'}"
+  return one_line(message) or type(error).__name__
+
+
+@contextlib.contextmanager
+def user_errors(*extra_types: type[BaseException]) -> Iterator[None]:
+  """Turns user errors raised inside into `error: <message>` and exit code 2.
+
+  Args:
+    *extra_types: more exception types that mean a user error inside this block only, e.g.
+      ValueError and TypeError around building a config from flags (elsewhere they may be bugs).
+  """
+  try:
+    yield
+  except Exception as error:
+    if os.environ.get(TRACEBACK_ENV) == "1":
+      raise
+    if not isinstance(error, user_error_types() + extra_types):
+      raise
+    fail(_describe(error))
+
+
+def run(main: Callable[[Sequence[str] | None], int | None],
+        argv: Sequence[str] | None = None) -> NoReturn:
+  """Calls `main(argv)` (None: the command line) and exits with its return value (None: 0);
+  user errors exit with code 2 and one line."""
+  with user_errors():
+    code = main(argv)
+  sys.exit(code)
