@@ -116,6 +116,15 @@ def test_polytope_coefficients():
 
 # --- vectorization, determinism, compilation ---------------------------------------------------
 
+# Batched vs one at a time (or vmapped) evaluates the extractors' sums in another order, and
+# tens of attack steps amplify those float32 roundings by an amount no simple bound gives. A
+# real mix-up (another poison's or trial's target, base or gradient) moves a poison by up to
+# its budget ε, so the poisons are compared to 1% of ε and the losses to 0.1% of their value;
+# the uint8 poisons may then differ by one grey level where a value lies at a rounding boundary.
+POISON_ATOL_PER_EPSILON = 0.01
+LOSS_RTOL = 1e-3
+
+
 def test_poison_frogs_batch_equals_one_poison_at_a_time():
   target, bases = _trial(3)
   config = CONFIGS["poison_frogs", "linf"]
@@ -123,10 +132,13 @@ def test_poison_frogs_batch_equals_one_poison_at_a_time():
   singles = [A.poison_frogs(KEY, ENSEMBLE, target, bases[i:i + 1], config)
              for i in range(NUM_POISONS)]
   np.testing.assert_allclose(np.concatenate([s.poisons_float for s in singles]),
-                             np.asarray(batch.poisons_float), atol=1e-6)
-  np.testing.assert_array_equal(np.concatenate([s.poisons for s in singles]), batch.poisons)
+                             np.asarray(batch.poisons_float), rtol=0,
+                             atol=POISON_ATOL_PER_EPSILON * config.epsilon)
+  grey_levels = (np.concatenate([s.poisons for s in singles]).astype(np.int16)
+                 - np.asarray(batch.poisons, np.int16))
+  assert np.abs(grey_levels).max() <= 1
   np.testing.assert_allclose(np.concatenate([s.loss_history for s in singles], axis=1),
-                             np.asarray(batch.loss_history), rtol=1e-5)
+                             np.asarray(batch.loss_history), rtol=LOSS_RTOL)
 
 
 def test_vmap_over_trials_equals_one_trial_at_a_time():
@@ -137,7 +149,8 @@ def test_vmap_over_trials_equals_one_trial_at_a_time():
   for i, (t, b) in enumerate([(t0, b0), (t1, b1)]):
     single = A.bullseye_polytope(KEY, ENSEMBLE, t, b, config)
     np.testing.assert_allclose(np.asarray(batched.poisons_float[i]),
-                               np.asarray(single.poisons_float), atol=1e-5)
+                               np.asarray(single.poisons_float), rtol=0,
+                               atol=POISON_ATOL_PER_EPSILON * config.epsilon)
 
 
 @pytest.mark.parametrize("name", sorted(A.ATTACKS))
@@ -186,8 +199,13 @@ def test_ensemble_members_of_one_architecture_are_stacked():
   images = jnp.asarray(_trial(9)[1], jnp.float32) / 255
   together = core.extract_features(ENSEMBLE[:2], images)
   for member, features in zip(ENSEMBLE[:2], together):
-    np.testing.assert_allclose(np.asarray(features),
-                               np.asarray(member.apply_fn(member.params, images)), atol=1e-5)
+    alone = np.asarray(member.apply_fn(member.params, images))
+    # Stacked members sum in another order: float32 sums of K terms (K the largest fan-in,
+    # over L layers) differ by at most ~L·K·eps·max|output|.
+    kernels = [a for a in jax.tree.leaves(member.params) if a.ndim >= 2]
+    fan_in = max(int(np.prod(a.shape[:-1])) for a in kernels)
+    atol = len(kernels) * fan_in * np.finfo(np.float32).eps * np.abs(alone).max()
+    np.testing.assert_allclose(np.asarray(features), alone, rtol=0, atol=atol)
 
 
 def test_registry_and_config_round_trip():

@@ -28,6 +28,7 @@ from jaxpoison.classifier.config import (
     TrainConfig,
     airbench94_config,
     resnet18_config,
+    resolve_compute_dtype,
     resolve_loop,
     tiny_config,
 )
@@ -46,7 +47,7 @@ __all__ = [
     "TrainConfig", "TrainedModels", "airbench94_config", "create_model", "device_memory_limit",
     "estimate_bytes", "evaluate", "feature_extractor", "features", "load_models", "logits",
     "lr_factor", "make_train_fn", "make_train_parts", "plan_models_per_step", "predict",
-    "resnet18_config", "resolve_loop",
+    "resnet18_config", "resolve_compute_dtype", "resolve_loop",
     "save_models", "select", "stack", "tiny_config", "total_steps", "train_models",
     "whitening_kernel",
 ]

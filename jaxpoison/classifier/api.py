@@ -195,7 +195,8 @@ def train_models(keys, images, labels, config: TrainConfig,
   Args:
     keys: typed PRNG keys [M].
     images: uint8 [N, H, W, C] shared by all models, or [M, N, H, W, C] one set per model.
-    labels: int [N] or [M, N] in [0, num_classes).
+    labels: int [N] in [0, num_classes), the same for every model (with shared or per-model
+      images), or [M, N] one set per model (with per-model images).
     config: the recipe.
     init: TrainedModels with 1 or M models to warm-start from.
 

@@ -243,7 +243,7 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
       key = jax.random.fold_in(jax.random.fold_in(key, _DATA), epoch)
       return jax.random.permutation(key, num_train).astype(jnp.int32)
 
-    def gather(data, idx):
+    def gather(data, idx, shared):
       if shared:
         return data[idx]
       return jax.vmap(lambda d, i: d[i])(data, idx)
@@ -255,8 +255,10 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
                         lambda: perm)
     idx = jax.lax.dynamic_slice_in_dim(perm, pos * config.batch_size, config.batch_size,
                                        axis=1)
-    x = gather(images, idx)
-    y = gather(labels, idx)
+    x = gather(images, idx, shared)
+    # Labels [N] are shared even when the images are per model (denoised copies keep the
+    # labels), so they are read without an [M, N] copy.
+    y = gather(labels, idx, labels.ndim == 1)
     x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
         keys, x, idx)
     factor = lr_factor(config, step, num_steps)
@@ -290,7 +292,7 @@ def make_train_fn(config: TrainConfig):
     keys: typed PRNG keys [M]; model m's initialization, shuffling and augmentation are drawn
       from fold_in(keys[m], ·), so model m's result does not depend on the other models.
     images: uint8 [N, H, W, C] (shared by all models) or [M, N, H, W, C] (one set per model).
-    labels: int [N] or [M, N].
+    labels: int [N] (every model's, also with per-model images) or [M, N].
     init: optional TrainedModels with M (or 1, broadcast) models to warm-start from (their
       whitening filters are kept; `config.reinit_head` draws a fresh final layer).
 
