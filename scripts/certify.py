@@ -50,6 +50,9 @@ def parse_args(argv):
   parser.add_argument("--allow_environment_change", action="store_true", default=None,
                       help="resume a folder started on another platform, JAX version, "
                       "compute dtype or training loop (recorded in settings.json)")
+  parser.add_argument("--cpu_devices", type=int,
+                      help="XLA devices to split the host CPU into (default: one per core; "
+                      "unless XLA_FLAGS sets it)")
   parser.add_argument("--out", default="runs/certify_cifar10", help="results folder")
   parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize")
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -61,10 +64,12 @@ def main(argv=None):
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
   # Our per-chunk lines at INFO; orbax's and absl's chatter stays at WARNING.
   logging.getLogger("jaxpoison").setLevel(logging.INFO)
+  from jaxpoison import pipeline
+  with cli.user_errors(ValueError):
+    pipeline.configure_cpu_devices(args.cpu_devices)
   import jax
   if args.distributed:
     jax.distributed.initialize()
-  from jaxpoison import pipeline
 
   config = load_config(args.config)
   overrides = {name: getattr(args, name) for name in (

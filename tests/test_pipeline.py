@@ -1,6 +1,7 @@
 """Unit tests of the certification pipeline's pieces (results folder, chunks, analysis)."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -202,3 +203,17 @@ def test_train_subset_is_a_fixed_random_subset_of_every_class():
   assert len(subset.y_train) == 100 and len(np.unique(subset.y_train)) == 10
   np.testing.assert_array_equal(subset.y_train, pipeline.train_subset(dataset, 100).y_train)
   assert pipeline.train_subset(dataset, None) is dataset
+
+
+def test_configure_cpu_devices_respects_xla_flags(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  assert pipeline.configure_cpu_devices(3) == 3
+  assert pipeline.CPU_DEVICES_FLAG + "=3" in os.environ["XLA_FLAGS"]
+  assert "--xla_dump_to=/tmp/x" in os.environ["XLA_FLAGS"]
+  # A count already in XLA_FLAGS (a user's, or the tests' virtual devices) is left alone.
+  assert pipeline.configure_cpu_devices(5) is None
+  monkeypatch.delenv("XLA_FLAGS")
+  assert pipeline.configure_cpu_devices() >= 1
+  monkeypatch.delenv("XLA_FLAGS")
+  with pytest.raises(ValueError, match="cpu_devices"):
+    pipeline.configure_cpu_devices(0)
