@@ -213,12 +213,22 @@ def test_certify_errors(kwargs, match):
 
 # --- poisoning_radius -------------------------------------------------------------------------
 
-def test_poisoning_radius_formula():
+def test_poisoning_radius_is_where_the_worst_case_classes_tie():
+  # The bound's defining property, not its closed form: r samples each moved by δ shift the
+  # concatenated noisy training set by Δ = √r·δ in ℓ2. By Neyman–Pearson the worst such shift
+  # leaves class A with probability Φ(Φ⁻¹(pA) − Δ/σ) and can raise B to Φ(Φ⁻¹(pB) + Δ/σ); the
+  # certified radius is the δ at which the two meet (A still wins just inside it).
   p_a, p_b, sigma = np.array([0.9, 0.99, 0.6]), np.array([0.05, 0.005, 0.3]), 0.25
   for r in (1, 500, 50_000):
-    expected = sigma / (2 * np.sqrt(r)) * (stats.norm.ppf(p_a) - stats.norm.ppf(p_b))
-    np.testing.assert_allclose(C.poisoning_radius(p_a, p_b, sigma=sigma, r=r), expected,
-                               rtol=1e-12)
+    radius = C.poisoning_radius(p_a, p_b, sigma=sigma, r=r)
+    worst = lambda delta: (stats.norm.cdf(stats.norm.ppf(p_a) - np.sqrt(r) * delta / sigma),
+                           stats.norm.cdf(stats.norm.ppf(p_b) + np.sqrt(r) * delta / sigma))
+    a, b = worst(radius)
+    np.testing.assert_allclose(a, b, rtol=1e-9)
+    a, b = worst(radius * (1 - 1e-6))
+    assert np.all(a > b)
+    a, b = worst(radius * (1 + 1e-6))
+    assert np.all(a < b)
 
 
 def test_poisoning_radius_default_runner_up_matches_certified_radius():

@@ -7,10 +7,14 @@ import pytest
 
 from jaxpoison import diffusion as D
 
-diffusers = pytest.importorskip("diffusers")
+
+@pytest.fixture(scope="module")
+def diffusers():
+  # Only the tests against diffusers' tables need it (the convert extra); the rest always run.
+  return pytest.importorskip("diffusers")
 
 
-def test_linear_alphas_cumprod_match_diffusers():
+def test_linear_alphas_cumprod_match_diffusers(diffusers):
   ref = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                                 beta_schedule="linear").alphas_cumprod.numpy()
   ours = D.alphas_cumprod(D.linear_schedule())
@@ -18,7 +22,7 @@ def test_linear_alphas_cumprod_match_diffusers():
   np.testing.assert_allclose(ours, ref, rtol=2e-6)
 
 
-def test_cosine_alphas_cumprod_match_diffusers_and_formula():
+def test_cosine_alphas_cumprod_match_diffusers_and_formula(diffusers):
   ref = diffusers.DDPMScheduler(num_train_timesteps=4000,
                                 beta_schedule="squaredcos_cap_v2").alphas_cumprod.numpy()
   ours = D.alphas_cumprod(D.cosine_schedule())
@@ -46,7 +50,7 @@ def test_timestep_for_sigma_is_nearest_in_log_ratio(schedule):
   assert D.timestep_for_sigma(schedule, float(s[0]) / 10) == 0
 
 
-def test_timestep_for_sigma_linear_against_diffusers_table():
+def test_timestep_for_sigma_linear_against_diffusers_table(diffusers):
   # t* from diffusers' own ᾱ table, by the documented rule (nearest in log ratio), next to
   # Carlini et al.'s rule (the first t with σ_t ≥ σ). The two differ by one step where the
   # nearest step lies below σ; either is sound since the noise added is exactly σ
