@@ -181,6 +181,40 @@ def test_load_refuses_poisons_beyond_their_bound(tmp_path, crafted):
                       images, attack="bullseye_polytope", config=config, key=jax.random.key(4))
 
 
+def test_load_and_apply_refuse_poisons_beyond_their_l2_bound(tmp_path, crafted):
+  # The ℓ2 branch counts squared grey levels: ε = 20/255 allows Σ (q − b)² <= 400.
+  dataset, _, _, poison_set = crafted
+  l2 = dataclasses.replace(poison_set, config=poison_set.config | {"norm": "l2",
+                                                                   "epsilon": 20 / 255})
+  base_images = dataset.x_train[l2.indices]
+  base = base_images[1].astype(np.int64)
+
+  def offset(flat_offsets):
+    # Moves the first pixels of base 1 by these grey levels, away from the nearer edge.
+    delta = np.zeros(base.size, np.int64)
+    delta[:len(flat_offsets)] = flat_offsets
+    delta = np.where(base.reshape(-1) < 128, delta, -delta).reshape(base.shape)
+    images = base_images.copy()
+    images[1] = base + delta
+    return dataclasses.replace(l2, images=images)
+
+  # Exactly at the budget (one pixel off by 20 > the ℓ∞ 16: the norm recorded is the one
+  # checked): accepted by both.
+  at = offset([20])
+  path = A.save_poisons(tmp_path / "at.npz", at)
+  np.testing.assert_array_equal(A.load_poisons(path, dataset).images, at.images)
+  A.apply_poisons(dataset, at)
+  # One squared grey level over (400 + 1): refused on load and on apply.
+  over = offset([20, 1])
+  path = A.save_poisons(tmp_path / "over.npz", over)
+  match = (r"poisons \[1\] exceed the recorded l2 bound .* \(largest 401 squared grey levels, "
+           r"allowed 400\)")
+  with pytest.raises(A.PoisonFileError, match=match):
+    A.load_poisons(path, dataset)
+  with pytest.raises(A.PoisonFileError, match=match):
+    A.apply_poisons(dataset, over)
+
+
 def test_load_refuses_broken_files(tmp_path, crafted):
   dataset, _, _, poison_set = crafted
   with pytest.raises(A.PoisonFileError, match="no such poison file"):

@@ -4,6 +4,8 @@ Programs are shared between tests through module fixtures: each distinct shape c
 (compiling dominates the time on a CPU).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,6 +198,37 @@ def test_predict_logits_features_shapes_and_consistency(data, batched):
   # Callable inside an outer jit.
   inner = jax.jit(lambda m, im: classifier.predict(m, im, batch_size=64))(batched, x_test)
   np.testing.assert_array_equal(inner, pred)
+
+
+def test_logits_average_the_tta_views(batched):
+  # The same networks with tta_level=2 must give the weighted mean of their TTA-free
+  # (tta_level=0) logits on views built here independently of api._views.
+  tta = dataclasses.replace(batched, config=batched.config.replace(tta_level=2))
+  notta = dataclasses.replace(batched, config=batched.config.replace(tta_level=0))
+  # Random pixels, not the flat colours of `data`: views of a flat image barely differ, so a
+  # wrong view or weight would go unnoticed.
+  rng = np.random.default_rng(3)
+  x01 = rng.integers(0, 256, (64, 32, 32, 3)).astype(np.float32) / 255
+  padded = np.pad(x01, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+  down_right = padded[:, :-2, :-2]  # pixel (i, j) ← (i − 1, j − 1), the edge reflected
+  up_left = padded[:, 2:, 2:]       # pixel (i, j) ← (i + 1, j + 1)
+
+  def flip(v):
+    return v[:, :, ::-1]
+
+  views = [(x01, 0.25), (flip(x01), 0.25), (down_right, 0.125), (flip(down_right), 0.125),
+           (up_left, 0.125), (flip(up_left), 0.125)]
+  plain = [np.asarray(classifier.logits(notta, np.ascontiguousarray(v), batch_size=64),
+                      np.float64) for v, _ in views]
+  expected = sum(wt * p for p, (_, wt) in zip(plain, views))
+  got = classifier.logits(tta, x01, batch_size=64)
+  model = nnx.merge(batched.graphdef, jax.tree.map(lambda a: a[0], batched.state))
+  atol = _rounding_tolerance(nnx.state(model), expected)
+  # The check has teeth only if the views' logits differ by far more than rounding.
+  assert np.max(np.abs(plain[0] - expected)) > 100 * atol
+  np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+  np.testing.assert_array_equal(classifier.predict(tta, x01, batch_size=64),
+                                np.argmax(got, -1))
 
 
 def test_feature_extractor_matches_features(data, batched):
