@@ -10,7 +10,6 @@ JAX_PROCESS_ID, or a Slurm/Cloud TPU launcher); all hosts must see the same data
 """
 
 import dataclasses
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -18,13 +17,6 @@ from pathlib import Path
 from jaxpoison import cli
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "certify_cifar10.py"
-
-
-def load_config(path):
-  spec = importlib.util.spec_from_file_location("certify_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def parse_args(argv):
@@ -71,7 +63,7 @@ def main(argv=None):
   if args.distributed:
     jax.distributed.initialize()
 
-  config = load_config(args.config)
+  config = cli.load_config_file(args.config)
   overrides = {name: getattr(args, name) for name in (
       "num_models", "n0", "alpha", "seed", "data", "data_dir", "denoiser", "trainer",
       "models_per_step", "num_test", "num_train", "denoise_batch_size",

@@ -114,7 +114,7 @@ def test_load_config_file(tmp_path):
     ("certify", ["--num_models", "abc"], "argument --num_models: invalid int value: 'abc'"),
     ("certify", ["--sigma", "-1"], "sigma: expected a noise level > 0"),
     ("certify", ["--n0", "0"], "n0: expected at least 1 selection model, got 0"),
-    ("certify", ["--config", "nothere.py"], "nothere.py: No such file or directory"),
+    ("certify", ["--config", "nothere.py"], "--config nothere.py: no such file"),
     ("bench_attacks", ["--steps", "0"], "num_steps: expected a finite value > 0, got 0"),
     ("bench_poison_benchmark", ["--config", "nothere.py", "--out", "x"],
      "--config nothere.py: no such file"),
