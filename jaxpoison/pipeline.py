@@ -575,7 +575,7 @@ class ChunkComputer:
   """
 
   def __init__(self, *, mesh: Mesh, seed: int, sigma: float, denoiser, train_config,
-               denoise_batch_size: int, allow_untrained_sigma: bool = False):
+               num_train: int, denoise_batch_size: int, allow_untrained_sigma: bool = False):
     self.mesh = mesh
     spec_models = PartitionSpec("models")
     spec_all = PartitionSpec()
@@ -590,9 +590,8 @@ class ChunkComputer:
       # lax.map, not vmap: each copy is computed exactly as a lone call would compute it.
       return jax.lax.map(one, indices)
 
-    def keys_labels(indices, y_train, num_models):
-      keys = jax.vmap(lambda i: model_keys(seed, sigma, i)[1])(indices)
-      return keys, jnp.broadcast_to(y_train, (num_models, y_train.shape[0]))
+    def train_keys(indices):
+      return jax.vmap(lambda i: model_keys(seed, sigma, i)[1])(indices)
 
     def shard(fn, in_specs, donate=()):
       return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec_models,
@@ -602,48 +601,37 @@ class ChunkComputer:
     if self.loop == "scan":
       train_fn = classifier.make_train_fn(train_config)
 
+      # The labels [N] are every model's: the denoised copies keep them.
       def train_vote_local(denoised, y_train, x_test, indices):
-        keys, labels = keys_labels(indices, y_train, denoised.shape[0])
-        models = train_fn(keys, denoised, labels)
+        models = train_fn(train_keys(indices), denoised, y_train)
         return classifier.predict(models, x_test).astype(jnp.int32)
 
       self._train_vote = shard(train_vote_local, (spec_models, spec_all, spec_all, spec_models))
     else:
       parts = classifier.make_train_parts(train_config)
+      self.num_steps = classifier.total_steps(train_config, num_train)
 
       def start_local(denoised, y_train, indices):
-        keys, labels = keys_labels(indices, y_train, denoised.shape[0])
         # Fresh buffers: nothing of the inputs may be aliased into the donated carry.
-        return jax.tree.map(jnp.copy, parts.start(keys, denoised, labels))
+        return jax.tree.map(jnp.copy, parts.start(train_keys(indices), denoised, y_train))
 
       def step_local(carry, step, denoised, y_train, indices):
-        keys, labels = keys_labels(indices, y_train, denoised.shape[0])
-        return parts.body(carry, step, keys, denoised, labels)
+        return parts.body(carry, step, train_keys(indices), denoised, y_train)
 
-      def vote_local(carry, x_test, num_steps):
-        models = parts.finish(carry, num_steps)
+      def vote_local(carry, x_test):
+        models = parts.finish(carry, self.num_steps)
         return classifier.predict(models, x_test).astype(jnp.int32)
 
       self._start = shard(start_local, (spec_models, spec_all, spec_models))
       self._step = shard(step_local, (spec_models, spec_all, spec_models, spec_all, spec_models),
                          donate=(0,))
-      self._vote_fns = {}
-
-      def vote(carry, x_test, num_steps):
-        if num_steps not in self._vote_fns:
-          self._vote_fns[num_steps] = shard(
-              lambda c, x: vote_local(c, x, num_steps), (spec_models, spec_all))
-        return self._vote_fns[num_steps](carry, x_test)
-
-      self._vote = vote
-      self._train_config = train_config
+      self._vote = shard(vote_local, (spec_models, spec_all))
 
   def _train_vote_host(self, denoised, y_train, x_test, sharded):
-    num_steps = classifier.total_steps(self._train_config, denoised.shape[1])
     carry = self._start(denoised, y_train, sharded)
-    for step in range(num_steps):
+    for step in range(self.num_steps):
       carry = self._step(carry, np.int32(step), denoised, y_train, sharded)
-    return self._vote(carry, x_test, num_steps)
+    return self._vote(carry, x_test)
 
   def __call__(self, denoiser, x_train, y_train, x_test, indices: np.ndarray):
     """Votes int32 [len(indices), num_test] on the host, and (denoise s, train+vote s)."""
@@ -782,7 +770,7 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
   for sigma in config.sigmas:
     votes_dir = sigma_dir(out, sigma) / "votes"
     computer = ChunkComputer(mesh=mesh, seed=config.seed, sigma=sigma, denoiser=denoiser,
-                             train_config=train_config,
+                             train_config=train_config, num_train=len(dataset.x_train),
                              denoise_batch_size=min(config.denoise_batch_size,
                                                     len(dataset.x_train)),
                              allow_untrained_sigma=config.allow_untrained_sigma)
