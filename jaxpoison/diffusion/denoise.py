@@ -46,10 +46,9 @@ def _validate(denoiser: Denoiser, images, sigma, allow_untrained_sigma: bool = F
   u = denoiser.unet
   check_images(images, image_shape=(u.sample_size, u.sample_size, u.in_channels))
   sigma = check_sigma(sigma)
-  t = timestep_for_sigma(denoiser.schedule, sigma)
-  if not allow_untrained_sigma:
-    check_trained_sigma(denoiser, sigma)
-  return sigma, t
+  if allow_untrained_sigma:
+    return sigma, timestep_for_sigma(denoiser.schedule, sigma)
+  return sigma, check_trained_sigma(denoiser, sigma)
 
 
 class UntrainedSigmaError(ValueError):
@@ -65,15 +64,19 @@ def check_trained_sigma(denoiser: Denoiser, sigma: float) -> int:
   allow_untrained_sigma=True.
   """
   t = timestep_for_sigma(denoiser.schedule, sigma)
+  _check_trained_step(denoiser, t, f"sigma: σ = {sigma:g} maps to step t* = {t}")
+  return t
+
+
+def _check_trained_step(denoiser: Denoiser, t: int, what: str) -> None:
   lo, hi = denoiser.trained_timesteps
   if not lo <= t <= hi:
     levels = sigmas(denoiser.schedule)
     raise UntrainedSigmaError(
-        f"sigma: σ = {sigma:g} maps to step t* = {t}, outside the steps this denoiser was "
-        f"trained on, t ∈ [{lo}, {hi}] (σ ∈ [{levels[lo]:.3g}, {levels[hi]:.3g}] in [0, 1] "
-        "pixel units); use a denoiser trained there, or pass allow_untrained_sigma=True "
-        "(scripts: --allow_untrained_sigma) to use it anyway")
-  return t
+        f"{what}, outside the steps this denoiser was trained on, t ∈ [{lo}, {hi}] "
+        f"(σ ∈ [{levels[lo]:.3g}, {levels[hi]:.3g}] in [0, 1] pixel units); use a denoiser "
+        "trained there, or pass allow_untrained_sigma=True (scripts: --allow_untrained_sigma) "
+        "to use it anyway")
 
 
 def _to_unit(images):
@@ -245,10 +248,8 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
     t = int(start_timestep)
     if not 0 <= t < denoiser.schedule.num_timesteps:
       raise ValueError(f"start_timestep: expected in [0, {denoiser.schedule.num_timesteps}), got {t}")
-    lo, hi = denoiser.trained_timesteps
-    if not allow_untrained_sigma and not lo <= t <= hi:
-      raise UntrainedSigmaError(f"start_timestep: {t} is outside the steps this denoiser was trained on, "
-                       f"[{lo}, {hi}]; pass allow_untrained_sigma=True to use it anyway")
+    if not allow_untrained_sigma:
+      _check_trained_step(denoiser, t, f"start_timestep: step {t}")
     abar = float(alphas_cumprod(denoiser.schedule)[t])
     noise_scale = math.sqrt((1.0 - abar) / abar)
   else:
