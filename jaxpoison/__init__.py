@@ -7,13 +7,20 @@ Public API, re-exported from the submodules:
   Cohen et al.'s PREDICT and CERTIFY; the names would clash with the classifier's `predict`
   at the top level), and `vote_counts`, `lower_confidence_bound`, `poisoning_radius`,
   `certified_accuracy`.
-* attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, their bounds,
-  trials and poison files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
-  `sample_trial`, `PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`.
+* attacks: the subpackage `attacks` (Poison Frogs, Convex and Bullseye Polytope, the
+  label-consistent and hidden-trigger backdoors, their bounds, triggers, trials and poison
+  files), and `poison_frogs`, `convex_polytope`, `bullseye_polytope`,
+  `label_consistent_backdoor`, `hidden_trigger_backdoor`, `sample_trial`, `PoisonSet`,
+  `save_poisons`, `load_poisons`, `apply_poisons`.
+* defenses: the subpackage `defenses` (adversarial training, as the backdoor's surrogate).
 * denoising: the subpackage `diffusion` (DDPM schedules, the Flax UNet, checkpoint conversion,
   training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
-* attack benchmark (the paper's Table 1): the module `poison_benchmark`, and
-  `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
+* attack benchmarks (the paper's Table 1): the subpackage `benchmarks` (`common`: trial loop,
+  splits, tables; `transfer`: the transfer-learning setting; `poison_benchmark` is its earlier
+  name), and `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
+* run folders: the module `runs` (claimed settings, refusal naming differences, atomic
+  per-unit records, resume, progress), under both the certification pipeline and the
+  benchmarks.
 * certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
   folder and chunk helpers behind scripts/certify.py).
 * classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
@@ -30,6 +37,8 @@ from jaxpoison.attacks import (
     apply_poisons,
     bullseye_polytope,
     convex_polytope,
+    hidden_trigger_backdoor,
+    label_consistent_backdoor,
     load_poisons,
     poison_frogs,
     sample_trial,
@@ -66,8 +75,9 @@ from jaxpoison.data import (
 from jaxpoison import diffusion
 from jaxpoison.diffusion import Denoiser, default_denoiser, load_denoiser, noise_and_denoise
 from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text
-from jaxpoison import poison_benchmark
-from jaxpoison.poison_benchmark import (
+from jaxpoison import runs
+from jaxpoison import benchmarks, defenses, poison_benchmark
+from jaxpoison.benchmarks import (
     BenchmarkConfig,
     FineTuneConfig,
     render_table,

@@ -103,10 +103,12 @@ def load_config_file(path: str | os.PathLike, *, flag: str = "--config") -> Any:
 def user_error_types() -> tuple[type[BaseException], ...]:
   """The exception types that always mean a user error, wherever they are raised."""
   # Imported on use: this module itself depends on none of the heavy submodules.
-  from jaxpoison import classifier, diffusion, pipeline, poison_benchmark
+  from jaxpoison import classifier, diffusion, runs
   from jaxpoison.attacks import PoisonFileError
   from jaxpoison.data import DataError
-  return (UsageError, DataError, pipeline.ResultsMismatch, poison_benchmark.BenchmarkConfigError,
+  # runs.RunMismatch: both harnesses' refusals (pipeline.ResultsMismatch,
+  # benchmarks.BenchmarkConfigError) derive from it.
+  return (UsageError, DataError, runs.RunMismatch,
           PoisonFileError, diffusion.CheckpointMismatchError, diffusion.UntrainedSigmaError,
           classifier.CheckpointMismatchError, classifier.InsufficientMemoryError,
           FileNotFoundError)

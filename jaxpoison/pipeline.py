@@ -21,7 +21,6 @@ num_models − n0 the estimation models. σ and every radius are in [0, 1] pixel
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy import stats
 
 from jaxpoison import certify as certify_lib
-from jaxpoison import classifier, diffusion
+from jaxpoison import classifier, diffusion, runs
 from jaxpoison._checks import check_alpha, check_sigma
 from jaxpoison.data import DataError, Dataset, load_cifar10
 from jaxpoison.io import (_json_default, atomic_save_npz, atomic_write_bytes, atomic_write_json,
@@ -51,10 +50,10 @@ log = logging.getLogger("jaxpoison.certify")
 DEFAULT_RADII = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
 TRAINER_PRESETS = ("airbench94", "resnet18", "tiny", "tiny_resnet18")
 SETTINGS_FILE = "settings.json"
-_CHUNK_RE = re.compile(r"^models_(\d{6,})-(\d{6,})\.npz$")
+_CHUNK_RE = re.compile(r"models_(\d{6,})-(\d{6,})\.npz")
 
 
-class ResultsMismatch(ValueError):
+class ResultsMismatch(runs.RunMismatch):
   """The results folder was written by a run with different settings."""
 
 
@@ -154,12 +153,7 @@ def model_keys(seed: int, sigma: float, index) -> tuple[jax.Array, jax.Array]:
 
 
 def _hash_arrays(*arrays) -> str:
-  digest = hashlib.sha256()
-  for array in arrays:
-    array = np.ascontiguousarray(np.asarray(array))
-    digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()[:16]
+  return runs.fingerprint_arrays(arrays, length=16)
 
 
 def pytree_fingerprint(tree) -> str:
@@ -216,24 +210,31 @@ def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarr
       "denoiser": {"config": _config_dict(denoiser.unet), "schedule": _config_dict(
           denoiser.schedule), "params": pytree_fingerprint(denoiser.params),
                    "trained_timesteps": list(denoiser.trained_timesteps)},
-      "trainer": _config_dict(train_config),
+      "trainer": _trainer_settings(train_config),
       "denoise_batch_size": int(config.denoise_batch_size),
       ENVIRONMENT: environment_settings(train_config),
   }
 
 
-def _differences(old, new, prefix="") -> list[str]:
-  if isinstance(old, dict) and isinstance(new, dict):
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-      diffs += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-    return diffs
-  return [] if old == new else [f"{prefix[:-1]}: folder has {old!r}, this run has {new!r}"]
+# TrainConfig fields added after SETTINGS_VERSION 2, left out of settings.json at their
+# default so that folders written before they existed (which trained with that value) resume.
+_TRAINER_FIELDS_SINCE_V2 = {"head_lr_scale": 1.0, "adversarial_epsilon": 0.0,
+                            "adversarial_steps": 7, "adversarial_step_size": 2 / 255,
+                            "adversarial_random_start": True}
+
+
+def _trainer_settings(train_config) -> dict:
+  settings = _config_dict(train_config)
+  for name, default in _TRAINER_FIELDS_SINCE_V2.items():
+    if settings.get(name) == default:
+      settings.pop(name)
+  return settings
 
 
 def claim_results_dir(out: str | os.PathLike, settings: dict, *,
                       allow_environment_change: bool = False) -> Path:
-  """Creates `out` for these settings, or checks that it was written with the same ones.
+  """Creates `out` for these settings, or checks that it was written with the same ones
+  (`runs.claim`).
 
   Settings under "environment" (platform, JAX version, resolved dtypes and loop) may differ
   when `allow_environment_change` is set: the folder's settings.json then takes the new
@@ -242,32 +243,14 @@ def claim_results_dir(out: str | os.PathLike, settings: dict, *,
   Raises:
     ResultsMismatch: naming every differing setting; nothing in the folder is touched.
   """
-  out = Path(out)
-  path = out / SETTINGS_FILE
-  settings = json.loads(json.dumps(settings, default=_json_default))
-  if path.exists():
-    existing = json.loads(path.read_text())
-    history = existing.pop("environment_history", [])
-    diffs = _differences(existing, settings)
-    fixed = [d for d in diffs if not d.startswith(f"{ENVIRONMENT}.")]
-    if fixed or (diffs and not allow_environment_change):
-      hint = ("" if fixed else " Pass --allow_environment_change (CertifyConfig."
-              "allow_environment_change) to resume on purpose; the change is recorded.")
-      raise ResultsMismatch(
-          f"{out} holds results of a run with different settings; refusing to mix or overwrite "
-          f"them. Use another --out, or the same settings.{hint} Differences:\n  "
-          + "\n  ".join(diffs))
-    if diffs:
-      log.warning("resuming %s in another environment (allowed): %s", out, "; ".join(diffs))
-      atomic_write_json(path, {**settings, "environment_history": history + [
-          existing.get(ENVIRONMENT)]})
-    return out
-  if out.exists() and any(out.iterdir()):
-    raise ResultsMismatch(
-        f"{out} is not empty and has no {SETTINGS_FILE}: not a results folder of "
-        "scripts/certify.py; refusing to write into it")
-  atomic_write_json(path, settings)
-  return out
+  folder = runs.claim(
+      out, settings, settings_file=SETTINGS_FILE,
+      what="a results folder of scripts/certify.py", mutable=(ENVIRONMENT,),
+      allow_mutable_change=allow_environment_change,
+      allow_mutable_hint="Pass --allow_environment_change (CertifyConfig."
+      "allow_environment_change) to resume on purpose; the change is recorded.",
+      error=ResultsMismatch)
+  return folder.path
 
 
 def sigma_dir(out: Path, sigma: float) -> Path:
@@ -280,12 +263,8 @@ def chunk_path(votes_dir: Path, start: int, stop: int) -> Path:
 
 def finished_models(votes_dir: Path) -> np.ndarray:
   """Bool mask over model indices: True where a chunk file holds that model's votes."""
-  ranges = []
-  if Path(votes_dir).is_dir():
-    for path in Path(votes_dir).iterdir():
-      match = _CHUNK_RE.match(path.name)
-      if match:
-        ranges.append((int(match.group(1)), int(match.group(2)) + 1))
+  ranges = [(int(m.group(1)), int(m.group(2)) + 1)
+            for m in runs.list_units(votes_dir, _CHUNK_RE)]
   done = np.zeros(max([stop for _, stop in ranges], default=0), bool)
   for start, stop in ranges:
     done[start:stop] = True
@@ -311,9 +290,8 @@ def pending_chunks(votes_dir: Path, num_models: int, models_per_step: int) -> li
 def load_votes(votes_dir: Path, num_models: int, num_points: int) -> np.ndarray:
   """Votes int [num_models, num_points] of models 0..num_models-1 from the chunk files."""
   votes = np.full((num_models, num_points), -1, np.int64)
-  for path in sorted(Path(votes_dir).glob("models_*.npz")):
-    if not _CHUNK_RE.match(path.name):
-      continue
+  for match in runs.list_units(votes_dir, _CHUNK_RE):
+    path = Path(votes_dir) / match.string
     with np.load(path) as chunk:
       indices, chunk_votes = chunk["model_indices"], chunk["votes"]
     if chunk_votes.shape[1] != num_points:
@@ -672,8 +650,8 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
             "first_chunk_s": None}
   bar = tqdm(total=num_models, initial=done, unit="model", disable=not progress,
              desc=f"σ={sigma:g}", dynamic_ncols=True)
-  run_start = time.perf_counter()
-  computed = 0
+  # Counted here, not by the bar: a disabled bar (--no_progress, other hosts) counts nothing.
+  tracker = runs.Progress(num_models, done=done, unit="models")
   try:
     for chunk in chunks:
       indices = np.asarray(chunk, np.int32)
@@ -693,16 +671,12 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
         timing["train_vote_s"] += t_train
         timing["chunks"] += 1
         timing["models"] += len(indices)
-      # Counted here, not by the bar: a disabled bar (--no_progress, other hosts) counts nothing.
-      done += len(indices)
-      computed += len(indices)
+      line = tracker.update(len(indices), f"σ={sigma:g} models {chunk.start}-{chunk.stop - 1} "
+                            f"done in {elapsed:.1f} s (denoise {t_denoise:.1f} s, train+vote "
+                            f"{t_train:.1f} s)")
       bar.update(len(indices))
-      rate = computed / max(time.perf_counter() - run_start, 1e-9) * 3600
-      eta_h = (num_models - done) / rate if rate > 0 else float("inf")
-      bar.set_postfix_str(f"{rate:,.0f} models/h")
-      log.info("σ=%g models %d-%d done in %.1f s (denoise %.1f s, train+vote %.1f s); "
-               "%d/%d models; %.0f models/h; ETA %.2f h", sigma, chunk.start, chunk.stop - 1,
-               elapsed, t_denoise, t_train, done, num_models, rate, eta_h)
+      bar.set_postfix_str(f"{tracker.rate_per_hour:,.0f} models/h")
+      log.info("%s", line)
   finally:
     bar.close()
   return timing

@@ -22,7 +22,7 @@ import numpy as np
 
 import jaxpoison as jp
 from jaxpoison import classifier, cli
-from jaxpoison import poison_benchmark as pb
+from jaxpoison import benchmarks as pb
 
 
 def main(argv=None) -> None:
@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     config = dataclasses.replace(cli.load_config_file(args.config), sigmas=(0.0,))
   dataset = jp.load_cifar10(args.data)
   split = pb.split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
-                                finetune_per_class=config.finetune_per_class)
+                                finetune_per_class=config.finetune_per_class,
+                                pretrain_classes=config.pretrain_classes)
   out = Path(args.out)
   victim = classifier.select(classifier.load_models(out / "pretrained" / "victim" / "models"), 0)
   poison_sets = [jp.load_poisons(pb.poison_path(out, args.attack, i), dataset)
@@ -47,7 +48,8 @@ def main(argv=None) -> None:
   keys = [pb.trial_key(config.seed, i) for i in range(args.num_trials)]
   common = dict(finetune_images=dataset.x_train[split.finetune],
                 finetune_labels=dataset.y_train[split.finetune],
-                finetune_indices=split.finetune, dataset=dataset, victim=victim, denoiser=None)
+                finetune_indices=split.finetune, dataset=dataset, victim=victim, denoiser=None,
+                eval_pool=None if split.classes is None else split.test_pool(dataset.y_test))
 
   def together():
     return pb.evaluate_trials(config, poison_sets, keys, **common)

@@ -1,13 +1,15 @@
 """Clean-label attack benchmark against the denoising defense (the paper's Table 1).
 
-Crafts Poison Frogs, Convex Polytope and Bullseye Polytope poisons for many trials, fine-tunes
-the victim on the poisoned fine-tune set denoised at each σ, and writes one record per trial
-and the table (attack success, clean accuracy in parentheses) as Markdown and CSV. Resumable:
-rerun the same command to continue. Settings come from a config file (`get_config()`, default
-configs/poison_benchmark.py); flags override them. The library is jaxpoison.poison_benchmark.
+Crafts poisons (Poison Frogs, Convex and Bullseye Polytope, the label-consistent and
+hidden-trigger backdoors) for many trials, fine-tunes the victim on the poisoned fine-tune set
+denoised at each σ, and writes one record per trial and the table (attack success with its 95%
+interval, clean accuracy in parentheses) as Markdown and CSV. Resumable: rerun the same command
+to continue. Settings come from a config file (`get_config()`, default
+configs/poison_benchmark.py); flags override them. The library is jaxpoison.benchmarks.
 
     python scripts/poison_benchmark.py --data /tmp/cifar10.npz --out runs/table1
     python scripts/poison_benchmark.py --out runs/table1 --table_only
+    python scripts/poison_benchmark.py --tables_from runs/t1_wb_l2,runs/t1_backdoors
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="only pretrain (if needed) and craft the poison files; no fine-tuning")
   p.add_argument("--table_only", action="store_true",
                  help="only re-render table.md/table.csv from the records under --out")
+  p.add_argument("--tables_from", type=cli.comma_separated(str),
+                 help="print one table of the records of these run folders (comma-separated) "
+                 "and exit")
   group = p.add_argument_group("settings (override the config file)")
   group.add_argument("--attacks", type=_names, help="comma-separated attack names")
   group.add_argument("--num_trials", type=int)
@@ -54,7 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "tiny_resnet18, tiny_airbench94")
   group.add_argument("--craft_model",
                      help="black-box: craft on this architecture (pretrained the same way)")
+  group.add_argument("--craft_widths", type=cli.comma_separated(int),
+                     help="stage widths of the black-box crafting model (with --craft_model)")
   group.add_argument("--pretrain_epochs", type=float, help="epochs of the pretraining runs")
+  group.add_argument("--pretrain_classes", type=cli.comma_separated(int),
+                     help="pretrain on these classes, fine-tune on the others")
+  group.add_argument("--finetune_mode", choices=("linear_probe", "whole_network"))
+  group.add_argument("--augment", choices=("none", "flip_translate"),
+                     help="the victim's fine-tuning augmentation")
   group.add_argument("--pretrained", help="victim checkpoint (save_models output) to use")
   group.add_argument("--craft_pretrained", help="checkpoint of the black-box crafting model")
   group.add_argument("--denoiser", help="denoiser directory (default: the shipped one)")
@@ -71,8 +83,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
   args = parse_args(argv)
   import jaxpoison as jp
-  from jaxpoison import poison_benchmark as pb
+  from jaxpoison import benchmarks as pb
 
+  if args.tables_from:
+    records = []
+    for folder in args.tables_from:
+      if not (Path(folder) / pb.RUN_FILE).is_file():
+        raise cli.UsageError(f"--tables_from {folder}: no {pb.RUN_FILE}; not a benchmark run "
+                             "folder")
+      records += pb.load_results(folder)
+    print(pb.render_table(records), end="")
+    return
   if args.table_only:
     results = pb.load_results(args.out)
     markdown, _ = pb.write_tables(args.out, results)
@@ -82,7 +103,7 @@ def main(argv=None) -> None:
   config = cli.load_config_file(args.config)
   changes = {name: getattr(args, name) for name in (
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "finetune_per_class",
-      "num_eval", "norm", "epsilon", "craft_steps", "trials_per_step")
+      "num_eval", "norm", "epsilon", "craft_steps", "trials_per_step", "pretrain_classes")
       if getattr(args, name) is not None}
   if args.budget is not None:
     changes.update(budget=args.budget, num_poisons=None)
@@ -95,9 +116,19 @@ def main(argv=None) -> None:
       changes["victim"] = dataclasses.replace(config.victim or pb.model_config("resnet18"),
                                               **pretrain_changes)
     if args.craft_model is not None:
-      changes["crafter"] = pb.model_config(args.craft_model, **pretrain_changes)
-    if args.finetune_epochs is not None:
-      changes["finetune"] = dataclasses.replace(config.finetune, epochs=args.finetune_epochs)
+      widths = {} if args.craft_widths is None else {"widths": tuple(args.craft_widths)}
+      base = config.victim if config.victim is not None else pb.model_config("resnet18")
+      if args.craft_model == base.model:  # The victim's recipe at another width.
+        changes["crafter"] = dataclasses.replace(base, **pretrain_changes, **widths)
+      else:
+        changes["crafter"] = pb.model_config(args.craft_model, **pretrain_changes, **widths)
+    elif args.craft_widths is not None:
+      raise ValueError("--craft_widths: give --craft_model too")
+    finetune_changes = {name: value for name, value in (
+        ("epochs", args.finetune_epochs), ("mode", args.finetune_mode),
+        ("augment", args.augment)) if value is not None}
+    if finetune_changes:
+      changes["finetune"] = dataclasses.replace(config.finetune, **finetune_changes)
     config = dataclasses.replace(config, **changes)
 
   dataset = jp.load_cifar10(args.data)

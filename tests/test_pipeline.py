@@ -62,8 +62,8 @@ def test_environment_changes_refused_unless_allowed(tmp_path):
   pipeline.claim_results_dir(out, settings)
   moved = {"seed": 0, "environment": {"platform": "gpu", "trainer_compute_dtype": "bfloat16",
                                       "jax_version": "0.10.2"}}
-  with pytest.raises(pipeline.ResultsMismatch, match=r"environment\.platform: folder has 'cpu', "
-                     r"this run has 'gpu'.*\n.*environment\.trainer_compute_dtype"):
+  with pytest.raises(pipeline.ResultsMismatch, match=r'environment\.platform: folder has "cpu", '
+                     r'this run has "gpu".*\n.*environment\.trainer_compute_dtype'):
     pipeline.claim_results_dir(out, moved)
   with pytest.raises(pipeline.ResultsMismatch, match="allow_environment_change"):
     pipeline.claim_results_dir(out, moved)

@@ -1,4 +1,4 @@
-"""Tests of the attack benchmark harness (jaxpoison.poison_benchmark).
+"""Tests of the attack benchmark harness (jaxpoison.benchmarks: common and transfer).
 
 The pure parts (split, table, run file, poison reuse) on hand-made inputs; the harness end to
 end on tiny models, a tiny dataset and a tiny random denoiser.
@@ -15,7 +15,9 @@ import pytest
 
 from jaxpoison import attacks as A
 from jaxpoison import io as jp_io
-from jaxpoison import poison_benchmark as pb
+from jaxpoison import benchmarks as pb
+from jaxpoison import poison_benchmark
+from jaxpoison.benchmarks import transfer
 from jaxpoison.attacks import testing
 from jaxpoison.data import DatasetSpec, make_dataset
 
@@ -54,15 +56,32 @@ HAND_MADE = [
 ]
 
 
+def _clopper_pearson(k, n, confidence=0.95):
+  """The exact interval from the beta quantiles (an independent route to binomtest's)."""
+  from scipy import stats
+  tail = (1 - confidence) / 2
+  low = 0.0 if k == 0 else stats.beta.ppf(tail, k, n - k + 1)
+  high = 1.0 if k == n else stats.beta.ppf(1 - tail, k + 1, n - k)
+  return low, high
+
+
+def _cell(k, n, accuracy):
+  low, high = _clopper_pearson(k, n)
+  return f"{100 * k / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}] ({accuracy})"
+
+
 def test_render_table_markdown_on_hand_made_results():
   table = pb.render_table(HAND_MADE)
+  bound = "ℓ∞ 16/255"  # Records without a bound: the earlier harness's only bound.
   assert table.splitlines() == [
-      "| attack | scenario | trials | σ = 0 (no defense) | σ = 0.1 |",
-      "|---|---|---:|---:|---:|",
-      "| Poison Frogs | white-box | 2 | 50.0% (93.0%) | 0.0% (92.0%) |",
-      "| Poison Frogs | black-box (a → b) | 1 | — | 100.0% (60.0%) |",
-      "| Convex Polytope | black-box (a → b) | 1 | 100.0% (50.0%) | — |",
-      "| Bullseye Polytope | white-box | 2 | 100.0% (85.0%) | 50.0% (75.0%) |",
+      "| attack | scenario | bound | trials | σ = 0 (no defense) | σ = 0.1 |",
+      "|---|---|---|---:|---:|---:|",
+      f"| Poison Frogs | white-box | {bound} | 2 | {_cell(1, 2, '93.0%')} | "
+      f"{_cell(0, 2, '92.0%')} |",
+      f"| Bullseye Polytope | white-box | {bound} | 2 | {_cell(2, 2, '85.0%')} | "
+      f"{_cell(1, 2, '75.0%')} |",
+      f"| Poison Frogs | black-box (a → b) | {bound} | 1 | — | {_cell(1, 1, '60.0%')} |",
+      f"| Convex Polytope | black-box (a → b) | {bound} | 1 | {_cell(1, 1, '50.0%')} | — |",
   ]
   # Pure: the same input gives the same table, and the input is not modified.
   before = json.dumps(HAND_MADE)
@@ -70,14 +89,43 @@ def test_render_table_markdown_on_hand_made_results():
   assert json.dumps(HAND_MADE) == before
 
 
+def test_render_table_rows_by_bound_and_finetuning():
+  records = [dict(r, bound="ℓ2 6.43") for r in HAND_MADE[:2]] + [
+      dict(HAND_MADE[1], finetune="whole_network, augment none")]
+  lines = pb.render_table(records).splitlines()
+  assert lines[0].startswith("| attack | scenario | bound | fine-tuning | trials |")
+  assert [line.split(" | ")[:4] for line in lines[2:]] == [
+      ["| Poison Frogs", "white-box", "ℓ2 6.43", "linear_probe, augment none"],
+      ["| Poison Frogs", "white-box", "ℓ∞ 16/255", "whole_network, augment none"],
+      ["| Bullseye Polytope", "white-box", "ℓ2 6.43", "linear_probe, augment none"],
+  ]
+
+
+def test_success_interval_matches_beta_quantiles():
+  for k, n in [(0, 20), (10, 20), (20, 20), (3, 7)]:
+    np.testing.assert_allclose(pb.success_interval(k, n), _clopper_pearson(k, n), atol=1e-9)
+
+
 def test_render_table_csv_on_hand_made_results():
   rows = list(csv.reader(io.StringIO(pb.render_table(HAND_MADE, format="csv"))))
-  assert rows[0] == ["attack", "scenario", "trials", "success % σ=0", "clean accuracy % σ=0",
-                     "success % σ=0.1", "clean accuracy % σ=0.1"]
-  assert rows[1] == ["poison_frogs", "white-box", "2", "50.0", "93.0", "0.0", "92.0"]
-  assert rows[2] == ["poison_frogs", "black-box (a → b)", "1", "", "", "100.0", "60.0"]
-  assert rows[3] == ["convex_polytope", "black-box (a → b)", "1", "100.0", "50.0", "", ""]
-  assert rows[4] == ["bullseye_polytope", "white-box", "2", "100.0", "85.0", "50.0", "75.0"]
+  assert rows[0] == ["attack", "scenario", "bound", "finetune", "trials",
+                     "success % σ=0", "success low % σ=0", "success high % σ=0",
+                     "clean accuracy % σ=0", "success % σ=0.1", "success low % σ=0.1",
+                     "success high % σ=0.1", "clean accuracy % σ=0.1"]
+
+  def cell(k, n, accuracy):
+    low, high = _clopper_pearson(k, n)
+    return [f"{100 * k / n:.1f}", f"{100 * low:.1f}", f"{100 * high:.1f}", accuracy]
+
+  head = ["ℓ∞ 16/255", "linear_probe, augment none"]
+  assert rows[1] == ["poison_frogs", "white-box", *head, "2", *cell(1, 2, "93.0"),
+                     *cell(0, 2, "92.0")]
+  assert rows[2] == ["bullseye_polytope", "white-box", *head, "2", *cell(2, 2, "85.0"),
+                     *cell(1, 2, "75.0")]
+  assert rows[3] == ["poison_frogs", "black-box (a → b)", *head, "1", "", "", "", "",
+                     *cell(1, 1, "60.0")]
+  assert rows[4] == ["convex_polytope", "black-box (a → b)", *head, "1", *cell(1, 1, "50.0"),
+                     "", "", "", ""]
   assert len(rows) == 5
 
 
@@ -187,7 +235,7 @@ def test_run_file_is_written_then_checked(tmp_path):
   with pytest.raises(pb.BenchmarkConfigError) as error:
     pb.check_run_file(tmp_path, other)
   message = str(error.value)
-  assert "settings.seed: folder has 0, given 1" in message
+  assert "settings.seed: folder has 0, this run has 1" in message
   assert "settings.sigmas" in message and "settings.num_poisons" not in message
   changed_data = pb.run_identity(pb.BenchmarkConfig(), dataset=_dataset(seed=1),
                                  victim={"source": "x"}, crafter=None, denoiser=None)
@@ -299,7 +347,7 @@ def test_each_sigma_finetunes_on_the_denoised_poisoned_set(e2e, monkeypatch):
     seen.append(np.array(images))
     return np.zeros(images.shape[0], np.int32), np.zeros(images.shape[0], np.float32)
 
-  monkeypatch.setattr(pb, "_finetune_and_score", record)
+  monkeypatch.setattr(transfer, "_finetune_and_score", record)
   pb.evaluate_trials(config, poison_sets, keys, finetune_images=finetune,
                      finetune_labels=dataset.y_train[split.finetune],
                      finetune_indices=split.finetune, dataset=dataset,
@@ -336,7 +384,7 @@ def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
     assert "CIFAR-100" in record["pretraining"]
     assert (tmp_path / "full" / record["poison_file"]).is_file()
   table = (tmp_path / "full" / "table.md").read_text()
-  assert table == pb.render_table(full) and "| Bullseye Polytope | white-box | 2 |" in table
+  assert table == pb.render_table(full) and "| Bullseye Polytope | white-box | ℓ∞ 16/255 | 2 |" in table
   assert (tmp_path / "full" / "table.csv").read_text() == pb.render_table(full, format="csv")
   assert (tmp_path / "full" / "pretrained" / "victim" / "pretrained.json").is_file()
 
@@ -397,3 +445,162 @@ def test_load_results_and_the_script_render_the_table(tmp_path, capsys):
   assert capsys.readouterr().out == pb.render_table(HAND_MADE)
   assert (tmp_path / "table.md").read_text() == pb.render_table(HAND_MADE)
   assert (tmp_path / "table.csv").read_text() == pb.render_table(HAND_MADE, format="csv")
+  # One table of several run folders (e.g. the ℓ2 and the backdoor runs).
+  other = tmp_path / "other"
+  extra = dict(HAND_MADE[0], bound="ℓ2 6.43")
+  jp_io.atomic_write_json(pb.result_path(other, "bullseye_polytope", 0), extra)
+  from jaxpoison import cli
+  with pytest.raises(cli.UsageError, match="not a benchmark run folder"):
+    module.main(["--tables_from", f"{tmp_path},{other}"])  # other has no run.json yet.
+  for folder in (tmp_path, other):
+    pb.claim_run(folder, {"seed": 0})
+  module.main(["--tables_from", f"{tmp_path},{other}"])
+  assert capsys.readouterr().out == pb.render_table(HAND_MADE + [extra])
+
+
+# --- the transfer recipe: class-disjoint split, head units, augmentation -------------------------
+
+def test_class_disjoint_split_keeps_pretraining_and_finetuning_classes_apart():
+  labels = np.arange(400) % 10
+  split = pb.split_training_set(labels, finetune_per_class=7, pretrain_classes=(0, 1, 2, 3, 4))
+  assert split.classes == (5, 6, 7, 8, 9)
+  assert set(labels[split.pretrain]) == {0, 1, 2, 3, 4}
+  assert set(labels[split.pool]) == set(labels[split.finetune]) == {5, 6, 7, 8, 9}
+  np.testing.assert_array_equal(np.union1d(split.pretrain, split.pool), np.arange(400))
+  assert split.finetune.size == 35
+  test_labels = np.arange(100)[::-1] % 10
+  pool = split.test_pool(test_labels)
+  assert set(test_labels[pool]) == {5, 6, 7, 8, 9} and pool.size == 50
+  subset = pb.eval_indices(100, 20, pool=pool)
+  assert np.all(np.isin(subset, pool)) and subset.size == 20
+  # Every trial's target and base class come from the fine-tune classes.
+  dataset = _dataset(per_class=24, num_test=40)
+  split = pb.split_training_set(dataset.y_train, finetune_per_class=5,
+                                pretrain_classes=(0, 1, 2, 3, 4))
+  config = pb.BenchmarkConfig(num_poisons=3, pretrain_classes=(4, 0, 1, 2, 3))
+  assert config.pretrain_classes == (0, 1, 2, 3, 4)
+  for i in range(12):
+    trial = pb.sample_benchmark_trial(config, dataset, split, i)
+    assert trial.target_class >= 5 and trial.base_class >= 5
+    assert np.all(np.isin(trial.base_indices, split.finetune))
+  with pytest.raises(ValueError, match=r"pretrain_classes: \[12\] have no training image"):
+    pb.split_training_set(labels, pretrain_classes=(12,))
+  with pytest.raises(ValueError, match="every class is a pretraining class"):
+    pb.split_training_set(labels, pretrain_classes=tuple(range(10)))
+  with pytest.raises(ValueError, match="pretrain_classes: expected distinct"):
+    pb.BenchmarkConfig(pretrain_classes=(1, 1))
+
+
+def test_finetune_recipe_modes_and_augmentation():
+  from jaxpoison import classifier
+  victim = classifier.tiny_config("airbench94")
+  probe = pb.finetune_train_config(victim, pb.FineTuneConfig())
+  assert probe.trainable == "head" and probe.reinit_head and probe.tta_level == 0
+  assert probe.head_lr_scale == 81.0 and probe.lr == 0.01 and not probe.decoupled
+  assert (probe.flip, probe.translate) == ("none", 0)
+  whole = pb.finetune_train_config(victim, pb.FineTuneConfig(mode="whole_network",
+                                                             augment="flip_translate"))
+  assert whole.trainable == "all" and (whole.flip, whole.translate) == ("random", 4)
+  resnet = pb.finetune_train_config(classifier.tiny_config("resnet18"), pb.FineTuneConfig())
+  assert resnet.head_lr_scale == 1.0  # A plain linear head: its lr is already in its units.
+  with pytest.raises(ValueError, match="finetune.mode: expected one of"):
+    pb.FineTuneConfig(mode="probe")
+  with pytest.raises(ValueError, match="finetune.augment: expected one of"):
+    pb.FineTuneConfig(augment="crop")
+
+
+def test_augmentation_off_means_the_victim_sees_the_stored_pixels():
+  from jaxpoison import classifier
+  from jaxpoison.classifier import train as train_lib
+  images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+  indices = np.arange(16)
+  victim = classifier.tiny_config("airbench94", image_shape=(8, 8, 3))
+  for epoch in range(3):
+    key = jax.random.key(epoch)
+    off = pb.finetune_train_config(victim, pb.FineTuneConfig(augment="none"))
+    seen = train_lib._augment(off, key, epoch, 0, images, indices, 16)
+    np.testing.assert_array_equal(np.asarray(seen), images)
+    on = pb.finetune_train_config(victim, pb.FineTuneConfig(augment="flip_translate"))
+    seen = train_lib._augment(on, key, epoch, 0, images, indices, 16)
+    assert not np.array_equal(np.asarray(seen), images)  # The check can fail.
+
+
+def test_head_fits_a_small_fixed_set_under_the_recipe():
+  # The benchmark's victim fits its fine-tune set, poisons included; an airbench head trained
+  # at lr 0.01 without its 81× (its logits are scaled by 1/9) did not: 0–5% of the poisons
+  # were fitted and no attack ever succeeded. 20 images of 10 classes with random labels on
+  # 64 features (a random extractor): separable almost surely, fitted only if the head trains.
+  from jaxpoison import classifier
+  shape = (32, 32, 3)
+  victim_config = classifier.tiny_config("airbench94", image_shape=shape, widths=(8, 16, 64),
+                                         epochs=1, batch_size=10, whitening_images=20)
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (20, *shape), dtype=np.uint8)
+  labels = rng.permutation(np.arange(20) % 10).astype(np.int32)
+  victim = classifier.train_models(jax.random.split(jax.random.key(0), 1), images, labels,
+                                   victim_config)
+  finetune = pb.FineTuneConfig(epochs=40, batch_size=10)
+  accuracy = {}
+  for name, scale in (("recipe", None), ("unscaled head", 1.0)):
+    config = pb.finetune_train_config(victim_config, finetune)
+    if scale is not None:
+      config = dataclasses.replace(config, head_lr_scale=scale)
+    models = classifier.train_models(jax.random.split(jax.random.key(2), 1), images, labels,
+                                     config, init=victim)
+    accuracy[name] = float(classifier.evaluate(models, images, labels)[0])
+  assert accuracy["recipe"] == 1.0, accuracy
+  # The bug the recipe fixes (measured: 5% here, near chance).
+  assert accuracy["unscaled head"] < 0.5, accuracy
+
+
+def test_the_old_module_name_still_serves_the_api():
+  assert poison_benchmark.run_benchmark is pb.run_benchmark
+  assert poison_benchmark.BenchmarkConfig is pb.BenchmarkConfig
+  assert poison_benchmark.render_table is pb.render_table
+
+
+# --- the backdoors in the harness ----------------------------------------------------------------
+
+def test_backdoors_end_to_end_score_the_triggered_target(tmp_path, e2e, monkeypatch):
+  from jaxpoison import classifier
+  from jaxpoison.defenses import adversarial_config
+  dataset, config, _ = e2e
+  surrogate = adversarial_config(dataclasses.replace(config.victim, epochs=1), steps=1,
+                                 step_size=8 / 255)
+  config = dataclasses.replace(config, attacks=("label_consistent", "hidden_trigger"),
+                               num_trials=1, sigmas=(0.0,), craft_steps=2, surrogate=surrogate,
+                               trials_per_step=1)
+  with pytest.raises(ValueError, match="ℓ∞ bound only"):
+    dataclasses.replace(config, norm="l2", epsilon=3.0)
+  scored = []
+  score = transfer._score
+
+  def recording_score(models, targets, *rest):
+    scored.append(np.asarray(targets))
+    return score(models, targets, *rest)
+
+  monkeypatch.setattr(transfer, "_score", recording_score)
+  logs = []
+  records = pb.run_benchmark(config, dataset, tmp_path, log=logs.append)
+  assert [r["attack"] for r in records] == ["label_consistent", "hidden_trigger"]
+  assert any(line.startswith("pretraining airbench94 on 150 images") for line in logs)  # Pool.
+  assert (tmp_path / "pretrained" / "surrogate" / "pretrained.json").is_file()
+  assert "adversarially trained surrogate" in records[0]["crafted_on"]
+  for record, targets in zip(records, scored):
+    poison_set = A.load_poisons(tmp_path / record["poison_file"], dataset)  # Bound verified.
+    corner = {"label_consistent": 27, "hidden_trigger": 22}[record["attack"]]
+    trigger = A.get_trigger({"label_consistent": "clbd", "hidden_trigger": "htbd"}[
+        record["attack"]])
+    target = targets[0]
+    np.testing.assert_array_equal(target[corner:corner + 5, corner:corner + 5], trigger)
+    clean = np.asarray(dataset.x_test[poison_set.target_index])
+    outside = np.ones(clean.shape[:2], bool)
+    outside[corner:corner + 5, corner:corner + 5] = False
+    np.testing.assert_array_equal(target[outside], clean[outside])
+    assert record["bound"] == "ℓ∞ 16/255"
+  # The hidden-trigger sources: training images of the target class from the pool.
+  split = pb.split_training_set(dataset.y_train, finetune_per_class=config.finetune_per_class)
+  trial = pb.sample_benchmark_trial(config, dataset, split, 0)
+  sources = transfer.backdoor_sources(config, dataset, split, 0, trial)
+  assert np.all(dataset.y_train[sources] == trial.target_class)
+  assert np.all(np.isin(sources, split.pool)) and len(set(sources)) == len(sources)

@@ -1,10 +1,20 @@
-"""Clean-label poisoning attacks for transfer learning: Poison Frogs, Convex and Bullseye Polytope.
+"""Clean-label poisoning attacks for transfer learning: Poison Frogs, Convex and Bullseye Polytope,
+and the label-consistent and hidden-trigger backdoors of Hong et al.'s Table 1.
 
 Each attack is a jitted function of a key, vectorized over the poisons of a trial and over the
 ensemble of feature extractors:
 
     result = attacks.bullseye_polytope(key, extractors, target_image, base_images, config)
     result.poisons  # uint8 [P, H, W, C], within ε of the bases after quantization
+
+The backdoors take no target image; their success is measured on the target with the trigger
+pasted (`paste_trigger(target, get_trigger(...), trigger_position(config, target.shape))`):
+
+    attacks.label_consistent_backdoor(key, surrogate_logits, base_images, base_label, config)
+    attacks.hidden_trigger_backdoor(key, extractors, base_images, source_images, config)
+
+`ATTACKS` holds the feature-collision attacks that `craft` runs; `BACKDOORS` the backdoors;
+`ALL_ATTACKS` both (`get_attack`, `config_from_dict` and `ATTACK_KINDS` cover all of them).
 
 Around them: the bounds and their projections (`project_linf`, `project_l2`,
 `quantize_poisons`, `project_simplex`), the choice of a trial (`sample_trial`), and poison
@@ -24,6 +34,8 @@ from jaxpoison.attacks.configs import (
     AttackResult,
     BullseyePolytopeConfig,
     ConvexPolytopeConfig,
+    HiddenTriggerConfig,
+    LabelConsistentConfig,
     PoisonFrogsConfig,
 )
 from jaxpoison.attacks.constraints import (
@@ -47,29 +59,72 @@ from jaxpoison.attacks.poison_files import (
     save_poisons,
     verify_poisons,
 )
+from jaxpoison.attacks.hidden_trigger import (
+    benchmark_matching,
+    greedy_matching,
+    hidden_trigger_backdoor,
+    pairwise_distances,
+)
+from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
 from jaxpoison.attacks.polytope import bullseye_polytope, convex_polytope
 from jaxpoison.attacks.trial import Trial, feature_distances, sample_trial
+from jaxpoison.attacks.triggers import (
+    CLBD_TRIGGER,
+    HTBD_TRIGGER,
+    TRIGGERS,
+    get_trigger,
+    paste_trigger,
+    trigger_position,
+)
+
+FEATURE_COLLISION = "feature_collision"
+BACKDOOR = "backdoor"
 
 
 class Attack(NamedTuple):
-  """An attack's crafting function and its config type."""
+  """An attack's crafting function, its config type, and its kind.
+
+  kind: "feature_collision" (`craft(key, extractors, target_image, base_images, config)`) or
+  "backdoor" (own signature, see the function; success is judged on the triggered target).
+  """
   craft: Callable[..., AttackResult]
   config_type: type
+  kind: str = FEATURE_COLLISION
 
 
+# The attacks `craft` runs: the transfer-learning feature-collision attacks. (The backdoors are
+# kept out of this dict because its users call every entry with the feature-collision
+# signature.)
 ATTACKS = {
     "poison_frogs": Attack(poison_frogs, PoisonFrogsConfig),
     "convex_polytope": Attack(convex_polytope, ConvexPolytopeConfig),
     "bullseye_polytope": Attack(bullseye_polytope, BullseyePolytopeConfig),
 }
+BACKDOORS = {
+    "label_consistent": Attack(label_consistent_backdoor, LabelConsistentConfig, BACKDOOR),
+    "hidden_trigger": Attack(hidden_trigger_backdoor, HiddenTriggerConfig, BACKDOOR),
+}
+ALL_ATTACKS = {**ATTACKS, **BACKDOORS}
+ATTACK_KINDS = {name: attack.kind for name, attack in ALL_ATTACKS.items()}
+_BACKDOOR_CALLS = {
+    "label_consistent": "jaxpoison.attacks.label_consistent_backdoor(key, surrogate, "
+                        "base_images, base_label, config)",
+    "hidden_trigger": "jaxpoison.attacks.hidden_trigger_backdoor(key, extractors, base_images, "
+                      "source_images, config)",
+}
 
 
 def get_attack(name: str) -> Attack:
-  """The attack registered under `name` (one of `ATTACKS`)."""
-  if name not in ATTACKS:
-    raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
-  return ATTACKS[name]
+  """The attack registered under `name` (one of `ALL_ATTACKS`: `ATTACKS` or `BACKDOORS`)."""
+  if name not in ALL_ATTACKS:
+    raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ALL_ATTACKS)}")
+  return ALL_ATTACKS[name]
+
+
+def attack_kind(name: str) -> str:
+  """"feature_collision" or "backdoor"."""
+  return get_attack(name).kind
 
 
 def config_from_dict(name: str, values: dict):
@@ -79,5 +134,11 @@ def config_from_dict(name: str, values: dict):
 
 
 def craft(name: str, key, extractors, target_image, base_images, config=None) -> AttackResult:
-  """Runs the attack `name` (see `ATTACKS`) with `config` (default: its published defaults)."""
-  return get_attack(name).craft(key, extractors, target_image, base_images, config)
+  """Runs the feature-collision attack `name` (see `ATTACKS`) with `config` (default: its
+  published defaults). The backdoors have their own signatures (see `BACKDOORS`)."""
+  attack = get_attack(name)
+  if attack.kind == BACKDOOR:
+    raise TypeError(
+        f"craft: {name!r} is a backdoor attack, which takes no target image; call "
+        f"{_BACKDOOR_CALLS[name]} instead")
+  return attack.craft(key, extractors, target_image, base_images, config)

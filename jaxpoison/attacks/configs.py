@@ -6,6 +6,8 @@ Sources of the defaults (read for facts, not code):
 * Shafahi et al. 2018 (Poison Frogs), github.com/ashafahi/inceptionv3-transferLearn-poison.
 * Zhu et al. 2019 (Convex Polytope), github.com/zhuchen03/ConvexPolytopePosioning.
 * Aghakhani et al. 2021 (Bullseye Polytope), as packaged in the benchmark.
+* Turner et al. 2019 (label-consistent backdoor) and Saha et al. 2020 (hidden-trigger
+  backdoor): the benchmark's `poison_crafting/craft_poisons_{clbd,htbd}.py`.
 
 The bound defaults to the ℓ∞ ε = 16/255 of Hong et al.'s Table 1 (the benchmark itself uses
 8/255); `L2_EPSILON` and `L2_EPSILON_TRANSFER` are the ℓ2 radii named in issue 6.
@@ -17,10 +19,12 @@ import dataclasses
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
+from jaxpoison.attacks.triggers import get_trigger
 
 LINF_EPSILON = 16 / 255
 # 3.48 ≈ (16/255)·√(32·32·3): the ℓ2 ball that holds every ℓ∞ 16/255 perturbation of a CIFAR
@@ -41,12 +45,15 @@ class AttackResult(NamedTuple):
   Attributes:
     poisons: uint8 [P, H, W, C], the poisons after quantization; the bound holds exactly.
     poisons_float: float32 [P, H, W, C] in [0, 1], the optimized poisons before quantization.
-    initial_loss: the attack's objective at the unperturbed bases (Poison Frogs: one value per
-      poison [P]; the polytope attacks: a scalar).
+    initial_loss: the attack's objective at the unperturbed bases (Poison Frogs and the
+      label-consistent backdoor: one value per poison [P]; the polytope attacks and the
+      hidden-trigger backdoor: a scalar).
     final_loss: the objective at the quantized poisons, same shape.
-    loss_history: the objective at every step ([num_steps, P] or [num_steps]).
+    loss_history: the objective at every step ([num_steps, P] or [num_steps]; NaN for the
+      steps an early stop skipped).
     coefficients: float32 [M, P], each ensemble member's convex coefficients of the poisons'
-      features (Convex Polytope: fitted; Bullseye: 1/P); None for Poison Frogs.
+      features (Convex Polytope: fitted; Bullseye: 1/P); None for Poison Frogs and the
+      backdoors.
   """
   poisons: jax.Array
   poisons_float: jax.Array
@@ -178,3 +185,129 @@ class ConvexPolytopeConfig(_PolytopeConfig):
 class BullseyePolytopeConfig(_PolytopeConfig):
   __doc__ = ("Bullseye Polytope (Aghakhani et al. 2021), the benchmark's `craft_poisons_bp.py` "
              "defaults.\n" + _POLYTOPE_DOC)
+
+
+# --- the clean-label backdoors of Hong et al.'s Table 1 ----------------------------------------
+
+def _check_backdoor_norm(config) -> None:
+  # Hong et al. ran the backdoors in ℓ∞ only ("–" in the ℓ2 columns of their Table 1), and the
+  # benchmark's crafting scripts have no ℓ2 variant.
+  if config.norm == "l2":
+    raise ValueError(
+        f"norm: {type(config).__name__} supports only 'linf' (Hong et al. did not run the "
+        "backdoor attacks in ℓ2, and the benchmark has no ℓ2 variant), got 'l2'")
+
+
+def _check_trigger_fields(config) -> None:
+  _store(config, "patch_size", _positive("patch_size", config.patch_size, integer=True))
+  get_trigger(config.trigger, config.patch_size)  # a known name, available at this size
+  if config.position is not None:
+    position = config.position
+    if (isinstance(position, (str, bytes)) or not hasattr(position, "__len__")
+        or len(position) != 2):
+      raise TypeError(f"position: expected None or (row, col), two integers, got {position!r}")
+    position = tuple(_positive("position", v, integer=True, allow_zero=True) for v in position)
+    _store(config, "position", position)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConsistentConfig(_BoundedConfig):
+  """Label-consistent backdoor (Turner et al. 2019), the benchmark's `craft_poisons_clbd.py`.
+
+  Untargeted PGD on the bases' true label against an adversarially trained surrogate, then the
+  trigger pasted over the perturbation and clipped into the ε-ball with it.
+
+  Attributes:
+    norm: "linf" only.
+    epsilon: the ℓ∞ bound (Hong et al.: 16/255; the benchmark's default is 8/255).
+    num_steps: PGD steps (20); 0 leaves only the random start and the trigger.
+    step_size: the sign-gradient step in [0, 1] pixel units (2/255).
+    random_start: start from the base plus U(−ε, ε) noise (True, as the benchmark).
+    patch_size: the trigger's side in pixels (5).
+    trigger: "clbd" (the benchmark's clbd.png) or "htbd".
+    position: (row, col) of the trigger's top-left corner; None: the bottom-right corner,
+      (H − patch_size, W − patch_size) = (27, 27) on CIFAR.
+  """
+  num_steps: int = 20
+  step_size: float = 2 / 255
+  random_start: bool = True
+  patch_size: int = 5
+  trigger: str = "clbd"
+  position: tuple[int, int] | None = None
+
+  trigger_inset = 0  # the default position's distance from the bottom-right corner
+
+  def __post_init__(self):
+    _check_backdoor_norm(self)
+    super().__post_init__()
+    _store(self, "num_steps", _positive("num_steps", self.num_steps, integer=True,
+                                        allow_zero=True))
+    _store(self, "step_size", _positive("step_size", self.step_size))
+    if not isinstance(self.random_start, (bool, np.bool_)):
+      raise TypeError(f"random_start: expected True or False, got {self.random_start!r}")
+    _store(self, "random_start", bool(self.random_start))
+    _check_trigger_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class HiddenTriggerConfig(_BoundedConfig):
+  """Hidden-trigger backdoor (Saha et al. 2020), the benchmark's `craft_poisons_htbd.py`.
+
+  Feature matching of the poisons to trigger-patched images of the target class, under a
+  greedy matching recomputed every step, by plain gradient descent in [0, 1] pixel units.
+
+  There is no `input_std`: the benchmark normalizes inside the network it differentiates
+  (`normalization_net` before `net`) and steps on the [0, 1] image, so the normalization
+  belongs to the extractor's apply_fn, not to the step.
+
+  Attributes:
+    norm: "linf" only.
+    epsilon: the ℓ∞ bound (Hong et al.: 16/255; the benchmark's default is 8/255).
+    num_steps: the most gradient steps (5000); 0 returns the bases.
+    learning_rate: the step on ‖f(patched sources)_matched − f(x)‖²_F (0.001).
+    lr_decay, decay_every: step j uses learning_rate·lr_decay^⌊j/decay_every⌋ (CIFAR-10's
+      0.95 every 2000 steps; the benchmark uses 0.5 every 1000 for Tiny ImageNet).
+    stop_loss: stop once the loss falls below it (10.0). As in the benchmark, the step taken at
+      that loss is still applied; later steps are skipped. 0 never stops early.
+    patch_size: the trigger's side in pixels (5; "htbd" exists only at 5).
+    trigger: "htbd" (the benchmark's htbd.png resized to 5×5) or "clbd".
+    position: (row, col) of the trigger's top-left corner on the sources; None: 5 pixels in
+      from the bottom-right corner, (H − patch_size − 5, W − patch_size − 5) = (22, 22).
+    matching: how poisons are paired with patched sources each step.
+      "one_to_one": greedy one-to-one matching (repeatedly take the global minimum of the
+        distance matrix and strike out its row and column), recomputed from scratch.
+      "benchmark": the reference code's loop, which strikes out only the chosen entry: the P
+        smallest distances are taken in increasing order and each overwrites its poison's
+        partner, so a source may be paired with several poisons and the pairing carries over
+        to the next step (the benchmark keeps the overwritten feature matrix).
+  """
+  num_steps: int = 5000
+  learning_rate: float = 1e-3
+  lr_decay: float = 0.95
+  decay_every: int = 2000
+  stop_loss: float = 10.0
+  patch_size: int = 5
+  trigger: str = "htbd"
+  position: tuple[int, int] | None = None
+  matching: str = "one_to_one"
+
+  trigger_inset = 5  # the default position's distance from the bottom-right corner
+
+  def __post_init__(self):
+    _check_backdoor_norm(self)
+    super().__post_init__()
+    _store(self, "num_steps", _positive("num_steps", self.num_steps, integer=True,
+                                        allow_zero=True))
+    _store(self, "learning_rate", _positive("learning_rate", self.learning_rate))
+    decay = _fraction("lr_decay", self.lr_decay, upper_open=False)
+    if decay == 0:
+      raise ValueError("lr_decay: expected a factor in (0, 1], got 0")
+    _store(self, "lr_decay", decay)
+    _store(self, "decay_every", _positive("decay_every", self.decay_every, integer=True))
+    _store(self, "stop_loss", _positive("stop_loss", self.stop_loss, allow_zero=True))
+    _check_trigger_fields(self)
+    if self.matching not in HTBD_MATCHINGS:
+      raise ValueError(f"matching: expected one of {HTBD_MATCHINGS}, got {self.matching!r}")
+
+
+HTBD_MATCHINGS = ("one_to_one", "benchmark")

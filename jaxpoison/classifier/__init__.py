@@ -17,6 +17,7 @@ from jaxpoison.classifier.api import (
     features,
     load_models,
     logits,
+    logits_extractor,
     plan_models_per_step,
     predict,
     save_models,
@@ -27,6 +28,7 @@ from jaxpoison.classifier.api import (
 from jaxpoison.classifier.config import (
     TrainConfig,
     airbench94_config,
+    head_lr_scale_for,
     resnet18_config,
     resolve_compute_dtype,
     resolve_loop,
@@ -45,7 +47,8 @@ from jaxpoison.classifier.train import (
 __all__ = [
     "Airbench94", "CheckpointMismatchError", "InsufficientMemoryError", "ResNet18",
     "TrainConfig", "TrainedModels", "airbench94_config", "create_model", "device_memory_limit",
-    "estimate_bytes", "evaluate", "feature_extractor", "features", "load_models", "logits",
+    "estimate_bytes", "evaluate", "feature_extractor", "features", "head_lr_scale_for",
+    "load_models", "logits", "logits_extractor",
     "lr_factor", "make_train_fn", "make_train_parts", "plan_models_per_step", "predict",
     "resnet18_config", "resolve_compute_dtype", "resolve_loop",
     "save_models", "select", "stack", "tiny_config", "total_steps", "train_models",

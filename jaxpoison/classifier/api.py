@@ -403,6 +403,14 @@ def feature_extractor(models: TrainedModels, index: int = 0) -> FeatureExtractor
   return FeatureExtractor(NNXApply(models.graphdef, "features"), state)
 
 
+def logits_extractor(models: TrainedModels, index: int = 0) -> FeatureExtractor:
+  """Model `index`'s logits as an attacks.FeatureExtractor (e.g. the surrogate classifier of the
+  label-consistent backdoor); no test-time augmentation."""
+  one = select(models, index)
+  state = jax.tree.map(lambda a: a[0], one.state)
+  return FeatureExtractor(NNXApply(models.graphdef, "__call__"), state)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

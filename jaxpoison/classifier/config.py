@@ -61,6 +61,11 @@ class TrainConfig:
     trainable: "all", or "head" (linear probe: only the final linear layer trains, the
       feature extractor is frozen and its batch norm runs on running statistics).
     reinit_head: re-initialize the final linear layer when warm-starting from `init`.
+    head_lr_scale: learning-rate multiplier of the final linear layer (its weight decay per
+      step unchanged, as with bias_scaler). airbench's head scales its logits by 1/9, so with
+      head_lr_scale = 81 and coupled decay the head trains exactly as a plain linear layer
+      W' = W/9 would with `lr` and `weight_decay` in that layer's own units
+      (`head_lr_scale_for`).
     num_classes, image_shape: the data (H, W, C).
     whitening_images: how many training images estimate the whitening patch covariance.
     loop: how `train_models` runs the steps: "scan" (one program, a `lax.scan` over steps, no
@@ -71,6 +76,15 @@ class TrainConfig:
       at once, or as many as fit `memory_limit_bytes` when that is set).
     memory_limit_bytes: device memory budget for one program (0: the device's own limit on an
       accelerator; no check on the CPU).
+    adversarial_epsilon: Madry-style PGD adversarial training: the ℓ∞ radius in [0, 1] pixel
+      units (8/255 is 8 grey levels); 0 (the default) is standard training, with the same
+      program as before these fields existed. When > 0, every step replaces the augmented
+      batch by PGD adversarial examples against each model's current weights (batch norm on
+      its running statistics, cross-entropy on the true labels without label smoothing) and
+      takes the SGD step on them alone (no clean/adversarial mixing).
+    adversarial_steps: PGD steps per training step (>= 1 when adversarial_epsilon > 0).
+    adversarial_step_size: the step of each sign-gradient ascent, in [0, 1] pixel units.
+    adversarial_random_start: start PGD from a uniform point of the ε-ball (Madry et al.).
   """
   model: str = "airbench94"
   widths: tuple[int, ...] = (64, 256, 256)
@@ -95,12 +109,17 @@ class TrainConfig:
   compute_dtype: str = "auto"
   trainable: str = "all"
   reinit_head: bool = False
+  head_lr_scale: float = 1.0
   num_classes: int = 10
   image_shape: tuple[int, int, int] = (32, 32, 3)
   whitening_images: int = 5000
   loop: str = "auto"
   models_per_step: int = 0
   memory_limit_bytes: int = 0
+  adversarial_epsilon: float = 0.0
+  adversarial_steps: int = 7
+  adversarial_step_size: float = 2 / 255
+  adversarial_random_start: bool = True
 
   def __post_init__(self):
     checks = (
@@ -119,6 +138,8 @@ class TrainConfig:
          f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing}"),
         (0 <= self.momentum < 1, f"momentum: expected a value in [0, 1), got {self.momentum}"),
         (self.tta_level in (0, 1, 2), f"tta_level: expected 0, 1 or 2, got {self.tta_level}"),
+        (self.head_lr_scale > 0,
+         f"head_lr_scale: expected a positive multiplier, got {self.head_lr_scale}"),
         (self.translate >= 0, f"translate: expected >= 0 pixels, got {self.translate}"),
         (self.num_classes >= 2, f"num_classes: expected >= 2, got {self.num_classes}"),
         (len(self.image_shape) == 3,
@@ -132,6 +153,15 @@ class TrainConfig:
          f"models_per_step: expected >= 0 (0 = automatic), got {self.models_per_step}"),
         (self.memory_limit_bytes >= 0,
          f"memory_limit_bytes: expected >= 0 (0 = the device's), got {self.memory_limit_bytes}"),
+        (0 <= self.adversarial_epsilon <= 1,
+         f"adversarial_epsilon: expected an ℓ∞ radius in [0, 1] pixel units (0 = standard "
+         f"training), got {self.adversarial_epsilon}"),
+        (self.adversarial_steps >= 1 or self.adversarial_epsilon == 0,
+         f"adversarial_steps: expected >= 1 PGD steps when adversarial_epsilon > 0, got "
+         f"{self.adversarial_steps}"),
+        (self.adversarial_step_size > 0,
+         f"adversarial_step_size: expected a positive step in [0, 1] pixel units, got "
+         f"{self.adversarial_step_size}"),
     )
     for ok, message in checks:
       if not ok:
@@ -156,6 +186,19 @@ class TrainConfig:
 
   def dumps(self) -> str:
     return json.dumps(self.to_json(), sort_keys=True)
+
+
+# Logit scale of each model's final linear layer (models.Airbench94.scale; ResNet-18 has none).
+HEAD_LOGIT_SCALE = {"airbench94": 1.0 / 9.0, "resnet18": 1.0}
+
+
+def head_lr_scale_for(model: str) -> float:
+  """The head_lr_scale that makes `lr` and `weight_decay` (coupled) act on `model`'s final
+  linear layer as on a plain linear layer producing the logits: the gradient with respect to
+  W is the scale times that with respect to W' = scale · W, so the step needs 1/scale² more."""
+  if model not in HEAD_LOGIT_SCALE:
+    raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+  return 1.0 / HEAD_LOGIT_SCALE[model] ** 2
 
 
 def resolve_compute_dtype(config: TrainConfig):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen, nnx
 
-from jaxpoison.classifier.config import CIFAR10_MEAN, CIFAR10_STD, TrainConfig
+from jaxpoison.classifier.config import CIFAR10_MEAN, CIFAR10_STD, HEAD_LOGIT_SCALE, TrainConfig
 
 # PyTorch's default initialization of conv and linear weights, U(±1/√fan_in), which the
 # airbench recipe was tuned with.
@@ -90,7 +90,7 @@ class Airbench94(nnx.Module):
     self.group3 = ConvGroup(w2, w3, config, dtype, rngs=rngs)
     self.head = nnx.Linear(w3, config.num_classes, use_bias=False, dtype=dtype,
                            kernel_init=torch_default_init, rngs=rngs)
-    self.scale = 1.0 / 9.0
+    self.scale = HEAD_LOGIT_SCALE["airbench94"]
 
   def features(self, images: jax.Array, train: bool = False) -> jax.Array:
     """Penultimate features [B, widths[-1]] of float images in [0, 1], [B, H, W, C]."""

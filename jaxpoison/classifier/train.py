@@ -23,11 +23,13 @@ import optax
 from flax import nnx, struct
 
 from jaxpoison._checks import check_images
+from jaxpoison.classifier.adversarial import pgd_linf
 from jaxpoison.classifier.config import TrainConfig, resolve_compute_dtype
 from jaxpoison.classifier.models import Whitening, create_model, init_head, whitening_kernel
 
-# fold_in tags of a model's key, one stream per use.
-_INIT, _DATA, _FLIP, _AUG, _HEAD = range(5)
+# fold_in tags of a model's key, one stream per use (new streams go at the end, so that the
+# others' draws stay as they were).
+_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV = range(6)
 _LOOKAHEAD_EVERY = 5
 TRACES: collections.Counter = collections.Counter()
 
@@ -96,6 +98,8 @@ def _leaf_rules(config: TrainConfig, state) -> tuple[Any, Any, Any]:
     if is_whiten_bias and config.whiten_bias_epochs <= 0 and config.model == "airbench94":
       trainable = False
     scale = config.bias_scaler if is_norm_bias else 1.0
+    if is_head:
+      scale = config.head_lr_scale
     return trainable, scale, is_whiten_bias
 
   rules = jax.tree_util.tree_map_with_path(rule, state)
@@ -201,7 +205,8 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
 
     def loss_fn(p, r, x, y):
       model = nnx.merge(graphdef, p, r, copy=True)
-      x01 = x.astype(jnp.float32) / 255.0
+      # uint8 batches (standard training) or float [0, 1] ones (adversarial examples).
+      x01 = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
       if config.trainable == "head":
         # Linear probe: frozen features, batch norm on its running statistics.
         logits = model.head_logits(jax.lax.stop_gradient(model.features(x01, train=False)))
@@ -239,6 +244,22 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
         new_r = r  # Frozen features: running statistics untouched.
       return new_p, new_r, new_buf
 
+    def adversarial_batch(p, r, key, x, y, step):
+      """One model's batch replaced by PGD examples against its current weights."""
+      # Batch norm runs on its running statistics during the attack (Madry's reference runs
+      # the attack in train mode). Eval mode keeps the attack's forward passes from updating
+      # the running statistics (nnx would carry each pass's update out), makes every example's
+      # attack independent of the rest of the batch, and attacks the function the model
+      # computes at test time. The SGD step that follows runs in the config's mode as usual.
+      # The weights enter as constants (stop_gradient): the attack is not differentiated
+      # through, the gradient step sees its output as data.
+      model = nnx.merge(graphdef, jax.lax.stop_gradient(p), r, copy=True)
+      key = jax.random.fold_in(jax.random.fold_in(key, _ADV), step)
+      return pgd_linf(lambda z: model(z, train=False), x, y, key,
+                      epsilon=config.adversarial_epsilon, steps=config.adversarial_steps,
+                      step_size=config.adversarial_step_size,
+                      random_start=config.adversarial_random_start)
+
     def permutation(key, epoch):
       key = jax.random.fold_in(jax.random.fold_in(key, _DATA), epoch)
       return jax.random.permutation(key, num_train).astype(jnp.int32)
@@ -261,6 +282,8 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     y = gather(labels, idx, labels.ndim == 1)
     x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
         keys, x, idx)
+    if config.adversarial_epsilon > 0:  # static: standard training's program is unchanged
+      x = jax.vmap(adversarial_batch, in_axes=(0, 0, 0, 0, 0, None))(p, r, keys, x, y, step)
     factor = lr_factor(config, step, num_steps)
     p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None))(
         p, r, buf, x, y, factor, step < whiten_steps)

@@ -1,0 +1,562 @@
+"""What every benchmark harness shares: data splits, keys, fingerprints, pretraining,
+denoising, the trial loop and the tables.
+
+A harness (`transfer` now; from-scratch attacks, baseline defenses and ECLIPSE later) defines
+its config, how one chunk of trials is crafted and evaluated into records, and the identity of
+its run folder; the folder itself (claim, refusal naming differences, atomic records, resume,
+progress) is `jaxpoison.runs`.
+
+Records are JSON files, one per finished trial, under `results/<attack>/trial_XXX.json`; a
+record has at least `attack`, `scenario`, `bound`, `sigmas` [S], `success` [S] and
+`clean_accuracy` [S], which the tables summarize.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io as _io
+import json
+import numbers
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpoison import attacks, classifier, io, runs
+
+ATTACK_TITLES = {
+    "poison_frogs": "Poison Frogs",
+    "convex_polytope": "Convex Polytope",
+    "bullseye_polytope": "Bullseye Polytope",
+    "label_consistent": "Label-consistent BD",
+    "hidden_trigger": "Hidden-trigger BD",
+}
+# Table rows: in this order, then any other attack by name.
+ROW_ORDER = tuple(ATTACK_TITLES)
+DEFAULT_SIGMAS = (0.0, 0.1, 0.25, 0.5, 1.0)
+RUN_FILE = "run.json"
+# Streams of a trial's key (see the transfer module's docstring).
+SAMPLE, CRAFT, DENOISE, FINETUNE = range(4)
+# Streams of the pretraining key.
+SPLIT, PRETRAIN_VICTIM, PRETRAIN_CRAFTER, EVAL_SUBSET, PRETRAIN_SURROGATE = range(5)
+_TRIAL_RE = re.compile(r"trial_(\d{3,})\.json")
+
+
+class BenchmarkConfigError(runs.RunMismatch):
+  """An output directory written with other settings than the ones given."""
+
+
+def integer(name: str, value, *, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name}: expected an integer, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+  return int(value)
+
+
+# --- data: the pretraining / fine-tuning split ------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Training-set indices (sorted, disjoint): the pretraining images, the fine-tune pool and
+  the fine-tune set drawn from the pool; `classes`, the fine-tune classes when the split is by
+  class (None: every class on both sides)."""
+  pretrain: np.ndarray
+  pool: np.ndarray
+  finetune: np.ndarray
+  classes: tuple[int, ...] | None = None
+
+  def test_pool(self, test_labels) -> np.ndarray:
+    """Test images of the fine-tune classes (all of them for a split by images)."""
+    test_labels = np.asarray(test_labels)
+    if self.classes is None:
+      return np.arange(test_labels.size)
+    return np.flatnonzero(np.isin(test_labels, self.classes))
+
+
+def split_training_set(labels, *, pretrain_seed: int = 0,
+                       finetune_per_class: int | None = 250,
+                       pretrain_classes: Sequence[int] | None = None) -> Split:
+  """Splits the training set into pretraining data and a fine-tune pool; takes the fine-tune
+  set from the pool.
+
+  Args:
+    labels: int [N], the training labels.
+    pretrain_seed: without `pretrain_classes`, the permutation
+      `jax.random.permutation(fold_in(key(seed), 0), N)`: its first ⌊N/2⌋ entries are the
+      pretraining half, the rest the fine-tune pool.
+    finetune_per_class: the fine-tune set is the first (lowest-index) this many images of each
+      class in the pool, the benchmark's choice of the first 250 per class; None takes the pool.
+    pretrain_classes: split by class instead: every image of these classes is pretraining
+      data, every image of the others the pool, so no fine-tune class is seen in pretraining.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or labels.size < 2:
+    raise ValueError(f"labels: expected a 1-D array of at least 2 labels, got shape "
+                     f"{labels.shape}")
+  classes = None
+  if pretrain_classes is not None:
+    present = np.unique(labels)
+    pretrain_classes = np.unique(np.asarray(pretrain_classes))
+    missing = np.setdiff1d(pretrain_classes, present)
+    if missing.size:
+      raise ValueError(f"pretrain_classes: {missing.tolist()} have no training image (the "
+                       f"labels hold {present.tolist()})")
+    classes = tuple(int(c) for c in np.setdiff1d(present, pretrain_classes))
+    if not classes:
+      raise ValueError("pretrain_classes: every class is a pretraining class; leave at least "
+                       "two for fine-tuning")
+    inside = np.isin(labels, pretrain_classes)
+    pretrain, pool = np.flatnonzero(inside), np.flatnonzero(~inside)
+  else:
+    key = jax.random.fold_in(jax.random.key(pretrain_seed), SPLIT)
+    order = np.asarray(jax.random.permutation(key, labels.size))
+    half = labels.size // 2
+    pretrain, pool = np.sort(order[:half]), np.sort(order[half:])
+  if finetune_per_class is None:
+    return Split(pretrain, pool, pool, classes)
+  chosen = []
+  for c in np.unique(labels[pool]):
+    members = pool[labels[pool] == c]
+    if members.size < finetune_per_class:
+      raise ValueError(
+          f"finetune_per_class: class {int(c)} has {members.size} images in the fine-tune half; "
+          f"{finetune_per_class} were asked for (use a smaller value or None for the whole half)")
+    chosen.append(members[:finetune_per_class])
+  return Split(pretrain, pool, np.sort(np.concatenate(chosen)), classes)
+
+
+def eval_indices(num_test: int, num_eval: int, *, seed: int = 0,
+                 pool: np.ndarray | None = None) -> np.ndarray:
+  """The test images clean accuracy is measured on: `num_eval` of `num_test` (or of the
+  indices `pool`, e.g. the fine-tune classes' test images), sorted.
+
+  A seeded random subset (`fold_in(key(seed), EVAL_SUBSET)`), not the first `num_eval`: test
+  sets stored sorted by label (as some CIFAR-10 copies are) would otherwise give one class.
+  """
+  candidates = num_test if pool is None else len(pool)
+  if not 1 <= num_eval <= candidates:
+    raise ValueError(f"num_eval: expected 1 to {candidates} (the test images"
+                     f"{'' if pool is None else ' of the fine-tune classes'}), got {num_eval}")
+  key = jax.random.fold_in(jax.random.key(seed), EVAL_SUBSET)
+  chosen = np.asarray(jax.random.permutation(key, candidates))[:num_eval]
+  return np.sort(chosen if pool is None else np.asarray(pool)[chosen])
+
+
+def poisoned_images(finetune_images: np.ndarray, finetune_indices: np.ndarray,
+                    poison_set: attacks.PoisonSet) -> np.ndarray:
+  """The fine-tune images (uint8 [N, H, W, C], training indices `finetune_indices`, sorted) with
+  the poisons in place of their bases (a copy)."""
+  positions = np.searchsorted(finetune_indices, poison_set.indices)
+  inside = (positions < finetune_indices.size)
+  inside[inside] = finetune_indices[positions[inside]] == poison_set.indices[inside]
+  if not inside.all():
+    raise attacks.PoisonFileError(
+        f"base indices {poison_set.indices[~inside][:10].tolist()} are not in the fine-tune set")
+  images = np.array(finetune_images, copy=True)
+  images[positions] = poison_set.images
+  return images
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+def trial_key(seed: int, index: int) -> jax.Array:
+  """The key of trial `index`: fold_in(key(seed), index)."""
+  return jax.random.fold_in(jax.random.key(seed), index)
+
+
+def denoise_key(key: jax.Array, sigma_index: int) -> jax.Array:
+  """The key the s-th σ's noise of a trial is drawn from."""
+  return jax.random.fold_in(jax.random.fold_in(key, DENOISE), sigma_index)
+
+
+
+# --- fingerprints: what a results folder depends on ---------------------------------------------
+
+def params_fingerprint(tree) -> str:
+  """SHA-256 of every leaf of a parameter pytree (shapes, dtypes and values)."""
+  return runs.fingerprint_pytree(tree)
+
+
+def dataset_fingerprint(dataset) -> dict[str, Any]:
+  return {
+      "name": str(getattr(dataset, "name", "unknown")),
+      "train_shape": [int(n) for n in dataset.x_train.shape],
+      "test_shape": [int(n) for n in dataset.x_test.shape],
+      "sha256": runs.fingerprint_arrays([dataset.x_train, dataset.y_train, dataset.x_test,
+                                         dataset.y_test]),
+  }
+
+
+def _config_dict(config) -> Any:
+  """A JSON-able description of a (nested) config dataclass."""
+  if config is None:
+    return None
+  if dataclasses.is_dataclass(config):
+    return {"type": type(config).__name__,
+            **{f.name: _config_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}}
+  if isinstance(config, tuple):
+    return [_config_dict(v) for v in config]
+  if isinstance(config, (str, bool, int, float)) or config is None:
+    return config
+  return repr(config)
+
+
+def claim_run(out_dir: str | Path, identity: dict[str, Any]) -> runs.RunFolder:
+  """Claims `out_dir` for a run with this identity (`runs.claim`; the file is run.json).
+
+  Pretrained extractors are saved into the folder before the identity (which fingerprints
+  them) is known, so a non-empty folder without run.json is accepted.
+
+  Raises:
+    BenchmarkConfigError: the directory holds results of a run with other settings; the
+      message names every setting that differs.
+  """
+  file = Path(out_dir) / RUN_FILE
+  if file.is_file() and "format_version" in identity:
+    try:
+      version = json.loads(file.read_text()).get("format_version")
+    except (json.JSONDecodeError, AttributeError):
+      version = None  # runs.claim names the unreadable file.
+    if version is not None and version != identity["format_version"]:
+      raise BenchmarkConfigError(
+          f"{out_dir} was written by format version {version} of the benchmark, this version "
+          f"writes {identity['format_version']} (see FORMAT_VERSION: its records mean "
+          "something else); start a new output directory")
+  return runs.claim(out_dir, identity, settings_file=RUN_FILE,
+                    what="a benchmark run folder", require_empty=False,
+                    error=BenchmarkConfigError)
+
+
+def check_run_file(out_dir: str | Path, identity: dict[str, Any]) -> None:
+  """`claim_run` without the folder (the name earlier versions exported)."""
+  claim_run(out_dir, identity)
+
+# --- the table ----------------------------------------------------------------------------------
+
+def _sigma_label(sigma: float) -> str:
+  return "σ = 0 (no defense)" if sigma == 0 else f"σ = {sigma:g}"
+
+
+DEFAULT_BOUND = "ℓ∞ 16/255"  # Records written before the bound was recorded.
+DEFAULT_FINETUNE = "linear_probe, augment none"
+
+
+def _row_key(record) -> tuple:
+  """Rows white-box first, then by attack (the paper's order), bound and fine-tuning."""
+  attack = record["attack"]
+  order = ROW_ORDER.index(attack) if attack in ROW_ORDER else len(ROW_ORDER)
+  scenario = record.get("scenario", "white-box")
+  return (scenario != "white-box", scenario, order, attack, record.get("bound", DEFAULT_BOUND),
+          record.get("finetune", DEFAULT_FINETUNE))
+
+
+def success_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+  """Clopper–Pearson interval of a success rate (with 20 trials, 50% reads [27%, 73%])."""
+  from scipy import stats
+  if trials == 0:
+    return (0.0, 1.0)
+  interval = stats.binomtest(int(successes), int(trials)).proportion_ci(confidence, "exact")
+  return float(interval.low), float(interval.high)
+
+
+def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
+  """Mean attack success and clean accuracy per row (attack, scenario, bound, fine-tuning)
+  and σ.
+
+  Args:
+    results: trial records (as written to results/<attack>/trial_XXX.json), each with
+      `attack`, `scenario`, `sigmas` [S], `success` [S] (bool) and `clean_accuracy` [S], and
+      optionally `bound` and `finetune`.
+
+  Returns:
+    One dict per row: attack, scenario, bound, finetune, trials, and `cells`, a dict σ ->
+    (success rate, mean clean accuracy, trials at that σ, (low, high) the 95% Clopper–Pearson
+    interval of the success rate), fractions in [0, 1].
+  """
+  rows: dict[tuple, dict[float, list]] = {}
+  counts: dict[tuple, int] = {}
+  for record in results:
+    key = _row_key(record)
+    sigmas, success, accuracy = record["sigmas"], record["success"], record["clean_accuracy"]
+    if not len(sigmas) == len(success) == len(accuracy):
+      raise ValueError(f"trial {record.get('trial')} of {record['attack']}: sigmas, success and "
+                       "clean_accuracy must have one entry per σ")
+    counts[key] = counts.get(key, 0) + 1
+    cells = rows.setdefault(key, {})
+    for sigma, hit, acc in zip(sigmas, success, accuracy):
+      cells.setdefault(float(sigma), []).append((float(bool(hit)), float(acc)))
+  summary = []
+  for key in sorted(rows):
+    cells = {}
+    for sigma, values in sorted(rows[key].items()):
+      hits = [h for h, _ in values]
+      cells[sigma] = (float(np.mean(hits)), float(np.mean([a for _, a in values])), len(values),
+                      success_interval(int(sum(hits)), len(hits)))
+    summary.append({"attack": key[3], "scenario": key[1], "bound": key[4], "finetune": key[5],
+                    "trials": counts[key], "cells": cells})
+  return summary
+
+
+def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
+  """The paper's Table 1 layout: a row per attack, scenario and bound, a column per σ.
+
+  Each cell is "success% [95% interval] (clean accuracy%)" over the row's trials; "—" where no
+  trial has that σ. A fine-tuning column appears when the records mix fine-tuning recipes.
+  Pure: depends only on `results` (trial records, see `summarize`).
+
+  Args:
+    results: trial records.
+    format: "markdown" (a GitHub table) or "csv" (columns attack, scenario, bound, finetune,
+      trials, then per σ "success % σ=…", its interval's ends and "clean accuracy % σ=…",
+      numbers with one decimal).
+  """
+  if format not in ("markdown", "csv"):
+    raise ValueError(f"format: expected 'markdown' or 'csv', got {format!r}")
+  summary = summarize(results)
+  sigmas = sorted({sigma for row in summary for sigma in row["cells"]})
+  if format == "csv":
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["attack", "scenario", "bound", "finetune", "trials"]
+                    + [f"{name} σ={sigma:g}" for sigma in sigmas
+                       for name in ("success %", "success low %", "success high %",
+                                    "clean accuracy %")])
+    for row in summary:
+      values = []
+      for sigma in sigmas:
+        cell = row["cells"].get(sigma)
+        values += (["", "", "", ""] if cell is None else
+                   [f"{100 * v:.1f}" for v in (cell[0], cell[3][0], cell[3][1], cell[1])])
+      writer.writerow([row["attack"], row["scenario"], row["bound"], row["finetune"],
+                       row["trials"]] + values)
+    return buffer.getvalue()
+  mixed = len({row["finetune"] for row in summary}) > 1
+  lines = ["| attack | scenario | bound | " + ("fine-tuning | " if mixed else "") + "trials | "
+           + " | ".join(map(_sigma_label, sigmas)) + " |",
+           "|---|---|---|" + ("---|" if mixed else "") + "---:|" + "---:|" * len(sigmas)]
+  for row in summary:
+    cells = []
+    for sigma in sigmas:
+      cell = row["cells"].get(sigma)
+      cells.append("—" if cell is None else
+                   f"{100 * cell[0]:.0f}% [{100 * cell[3][0]:.0f}, {100 * cell[3][1]:.0f}] "
+                   f"({100 * cell[1]:.1f}%)")
+    title = ATTACK_TITLES.get(row["attack"], row["attack"])
+    lines.append(f"| {title} | {row['scenario']} | {row['bound']} | "
+                 + (f"{row['finetune']} | " if mixed else "") + f"{row['trials']} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def load_results(out_dir: str | Path, attack_names: Sequence[str] | None = None) -> list[dict]:
+  """Every finished trial's record under out_dir/results, by attack then trial."""
+  root = Path(out_dir) / "results"
+  records = []
+  names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+  if attack_names is not None:
+    names = [n for n in attack_names if n in names]
+  for name in names:
+    for match in runs.list_units(root / name, _TRIAL_RE):
+      records.append(json.loads((root / name / match.string).read_text()))
+  return records
+
+
+def write_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
+  """Writes table.md and table.csv under out_dir (atomically)."""
+  out_dir = Path(out_dir)
+  return (io.atomic_write_text(out_dir / "table.md", render_table(results)),
+          io.atomic_write_text(out_dir / "table.csv", render_table(results, format="csv")))
+
+
+# --- the victim: pretraining and fine-tuning -----------------------------------------------------
+
+MODEL_NAMES = ("resnet18", "airbench94", "tiny_resnet18", "tiny_airbench94")
+
+
+def model_config(name: str, **changes):
+  """The classifier's TrainConfig for an architecture name (`MODEL_NAMES`): resnet18 (the
+  paper's victim), airbench94, or their tiny test versions; `changes` override fields."""
+  builders = {
+      "resnet18": classifier.resnet18_config,
+      "airbench94": classifier.airbench94_config,
+      "tiny_resnet18": functools.partial(classifier.tiny_config, "resnet18"),
+      "tiny_airbench94": functools.partial(classifier.tiny_config, "airbench94"),
+  }
+  if name not in builders:
+    raise ValueError(f"model: expected one of {MODEL_NAMES}, got {name!r}")
+  return builders[name](**changes)
+
+
+
+def _pretrained_info(source: str, models, pretraining: str | None) -> dict[str, Any]:
+  info = {"source": source, "model": models.config.model,
+          "config": _config_dict(models.config), "params_sha256": params_fingerprint(models.state)}
+  if pretraining is not None:
+    info["pretraining"] = pretraining
+  return info
+
+
+def pretraining_note(dataset, split: Split) -> str:
+  """What the default extractor was pretrained on, for the records."""
+  if split.classes is not None:
+    return (f"pretrained on {split.pretrain.size} images of {dataset.name} classes "
+            f"{sorted(set(range(dataset.num_classes)) - set(split.classes))}; fine-tuned on "
+            f"classes {list(split.classes)} (the paper pretrains on CIFAR-100)")
+  return (f"pretrained on {split.pretrain.size} images of {dataset.name}: half of the training "
+          "set, disjoint from the fine-tune set (the paper pretrains on CIFAR-100)")
+
+
+def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key: jax.Array,
+                     *, log: Callable[[str], None] = print, on_pool: bool = False):
+  """The extractor pretrained on the split's pretraining images (`on_pool`: on the fine-tune
+  pool, e.g. the label-consistent backdoor's surrogate classifier, which must know the
+  fine-tune classes): loaded from `path` when a finished checkpoint is there (its config must
+  equal `train_config`), else trained and saved.
+  """
+  indices = split.pool if on_pool else split.pretrain
+  path = Path(path)
+  done = path / "pretrained.json"
+  if done.is_file():
+    models = classifier.load_models(path / "models")
+    if models.config != train_config:
+      raise BenchmarkConfigError(
+          f"{path}: pretrained with {runs._short(_config_dict(models.config))}, this run asks for "
+          f"{runs._short(_config_dict(train_config))}")
+    return models
+  if path.exists():  # A pretraining run that stopped before it finished saving.
+    shutil.rmtree(path)
+  log(f"pretraining {train_config.model} on {indices.size} images ...")
+  start = time.perf_counter()
+  models = classifier.train_models(
+      jax.random.split(key, 1), dataset.x_train[indices], dataset.y_train[indices],
+      train_config)
+  classifier.save_models(path / "models", models)
+  seconds = time.perf_counter() - start
+  # Measured on the test images of the classes it was trained on (all of them for a split by
+  # images).
+  pool = np.arange(dataset.x_test.shape[0])
+  if split.classes is not None:
+    fine_tune_classes = split.test_pool(dataset.y_test)
+    pool = fine_tune_classes if on_pool else np.setdiff1d(pool, fine_tune_classes)
+  num_test = min(1000, pool.size)
+  subset = eval_indices(dataset.x_test.shape[0], num_test, pool=pool)
+  accuracy = float(classifier.evaluate(models, dataset.x_test[subset],
+                                       dataset.y_test[subset])[0])
+  io.atomic_write_json(done, {"seconds": seconds, "test_accuracy": accuracy,
+                              "num_test": num_test, "num_images": int(indices.size)})
+  log(f"pretrained {train_config.model} in {seconds:.0f} s, test accuracy {accuracy:.3f} "
+      f"(on {num_test} random test images)")
+  return models
+
+
+
+def _denoise(denoiser, images: np.ndarray, sigma: float, key, batch_size: int) -> np.ndarray:
+  if sigma == 0:
+    return images
+  from jaxpoison import diffusion
+  return np.asarray(diffusion.noise_and_denoise(denoiser, images, sigma, key,
+                                                batch_size=batch_size))
+
+
+def denoiser_info(denoiser, source: str) -> dict[str, Any]:
+  return {"source": source, "unet": _config_dict(denoiser.unet),
+          "schedule": _config_dict(denoiser.schedule),
+          "params_sha256": params_fingerprint(denoiser.params)}
+
+
+
+def _eval_pool(split: Split, dataset) -> np.ndarray | None:
+  return None if split.classes is None else split.test_pool(dataset.y_test)
+
+
+def bound_label(norm: str, epsilon: float) -> str:
+  """"ℓ2 6.43" or "ℓ∞ 16/255" (in 1/255 units when that is a whole number)."""
+  if norm == "l2":
+    return f"ℓ2 {epsilon:g}"
+  scaled = epsilon * 255
+  return f"ℓ∞ {round(scaled)}/255" if abs(scaled - round(scaled)) < 1e-6 else f"ℓ∞ {epsilon:g}"
+
+
+
+
+def resolve_denoiser(denoiser, sigmas: Sequence[float]):
+  """(Denoiser or None, its description for the identity): `denoiser` as given, loaded from a
+  path, or the embedded default; None when no σ > 0 needs one."""
+  if not any(sigma > 0 for sigma in sigmas):
+    return None, None
+  from jaxpoison import diffusion
+  if denoiser is None:
+    denoiser, source = diffusion.default_denoiser(), "default_denoiser()"
+  elif isinstance(denoiser, (str, Path)):
+    denoiser, source = diffusion.load_denoiser(denoiser), str(denoiser)
+  else:
+    source = "given Denoiser"
+  return denoiser, denoiser_info(denoiser, source)
+
+
+# --- the trial loop -------------------------------------------------------------------------------
+
+def poison_path(out_dir: str | Path, attack: str, trial: int) -> Path:
+  return Path(out_dir) / "poisons" / attack / f"trial_{trial:03d}.npz"
+
+
+def result_path(out_dir: str | Path, attack: str, trial: int) -> Path:
+  return Path(out_dir) / "results" / attack / f"trial_{trial:03d}.json"
+
+
+def finished_trials(out_dir: str | Path, attack: str) -> set[int]:
+  """Trials of `attack` with a record in out_dir (complete files only: records are atomic)."""
+  return {int(m.group(1)) for m in runs.list_units(Path(out_dir) / "results" / attack,
+                                                      _TRIAL_RE)}
+
+
+def run_trial_loop(folder: runs.RunFolder, attack_names: Sequence[str], num_trials: int,
+                   trials_per_step: int,
+                   run_chunk: Callable[[str, list[int]], list[dict]], *,
+                   stop_after: int | None = None, time_limit_s: float | None = None,
+                   started: float | None = None, log: Callable[[str], None] = print) -> bool:
+  """Runs every unfinished trial of every attack, `trials_per_step` at a time, and writes each
+  chunk's records atomically as soon as the chunk is done.
+
+  `run_chunk(attack, trials)` returns one record per trial (a JSON-able dict with `success`
+  per σ). Stops early, to be resumed by a rerun, after `stop_after` trials or once
+  `time_limit_s` seconds have passed since `started`; returns whether it stopped early.
+  """
+  started = time.perf_counter() if started is None else started
+  todo = {attack: [i for i in range(num_trials)
+                   if i not in finished_trials(folder.path, attack)]
+          for attack in attack_names}
+  total = len(attack_names) * num_trials
+  progress = runs.Progress(total, done=total - sum(map(len, todo.values())), unit="trials",
+                           log=log)
+  finished = 0
+  for attack in attack_names:
+    for begin in range(0, len(todo[attack]), trials_per_step):
+      if stop_after is not None and finished >= stop_after:
+        return True
+      if time_limit_s is not None and time.perf_counter() - started > time_limit_s:
+        log(f"time limit of {time_limit_s:.0f} s reached; rerun to resume")
+        return True
+      chunk = todo[attack][begin:begin + trials_per_step]
+      if stop_after is not None:
+        chunk = chunk[:stop_after - finished]
+      chunk_start = time.perf_counter()
+      records = run_chunk(attack, chunk)
+      for i, record in zip(chunk, records):
+        folder.write_json(result_path("", attack, i), record)
+      finished += len(chunk)
+      hits = np.array([record["success"] for record in records], float).mean(axis=0)
+      rates = ", ".join(f"σ={sigma:g}: {rate:.2f}"
+                        for sigma, rate in zip(records[0]["sigmas"], hits))
+      trials = f"trial {chunk[0]}" if len(chunk) == 1 else f"trials {chunk[0]}–{chunk[-1]}"
+      progress.update(len(chunk), f"{attack}: {trials} done in "
+                      f"{time.perf_counter() - chunk_start:.1f} s (success {rates})")
+  return False

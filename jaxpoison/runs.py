@@ -1,0 +1,226 @@
+"""The one run-folder layer: a results folder claimed for a settings dict, resumably filled.
+
+Every long experiment (the certification pipeline, the attack benchmarks) writes into a folder
+that
+
+* is **claimed** for the settings its results depend on (fingerprints of the data, the weights
+  and the configs): the first run writes them to a settings file, a rerun with the same
+  settings resumes, a rerun with others is refused with a message naming every differing
+  setting, and nothing in the folder is touched;
+* holds one **atomic record per finished unit** (a chunk of votes, a trial): a crash loses at
+  most the unit in flight, and `listing` says which units are done so a rerun computes only
+  the missing ones;
+* reports **progress** with a rate and an ETA (`Progress`).
+
+Settings under a `mutable` key (e.g. the certification's "environment": platform, JAX version,
+resolved dtypes) may change on a resume when the caller allows it; the settings file then takes
+the new values and keeps the old ones in `<key>_history`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpoison import io
+
+log = logging.getLogger("jaxpoison.runs")
+
+
+class RunMismatch(ValueError):
+  """A folder holds results of a run with other settings (or is not a run folder at all)."""
+
+
+# --- fingerprints ------------------------------------------------------------------------------
+
+def fingerprint_arrays(arrays: Iterable, *, length: int | None = None) -> str:
+  """SHA-256 over every array's dtype, shape and bytes, in order (hex; the first `length`
+  characters when given)."""
+  digest = hashlib.sha256()
+  for array in arrays:
+    array = np.ascontiguousarray(np.asarray(array))
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+  text = digest.hexdigest()
+  return text if length is None else text[:length]
+
+
+def fingerprint_pytree(tree, *, length: int | None = None) -> str:
+  """`fingerprint_arrays` over a pytree's array leaves (e.g. a model's parameters)."""
+  leaves = [leaf for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape")]
+  return fingerprint_arrays(leaves, length=length)
+
+
+def jsonable(obj) -> Any:
+  """`obj` as the JSON a settings file holds (tuples become lists, numpy scalars numbers)."""
+  return json.loads(json.dumps(obj, default=io._json_default))
+
+
+# --- the settings and their differences ---------------------------------------------------------
+
+def differences(folder, given, prefix: str = "") -> list[str]:
+  """One line per setting that differs between the folder's settings and the given ones:
+  "a.b: folder has X, this run has Y" (a key on one side only shows as None on the other)."""
+  if isinstance(folder, dict) and isinstance(given, dict):
+    out = []
+    for key in sorted(set(folder) | set(given), key=str):
+      out += differences(folder.get(key), given.get(key), f"{prefix}{key}.")
+    return out
+  if folder == given:
+    return []
+  return [f"{prefix[:-1] or 'settings'}: folder has {_short(folder)}, this run has "
+          f"{_short(given)}"]
+
+
+def _short(value) -> str:
+  text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+  return text if len(text) <= 100 else text[:97] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+  """A claimed results folder (see the module docstring); create it with `claim`."""
+  path: Path
+  settings_file: str
+
+  @property
+  def settings(self) -> dict:
+    return json.loads((self.path / self.settings_file).read_text())
+
+  def unit_path(self, *parts: str) -> Path:
+    return self.path.joinpath(*parts)
+
+  def write_json(self, relative: str | os.PathLike, obj) -> Path:
+    """Writes one unit's record atomically (a reader sees the old file or the new, never half)."""
+    return io.atomic_write_json(self.path / relative, obj)
+
+  def write_npz(self, relative: str | os.PathLike, **arrays) -> Path:
+    return io.atomic_save_npz(self.path / relative, **arrays)
+
+  def write_text(self, relative: str | os.PathLike, text: str) -> Path:
+    return io.atomic_write_text(self.path / relative, text)
+
+  def listing(self, directory: str | os.PathLike, pattern: str | re.Pattern) -> list[re.Match]:
+    """The finished units in `directory` (relative to the folder): a match of `pattern` for
+    every file name that matches it in full, sorted by name; temporary files of a write in
+    flight never match."""
+    return list_units(self.path / directory, pattern)
+
+
+def list_units(directory: str | os.PathLike, pattern: str | re.Pattern) -> list[re.Match]:
+  """`RunFolder.listing` for any directory (empty when it does not exist)."""
+  pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+  directory = Path(directory)
+  if not directory.is_dir():
+    return []
+  matches = (pattern.fullmatch(path.name) for path in sorted(directory.iterdir())
+             if path.is_file())
+  return [m for m in matches if m is not None]
+
+
+def claim(path: str | os.PathLike, settings: dict, *, settings_file: str = "settings.json",
+          what: str = "a results folder", mutable: Sequence[str] = (),
+          allow_mutable_change: bool = False, allow_mutable_hint: str = "",
+          require_empty: bool = True, error: type[Exception] = RunMismatch) -> RunFolder:
+  """Claims `path` for `settings`: writes them into a new folder, or checks an existing one.
+
+  Args:
+    path: the folder (created with its parents).
+    settings: a JSON-able dict of everything the results depend on.
+    settings_file: its file name inside the folder.
+    what: what the folder is, for messages ("a results folder of scripts/certify.py").
+    mutable: top-level keys whose values may change on a resume (`allow_mutable_change`); the
+      file then takes the new values and keeps the old ones under "<key>_history".
+    allow_mutable_hint: how the user allows that (named in the refusal).
+    require_empty: refuse a non-empty folder without a settings file (False where a harness
+      writes reusable pieces, e.g. pretrained weights, before its settings are known).
+    error: the exception type raised (a subclass of RunMismatch keeps callers' except clauses).
+
+  Raises:
+    `error`: naming every differing setting; nothing in the folder is touched.
+  """
+  out = Path(path)
+  file = out / settings_file
+  settings = jsonable(settings)
+  if file.exists():
+    try:
+      existing = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+      raise error(f"{file}: unreadable ({e}); remove it or use another folder") from e
+    histories = {key: existing.pop(f"{key}_history", []) for key in mutable}
+    diffs = differences(existing, settings)
+    changeable = tuple(f"{key}." for key in mutable)
+    fixed = [d for d in diffs if not d.startswith(changeable)]
+    if fixed or (diffs and not allow_mutable_change):
+      hint = f" {allow_mutable_hint}" if allow_mutable_hint and not fixed else ""
+      raise error(
+          f"{out} holds results of a run with different settings; refusing to mix or overwrite "
+          f"them. Use another folder, or the same settings.{hint} Differences:\n  "
+          + "\n  ".join(diffs))
+    if diffs:
+      log.warning("resuming %s with changed %s (allowed; recorded in %s): %s", out,
+                  ", ".join(mutable), settings_file, "; ".join(diffs))
+      updated = dict(settings)
+      for key in mutable:
+        if existing.get(key) != settings.get(key):
+          histories[key] = histories[key] + [existing.get(key)]
+        if histories[key]:
+          updated[f"{key}_history"] = histories[key]
+      io.atomic_write_json(file, updated)
+    return RunFolder(out, settings_file)
+  if require_empty and out.exists() and any(out.iterdir()):
+    raise error(f"{out} is not empty and has no {settings_file}: not {what}; refusing to write "
+                "into it")
+  io.atomic_write_json(file, settings)
+  return RunFolder(out, settings_file)
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+class Progress:
+  """Units done of a total, the rate of this run and the ETA of the rest.
+
+  `update(n)` after each finished unit returns (and logs, when `log` is given) one line, e.g.
+  "12/100 trials; 35.2 trials/h; ETA 2.50 h". The rate counts only units computed in this run,
+  so a resumed run's ETA is not flattered by the units it found done.
+  """
+
+  def __init__(self, total: int, *, done: int = 0, unit: str = "units",
+               log: Callable[[str], None] | None = None, clock: Callable[[], float] = None):
+    self.total, self.done, self.unit, self.log = int(total), int(done), unit, log
+    self._clock = clock or time.perf_counter
+    self._start = self._clock()
+    self.computed = 0
+
+  @property
+  def rate_per_hour(self) -> float:
+    elapsed = self._clock() - self._start
+    return self.computed / elapsed * 3600 if elapsed > 0 else float("inf")
+
+  @property
+  def eta_hours(self) -> float:
+    remaining = max(self.total - self.done, 0)
+    if remaining == 0:
+      return 0.0
+    rate = self.rate_per_hour
+    return remaining / rate if 0 < rate < float("inf") else float("inf")
+
+  def update(self, count: int = 1, message: str = "") -> str:
+    self.done += count
+    self.computed += count
+    line = (f"{message}{'; ' if message else ''}{self.done}/{self.total} {self.unit}; "
+            f"{self.rate_per_hour:,.1f} {self.unit}/h; ETA {self.eta_hours:.2f} h")
+    if self.log is not None:
+      self.log(line)
+    return line

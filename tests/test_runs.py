@@ -1,0 +1,115 @@
+"""Tests of the run-folder layer (jaxpoison.runs) and of both harnesses' use of it."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from jaxpoison import benchmarks, pipeline, runs
+
+
+def test_claim_writes_then_resumes_then_refuses_naming_every_difference(tmp_path):
+  out = tmp_path / "run"
+  settings = {"seed": 0, "data": {"sha": "abc", "n": 10}, "sigmas": (0.1, 0.25)}
+  folder = runs.claim(out, settings, what="a test folder")
+  assert folder.path == out and json.loads((out / "settings.json").read_text()) == {
+      "seed": 0, "data": {"sha": "abc", "n": 10}, "sigmas": [0.1, 0.25]}
+  assert runs.claim(out, settings).settings == folder.settings  # A resume.
+  before = (out / "settings.json").read_bytes()
+  changed = {"seed": 1, "data": {"sha": "abd", "n": 10}, "sigmas": (0.1,), "extra": True}
+  with pytest.raises(runs.RunMismatch) as error:
+    runs.claim(out, changed)
+  lines = str(error.value).splitlines()[1:]
+  assert [line.strip() for line in lines] == [
+      'data.sha: folder has "abc", this run has "abd"',
+      "extra: folder has null, this run has true",
+      "seed: folder has 0, this run has 1",
+      "sigmas: folder has [0.1, 0.25], this run has [0.1]",
+  ]
+  assert (out / "settings.json").read_bytes() == before  # Nothing touched.
+
+
+def test_claim_refuses_foreign_and_unreadable_folders(tmp_path):
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  with pytest.raises(runs.RunMismatch, match="not a test folder; refusing"):
+    runs.claim(foreign, {"seed": 0}, what="a test folder")
+  # A harness that writes reusable pieces first may accept it.
+  runs.claim(foreign, {"seed": 0}, require_empty=False)
+  (foreign / "settings.json").write_text("{half")
+  with pytest.raises(runs.RunMismatch, match="unreadable"):
+    runs.claim(foreign, {"seed": 0})
+
+
+def test_mutable_settings_change_only_when_allowed_and_are_recorded(tmp_path):
+  out = tmp_path / "run"
+  runs.claim(out, {"seed": 0, "env": {"platform": "cpu"}}, mutable=("env",))
+  moved = {"seed": 0, "env": {"platform": "gpu"}}
+  with pytest.raises(runs.RunMismatch, match="--allow_it"):
+    runs.claim(out, moved, mutable=("env",), allow_mutable_hint="Pass --allow_it.")
+  folder = runs.claim(out, moved, mutable=("env",), allow_mutable_change=True)
+  assert folder.settings == {"seed": 0, "env": {"platform": "gpu"},
+                             "env_history": [{"platform": "cpu"}]}
+  runs.claim(out, moved, mutable=("env",))  # The new environment is the one compared with.
+  with pytest.raises(runs.RunMismatch, match="seed: folder has 0, this run has 1"):
+    runs.claim(out, {**moved, "seed": 1}, mutable=("env",), allow_mutable_change=True)
+
+
+def test_records_are_atomic_and_listing_sees_only_finished_units(tmp_path):
+  folder = runs.claim(tmp_path / "run", {"seed": 0})
+  folder.write_json("results/a/trial_000.json", {"ok": True})
+  folder.write_npz("votes/models_000000-000003.npz", votes=np.zeros((4, 2)))
+  # A write in flight (the temporary file of an atomic write) and other files are not units.
+  (folder.path / "results" / "a" / ".trial_001.json.tmp").write_text("{")
+  (folder.path / "results" / "a" / "trial_002.json.partial").write_text("{")
+  units = folder.listing("results/a", r"trial_(\d{3})\.json")
+  assert [m.group(1) for m in units] == ["000"]
+  assert runs.list_units(tmp_path / "missing", r".*") == []
+  assert benchmarks.finished_trials(folder.path, "a") == {0}
+  assert pipeline.finished_models(folder.path / "votes").tolist() == [True] * 4
+
+
+def test_progress_rate_counts_only_this_runs_units():
+  now = [0.0]
+  lines = []
+  progress = runs.Progress(10, done=4, unit="trials", log=lines.append, clock=lambda: now[0])
+  now[0] = 1800.0
+  line = progress.update(2, "chunk done")
+  # 2 trials in half an hour: 4 trials/h; 4 left: 1 h (the 4 found done do not count).
+  assert line == "chunk done; 6/10 trials; 4.0 trials/h; ETA 1.00 h" and lines == [line]
+  assert progress.update(4).endswith("ETA 0.00 h")
+
+
+def test_fingerprints_depend_on_dtype_shape_and_bytes():
+  a = np.arange(6, dtype=np.int32)
+  assert runs.fingerprint_arrays([a]) == runs.fingerprint_arrays([a.copy()])
+  assert runs.fingerprint_arrays([a]) != runs.fingerprint_arrays([a.astype(np.int64)])
+  assert runs.fingerprint_arrays([a]) != runs.fingerprint_arrays([a.reshape(2, 3)])
+  assert runs.fingerprint_arrays([a], length=16) == runs.fingerprint_arrays([a])[:16]
+  assert runs.fingerprint_pytree({"w": a}) == runs.fingerprint_arrays([a])
+
+
+def test_both_harnesses_refuse_through_the_same_layer(tmp_path):
+  assert issubclass(pipeline.ResultsMismatch, runs.RunMismatch)
+  assert issubclass(benchmarks.BenchmarkConfigError, runs.RunMismatch)
+  pipeline.claim_results_dir(tmp_path / "certify", {"seed": 0})
+  benchmarks.claim_run(tmp_path / "bench", {"seed": 0})
+  messages = []
+  for claim, error in ((pipeline.claim_results_dir, pipeline.ResultsMismatch),
+                       (benchmarks.claim_run, benchmarks.BenchmarkConfigError)):
+    name = "certify" if claim is pipeline.claim_results_dir else "bench"
+    with pytest.raises(error) as caught:
+      claim(tmp_path / name, {"seed": 1})
+    messages.append(re.sub(r"^\S+ holds", "holds", str(caught.value)))
+  assert messages[0] == messages[1] and "seed: folder has 0, this run has 1" in messages[0]
+
+
+def test_benchmark_folders_of_an_older_format_are_refused_clearly(tmp_path):
+  identity = {"format_version": benchmarks.FORMAT_VERSION, "settings": {"seed": 0}}
+  benchmarks.claim_run(tmp_path, {**identity, "format_version": 2})
+  with pytest.raises(benchmarks.BenchmarkConfigError,
+                     match=f"format version 2 of the benchmark, this version writes "
+                           f"{benchmarks.FORMAT_VERSION}"):
+    benchmarks.claim_run(tmp_path, identity)
