@@ -33,7 +33,7 @@ without the defense ≥ 70% (Bullseye) and ≥ 50% (Poison Frogs); clean 5-way a
 """
 
 from jaxpoison.attacks import L2_EPSILON_TRANSFER
-from jaxpoison.poison_benchmark import BenchmarkConfig, FineTuneConfig, model_config
+from jaxpoison.benchmarks import BenchmarkConfig, FineTuneConfig, model_config
 
 
 def get_config() -> BenchmarkConfig:

@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="stage widths of the black-box crafting model (with --craft_model)")
   group.add_argument("--pretrain_epochs", type=float, help="epochs of the pretraining runs")
   group.add_argument("--pretrain_classes", type=cli.comma_separated(int),
-                     help="pretrain on these classes, fine-tune on the others")
+                     help="pretrain on these classes, fine-tune on the others (\"\": split by "
+                     "images instead)")
   group.add_argument("--finetune_mode", choices=("linear_probe", "whole_network"))
   group.add_argument("--augment", choices=("none", "flip_translate"),
                      help="the victim's fine-tuning augmentation")
@@ -105,6 +106,8 @@ def main(argv=None) -> None:
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "finetune_per_class",
       "num_eval", "norm", "epsilon", "craft_steps", "trials_per_step", "pretrain_classes")
       if getattr(args, name) is not None}
+  if args.pretrain_classes == ():  # --pretrain_classes "": split by images, all classes.
+    changes["pretrain_classes"] = None
   if args.budget is not None:
     changes.update(budget=args.budget, num_poisons=None)
   pretrain_changes = {} if args.pretrain_epochs is None else {"epochs": args.pretrain_epochs}
