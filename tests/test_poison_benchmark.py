@@ -604,3 +604,20 @@ def test_backdoors_end_to_end_score_the_triggered_target(tmp_path, e2e, monkeypa
   sources = transfer.backdoor_sources(config, dataset, split, 0, trial)
   assert np.all(dataset.y_train[sources] == trial.target_class)
   assert np.all(np.isin(sources, split.pool)) and len(set(sources)) == len(sources)
+
+
+def test_no_poison_control_trains_on_the_clean_bases(tmp_path, e2e):
+  dataset, config, _ = e2e
+  config = dataclasses.replace(config, attacks=(pb.NO_POISON,), num_trials=1, sigmas=(0.0,),
+                               trials_per_step=1)
+  (record,) = pb.run_benchmark(config, dataset, tmp_path, log=lambda line: None)
+  poison_set = A.load_poisons(tmp_path / record["poison_file"], dataset)
+  np.testing.assert_array_equal(poison_set.images, dataset.x_train[poison_set.indices])
+  assert record["attack"] == "no_poison" and "No poison (control)" in pb.render_table([record])
+  # The same trial (target, base class, bases) as every attack's trial 0.
+  bullseye = pb.sample_benchmark_trial(dataclasses.replace(config, attacks=("poison_frogs",)),
+                                       dataset, pb.split_training_set(
+                                           dataset.y_train,
+                                           finetune_per_class=config.finetune_per_class), 0)
+  assert (record["target_index"], record["base_class"]) == (bullseye.target_index,
+                                                            bullseye.base_class)

@@ -37,6 +37,7 @@ ATTACK_TITLES = {
     "bullseye_polytope": "Bullseye Polytope",
     "label_consistent": "Label-consistent BD",
     "hidden_trigger": "Hidden-trigger BD",
+    "no_poison": "No poison (control)",
 }
 # Table rows: in this order, then any other attack by name.
 ROW_ORDER = tuple(ATTACK_TITLES)

@@ -83,6 +83,22 @@ ATTACK_NAMES = tuple(attacks.ATTACKS)
 # 2: clean accuracy on a random test subset (was the first num_eval); 3: the head's learning
 # rate in its own units, fine-tuning mode and augmentation, class-disjoint splits.
 FORMAT_VERSION = 3
+# The control: the trial's bases left as they are. Its success is how often a victim trained on
+# clean data alone gives the target the (randomly drawn) base class: the floor that any
+# attack's or defended cell's success should be read against.
+NO_POISON = "no_poison"
+
+
+@dataclasses.dataclass(frozen=True)
+class NoPoisonConfig:
+  """The control's "attack config": the run's bound, which the unchanged bases keep."""
+  norm: str
+  epsilon: float
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
 FINETUNE_MODES = ("linear_probe", "whole_network")
 AUGMENTATIONS = ("none", "flip_translate")
 
@@ -144,7 +160,8 @@ class BenchmarkConfig:
   """Settings of an attack benchmark run (defaults: the paper's Table 1 setting).
 
   Attributes:
-    attacks: attacks to run, names of `jaxpoison.attacks.ATTACKS`.
+    attacks: attacks to run, names of `jaxpoison.attacks.ALL_ATTACKS`, and "no_poison" (the
+      control: every trial's bases unchanged).
     num_trials: trials per attack (100); a rerun with more trials extends a run.
     seed: trial i uses the key fold_in(key(seed), i).
     sigmas: noise levels in [0, 1] pixel units; 0 means no defense (no denoising).
@@ -206,7 +223,8 @@ class BenchmarkConfig:
     if not names:
       raise ValueError("attacks: expected at least one attack")
     for name in names:
-      attacks.get_attack(name)
+      if name != NO_POISON:
+        attacks.get_attack(name)
     if len(set(names)) != len(names):
       raise ValueError(f"attacks: {list(names)} names an attack twice")
     _store(self, "attacks", names)
@@ -249,7 +267,8 @@ class BenchmarkConfig:
                        f"{self.base_selection!r}")
     if not isinstance(self.finetune, FineTuneConfig):
       raise TypeError(f"finetune: expected a FineTuneConfig, got {type(self.finetune).__name__}")
-    backdoors = [name for name in names if attacks.attack_kind(name) == "backdoor"]
+    backdoors = [name for name in names
+                 if name != NO_POISON and attacks.attack_kind(name) == "backdoor"]
     if backdoors and self.norm != "linf":
       raise ValueError(f"attacks: {backdoors} are run with an ℓ∞ bound only (the paper has no ℓ2 "
                        "backdoor rows); run them with norm='linf'")
@@ -274,6 +293,8 @@ class BenchmarkConfig:
     return adversarial_config(base if base is not None else classifier.resnet18_config())
 
   def attack_config(self, name: str):
+    if name == NO_POISON:
+      return NoPoisonConfig(self.norm, self.epsilon)
     """The attack's config: its published defaults with this run's bound and step count."""
     overrides = {"norm": self.norm, "epsilon": self.epsilon}
     if self.craft_steps is not None:
@@ -361,7 +382,7 @@ def target_image(poison_set: attacks.PoisonSet, dataset) -> np.ndarray:
   """The test image the trial's victim is scored on: the target, with the trigger pasted at the
   papers' place for a backdoor (success is counted on the triggered target)."""
   image = np.asarray(dataset.x_test[poison_set.target_index])
-  if attacks.attack_kind(poison_set.attack) != "backdoor":
+  if poison_set.attack == NO_POISON or attacks.attack_kind(poison_set.attack) != "backdoor":
     return image
   config = attacks.config_from_dict(poison_set.attack, poison_set.config)
   trigger = attacks.get_trigger(config.trigger, config.patch_size)
@@ -378,7 +399,9 @@ def craft_poisons(config: BenchmarkConfig, attack: str, dataset, split: Split, i
   key = jax.random.fold_in(trial_key(config.seed, index), CRAFT)
   attack_config = config.attack_config(attack)
   bases = np.asarray(dataset.x_train[trial.base_indices])
-  if attack == "label_consistent":
+  if attack == NO_POISON:
+    result = attacks.AttackResult(bases, bases, None, None, None)
+  elif attack == "label_consistent":
     if models.surrogate is None:
       raise ValueError("label_consistent: needs the surrogate classifier (CraftingModels"
                        ".surrogate)")
