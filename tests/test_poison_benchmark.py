@@ -621,3 +621,15 @@ def test_no_poison_control_trains_on_the_clean_bases(tmp_path, e2e):
                                            finetune_per_class=config.finetune_per_class), 0)
   assert (record["target_index"], record["base_class"]) == (bullseye.target_index,
                                                             bullseye.base_class)
+
+
+def test_black_box_scenario_names_the_widths_when_the_architecture_is_the_same():
+  from types import SimpleNamespace
+  from jaxpoison import classifier
+  victim = SimpleNamespace(config=classifier.tiny_config("airbench94", widths=(16, 32, 128)))
+  crafter = SimpleNamespace(config=classifier.tiny_config("airbench94", widths=(32, 64, 64)))
+  other = SimpleNamespace(config=classifier.tiny_config("resnet18"))
+  assert transfer._scenario(None, victim, None) == "white-box"
+  assert transfer._scenario(None, victim, crafter) == (
+      "black-box (airbench94 32/64/64 → airbench94 16/32/128)")
+  assert transfer._scenario(None, victim, other) == "black-box (resnet18 → airbench94)"

@@ -532,7 +532,12 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
 def _scenario(config: BenchmarkConfig, victim, crafter) -> str:
   if crafter is None:
     return "white-box"
-  return f"black-box ({crafter.config.model} → {victim.config.model})"
+  def name(models):
+    config = models.config
+    if crafter.config.model == victim.config.model:  # The same architecture: say the widths.
+      return f"{config.model} {'/'.join(map(str, config.widths))}"
+    return config.model
+  return f"black-box ({name(crafter)} → {name(victim)})"
 
 
 def _extractors(config: BenchmarkConfig, dataset, split: Split, out_dir: Path, pretrained,
