@@ -79,11 +79,12 @@ def differences(folder, given, prefix: str = "") -> list[str]:
     return out
   if folder == given:
     return []
-  return [f"{prefix[:-1] or 'settings'}: folder has {_short(folder)}, this run has "
-          f"{_short(given)}"]
+  return [f"{prefix[:-1] or 'settings'}: folder has {short_json(folder)}, this run has "
+          f"{short_json(given)}"]
 
 
-def _short(value) -> str:
+def short_json(value) -> str:
+  """`value` as JSON, cut to 100 characters (for messages)."""
   text = json.dumps(value, sort_keys=True, ensure_ascii=False)
   return text if len(text) <= 100 else text[:97] + "..."
 
@@ -132,19 +133,24 @@ def list_units(directory: str | os.PathLike, pattern: str | re.Pattern) -> list[
 def claim(path: str | os.PathLike, settings: dict, *, settings_file: str = "settings.json",
           what: str = "a results folder", mutable: Sequence[str] = (),
           allow_mutable_change: bool = False, allow_mutable_hint: str = "",
-          require_empty: bool = True, error: type[Exception] = RunMismatch) -> RunFolder:
+          require_empty: bool = True, version_key: str | None = None,
+          error: type[Exception] = RunMismatch) -> RunFolder:
   """Claims `path` for `settings`: writes them into a new folder, or checks an existing one.
 
   Args:
     path: the folder (created with its parents).
     settings: a JSON-able dict of everything the results depend on.
     settings_file: its file name inside the folder.
-    what: what the folder is, for messages ("a results folder of scripts/certify.py").
+    what: for messages: what the folder is ("not {what}", with require_empty) and whose
+      format version it records ("format version N of {what}", with version_key).
     mutable: top-level keys whose values may change on a resume (`allow_mutable_change`); the
       file then takes the new values and keeps the old ones under "<key>_history".
     allow_mutable_hint: how the user allows that (named in the refusal).
     require_empty: refuse a non-empty folder without a settings file (False where a harness
       writes reusable pieces, e.g. pretrained weights, before its settings are known).
+    version_key: a top-level key holding the format version of what the folder records; a
+      folder of another version is refused with a message naming both versions (rather than
+      in the list of differences: the rest of its settings mean something else).
     error: the exception type raised (a subclass of RunMismatch keeps callers' except clauses).
 
   Raises:
@@ -158,6 +164,12 @@ def claim(path: str | os.PathLike, settings: dict, *, settings_file: str = "sett
       existing = json.loads(file.read_text())
     except json.JSONDecodeError as e:
       raise error(f"{file}: unreadable ({e}); remove it or use another folder") from e
+    if version_key is not None and version_key in settings:
+      version = existing.get(version_key) if isinstance(existing, dict) else None
+      if version is not None and version != settings[version_key]:
+        raise error(f"{out} was written by format version {version} of {what}, this version "
+                    f"writes {settings[version_key]} (its records mean something else); start "
+                    "a new folder")
     histories = {key: existing.pop(f"{key}_history", []) for key in mutable}
     diffs = differences(existing, settings)
     changeable = tuple(f"{key}." for key in mutable)

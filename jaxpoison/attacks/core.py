@@ -197,14 +197,19 @@ def check_key(key) -> jax.Array:
   return key
 
 
-def check_target_and_bases(target_image, base_images) -> tuple[int, int, int]:
-  """Checks a uint8 target [H, W, C] and uint8 bases [P, H, W, C]; returns (H, W, C)."""
-  check_images(target_image, name="target_image", ndims=(3,), dtypes=("uint8",))
-  image_shape = tuple(target_image.shape)
+def check_bases(base_images, image_shape=None) -> tuple[int, int, int]:
+  """Checks a non-empty batch of uint8 bases [P, H, W, C] (of `image_shape` when given);
+  returns (H, W, C)."""
   check_images(base_images, name="base_images", image_shape=image_shape, dtypes=("uint8",))
   if base_images.shape[0] < 1:
     raise ValueError("base_images: expected at least one base image, got an empty batch")
-  return image_shape
+  return tuple(base_images.shape[1:])
+
+
+def check_target_and_bases(target_image, base_images) -> tuple[int, int, int]:
+  """Checks a uint8 target [H, W, C] and uint8 bases [P, H, W, C]; returns (H, W, C)."""
+  check_images(target_image, name="target_image", ndims=(3,), dtypes=("uint8",))
+  return check_bases(base_images, tuple(target_image.shape))
 
 
 def to_unit_float(images: jax.Array) -> jax.Array:

@@ -195,10 +195,7 @@ def hidden_trigger_backdoor(key: jax.Array, extractors, base_images: jax.Array,
     raise TypeError(f"config: expected a HiddenTriggerConfig, got {type(config).__name__}")
   key = core.check_key(key)
   ensemble = core.as_ensemble(extractors)
-  check_images(base_images, name="base_images", dtypes=("uint8",))
-  if base_images.shape[0] < 1:
-    raise ValueError("base_images: expected at least one base image, got an empty batch")
-  image_shape = tuple(base_images.shape[1:])
+  image_shape = core.check_bases(base_images)
   check_images(source_images, name="source_images", image_shape=image_shape, dtypes=("uint8",))
   if source_images.shape[0] != base_images.shape[0]:
     raise ValueError(

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison._checks import check_images
 from jaxpoison.attacks import constraints, core, triggers
 from jaxpoison.attacks.configs import AttackResult, LabelConsistentConfig
 
@@ -130,10 +129,7 @@ def label_consistent_backdoor(key: jax.Array, surrogate, base_images: jax.Array,
     raise TypeError(f"config: expected a LabelConsistentConfig, got {type(config).__name__}")
   key = core.check_key(key)
   ensemble = core.as_ensemble(surrogate)
-  check_images(base_images, name="base_images", dtypes=("uint8",))
-  if base_images.shape[0] < 1:
-    raise ValueError("base_images: expected at least one base image, got an empty batch")
-  image_shape = tuple(base_images.shape[1:])
+  image_shape = core.check_bases(base_images)
   triggers.trigger_position(config, image_shape)
   constraints.check_quantizable(config.norm, config.epsilon, image_shape)
   widths = core.check_extractor_outputs(ensemble, image_shape)

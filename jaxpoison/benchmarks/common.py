@@ -220,19 +220,8 @@ def claim_run(out_dir: str | Path, identity: dict[str, Any]) -> runs.RunFolder:
     BenchmarkConfigError: the directory holds results of a run with other settings; the
       message names every setting that differs.
   """
-  file = Path(out_dir) / RUN_FILE
-  if file.is_file() and "format_version" in identity:
-    try:
-      version = json.loads(file.read_text()).get("format_version")
-    except (json.JSONDecodeError, AttributeError):
-      version = None  # runs.claim names the unreadable file.
-    if version is not None and version != identity["format_version"]:
-      raise BenchmarkConfigError(
-          f"{out_dir} was written by format version {version} of the benchmark, this version "
-          f"writes {identity['format_version']} (see FORMAT_VERSION: its records mean "
-          "something else); start a new output directory")
   return runs.claim(out_dir, identity, settings_file=RUN_FILE,
-                    what="a benchmark run folder", require_empty=False,
+                    what="the benchmark", require_empty=False, version_key="format_version",
                     error=BenchmarkConfigError)
 
 
@@ -429,8 +418,8 @@ def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key:
     models = classifier.load_models(path / "models")
     if models.config != train_config:
       raise BenchmarkConfigError(
-          f"{path}: pretrained with {runs._short(_config_dict(models.config))}, this run asks for "
-          f"{runs._short(_config_dict(train_config))}")
+          f"{path}: pretrained with {runs.short_json(_config_dict(models.config))}, this run asks for "
+          f"{runs.short_json(_config_dict(train_config))}")
     return models
   if path.exists():  # A pretraining run that stopped before it finished saving.
     shutil.rmtree(path)

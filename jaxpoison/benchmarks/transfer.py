@@ -656,6 +656,9 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
   scenario = _scenario(config, victim, crafter)
   finetune_images = np.asarray(dataset.x_train[split.finetune])
   finetune_labels = np.asarray(dataset.y_train[split.finetune], np.int32)
+  crafted_on = (crafter if crafter is not None else victim).config.model
+  surrogate_label = (f"{config.surrogate_config().model} (adversarially trained surrogate)"
+                     if "label_consistent" in config.attacks else None)
 
   def run_chunk(attack: str, chunk: list[int]) -> list[dict]:
     chunk_start = time.perf_counter()
@@ -684,9 +687,7 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
         "success": [p == poison_set.base_class for p in score["target_prediction"]],
         "clean_accuracy": score["clean_accuracy"],
         "victim": victim.config.model,
-        "crafted_on": (f"{config.surrogate_config().model} (adversarially trained surrogate)"
-                       if attack == "label_consistent" else
-                       (crafter if crafter is not None else victim).config.model),
+        "crafted_on": surrogate_label if attack == "label_consistent" else crafted_on,
         "pretraining": victim_meta.get("pretraining", victim_meta["source"]),
         "poison_file": str(poison_path(out_dir, attack, i).relative_to(out_dir)),
         "seconds": {"craft": craft_seconds / len(chunk), "total": seconds / len(chunk)},
