@@ -1,7 +1,11 @@
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
+from pathlib import Path
+
+import pytest
 
 # Tests run on the CPU; keep XLA from grabbing every core's worth of threads per process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -14,3 +18,31 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix="jaxpoison-test-xla-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Parsed(Exception):
+  pass
+
+
+@pytest.fixture
+def assert_command_parses(monkeypatch):
+  """`assert_command_parses("scripts/x.py", args)`: the script's parser accepts `args` (a flag
+  it does not know exits with code 2 instead); nothing past the parsing runs."""
+  from jaxpoison import cli
+
+  def parse_and_stop(self, argv=None, namespace=None):
+    raise _Parsed(super(cli.ArgumentParser, self).parse_args(argv, namespace))
+
+  monkeypatch.setattr(cli.ArgumentParser, "parse_args", parse_and_stop)
+
+  def check(script: str, args: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location(f"parsed_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(_Parsed):
+      module.main(args)
+
+  return check
