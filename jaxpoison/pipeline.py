@@ -71,8 +71,10 @@ class CertifyConfig:
       a path to a CIFAR-10 `.npz` / JPEG pack / image folder.
     data_dir: where "official" caches the archive (None: $JAXPOISON_DATA_DIR or
       ~/.cache/jaxpoison), or the tfds data directory for "tfds" (None: tfds' default).
-    denoiser: "default" (the embedded denoiser) or a path written by `diffusion.save_denoiser`
-      (e.g. by scripts/convert_checkpoint.py).
+    denoiser: "default" (the embedded denoiser), a path written by `diffusion.save_denoiser`
+      (e.g. by scripts/convert_checkpoint.py), or "none": Gaussian noise only, no denoising
+      (Weber et al.'s smoothing of the training set, the baseline of the paper's Fig. 1 right;
+      the certificate is the same, the models see noisy images).
     trainer: a preset name (see TRAINER_PRESETS) or a `classifier.TrainConfig`.
     models_per_step: models computed concurrently per chunk (None: planned from device memory);
       rounded up to a multiple of the device count.
@@ -207,9 +209,10 @@ def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarr
       "num_train": int(len(dataset.x_train)),
       "test_indices": _hash_arrays(test_indices),
       "num_test": int(len(test_indices)),
-      "denoiser": {"config": _config_dict(denoiser.unet), "schedule": _config_dict(
-          denoiser.schedule), "params": pytree_fingerprint(denoiser.params),
-                   "trained_timesteps": list(denoiser.trained_timesteps)},
+      "denoiser": NOISE_ONLY if denoiser is None else {
+          "config": _config_dict(denoiser.unet), "schedule": _config_dict(denoiser.schedule),
+          "params": pytree_fingerprint(denoiser.params),
+          "trained_timesteps": list(denoiser.trained_timesteps)},
       "trainer": _trainer_settings(train_config),
       "denoise_batch_size": int(config.denoise_batch_size),
       ENVIRONMENT: environment_settings(train_config),
@@ -386,26 +389,60 @@ def write_certify_table(path: Path, test_indices: np.ndarray, per_point: dict) -
 def plot_certified_accuracy(path: Path, curves: dict[float, tuple[np.ndarray, np.ndarray]],
                             title: str = "") -> Path:
   """Certified accuracy versus ℓ2 radius, one line per σ, saved atomically as a PNG."""
+  lines = {f"σ = {sigma:g}": curve for sigma, curve in sorted(curves.items())}
+  return plot_certified_panels(path, [(title, lines)])
+
+
+def plot_certified_panels(path: Path, panels, suptitle: str = "") -> Path:
+  """Side-by-side panels of certified accuracy versus ℓ2 radius, saved atomically as a PNG.
+
+  panels: a sequence of (title, {line label: (radius grid, certified accuracy)}).
+  """
   import io as _io
 
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for sigma, (grid, acc) in sorted(curves.items()):
-    ax.plot(grid, acc, label=f"σ = {sigma:g}")
-  ax.set_xlabel("ℓ2 radius ([0, 1] pixel units)")
-  ax.set_ylabel("certified accuracy")
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  if title:
-    ax.set_title(title)
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+  for ax, (title, lines) in zip(axes[0], panels):
+    for label, (grid, acc) in lines.items():
+      ax.plot(grid, acc, label=label)
+    ax.set_xlabel("ℓ2 radius ([0, 1] pixel units)")
+    ax.set_ylabel("certified accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+      ax.set_title(title)
+  if suptitle:
+    fig.suptitle(suptitle)
   buffer = _io.BytesIO()
   fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
   plt.close(fig)
   return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_certified(out: str | os.PathLike) -> dict[float, dict]:
+  """A finished results folder's certificates: {σ: {"radius", "correct", "summary"}}.
+
+  radius: float [num_test] (0 where CERTIFY abstained); correct: bool [num_test], the certified
+  label is the true one; summary: that σ's summary.json.
+  """
+  out = Path(out)
+  found = {}
+  for directory in sorted(out.glob("sigma_*")):
+    if not (directory / "counts.npz").exists() or not (directory / "summary.json").exists():
+      continue
+    summary = json.loads((directory / "summary.json").read_text())
+    with np.load(directory / "counts.npz") as counts:
+      found[float(summary["sigma"])] = {
+          "radius": counts["radius"], "correct": counts["predict"] == counts["label"],
+          "summary": summary}
+  if not found:
+    raise FileNotFoundError(f"{out}: no finished σ (sigma_*/counts.npz and summary.json); "
+                            "run scripts/certify.py to the end first")
+  return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,9 +522,15 @@ def resolve_trainer(trainer, dataset: Dataset):
                              image_shape=tuple(dataset.image_shape))
 
 
-def resolve_denoiser(denoiser) -> "diffusion.Denoiser":
+NOISE_ONLY = "none"
+
+
+def resolve_denoiser(denoiser) -> "diffusion.Denoiser | None":
+  """The denoiser a config names; None for NOISE_ONLY (noise without denoising)."""
   if isinstance(denoiser, diffusion.Denoiser):
     return denoiser
+  if denoiser == NOISE_ONLY:
+    return None
   if denoiser in (None, "default"):
     return diffusion.default_denoiser()
   return diffusion.load_denoiser(denoiser)
@@ -562,6 +605,8 @@ class ChunkComputer:
     def denoise_local(denoiser, x_train, indices):
       def one(index):
         noise, _ = model_keys(seed, sigma, index)
+        if denoiser is None:  # Noise only: the same draws, no denoising.
+          return diffusion.add_noise(x_train, sigma, noise)
         return diffusion.noise_and_denoise(denoiser, x_train, sigma, noise,
                                            batch_size=denoise_batch_size,
                                            allow_untrained_sigma=allow_untrained_sigma)
@@ -715,12 +760,12 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
     dataset = train_subset(dataset, config.num_train)
     test_indices = subset_indices(len(dataset.x_test), config.num_test)
   denoiser = resolve_denoiser(config.denoiser)
-  if tuple(dataset.image_shape) != (denoiser.unet.sample_size, denoiser.unet.sample_size,
-                                    denoiser.unet.in_channels):
+  if denoiser is not None and tuple(dataset.image_shape) != (
+      denoiser.unet.sample_size, denoiser.unet.sample_size, denoiser.unet.in_channels):
     raise DataError(f"the denoiser works on {denoiser.unet.sample_size}×"
                      f"{denoiser.unet.sample_size}×{denoiser.unet.in_channels} images, the "
                      f"data has {dataset.image_shape}")
-  if not config.allow_untrained_sigma:
+  if denoiser is not None and not config.allow_untrained_sigma:
     for sigma in config.sigmas:  # Before any folder is written or any program compiled.
       diffusion.check_trained_sigma(denoiser, sigma)
   train_config = resolve_trainer(config.trainer, dataset)

@@ -31,7 +31,7 @@ def parse_args(argv):
                       "JPEG pack / image folder")
   parser.add_argument("--data_dir", help="cache of 'official' (default $JAXPOISON_DATA_DIR or "
                       "~/.cache/jaxpoison) or the tfds data directory")
-  parser.add_argument("--denoiser", help="'default' or a folder written by save_denoiser")
+  parser.add_argument("--denoiser", help="'default', a folder written by save_denoiser, or 'none' (noise only, no denoising)")
   parser.add_argument("--trainer", help="airbench94 | resnet18 | tiny | tiny_resnet18")
   parser.add_argument("--models_per_step", type=int, help="models per chunk (default: planned)")
   parser.add_argument("--num_test", type=int, help="certify a fixed random subset of test points")

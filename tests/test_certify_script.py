@@ -199,3 +199,30 @@ def test_four_devices_give_the_votes_of_one(inputs, uninterrupted, tmp_path):
   assert json.loads((four / "summary.json").read_text())["device"]["count"] == 4, result.stderr
   assert "models 0-7 done" in result.stderr
   np.testing.assert_array_equal(_votes(four, "0.25"), _votes(uninterrupted[0], "0.25"))
+
+
+def test_noise_only_smoothing_runs_without_a_denoiser(inputs, uninterrupted, tmp_path):
+  # --denoiser none: Weber et al.'s noise-only smoothing. Its training copies are the zero-ε
+  # denoiser's outputs up to float rounding (tests/test_diffusion_denoise.py), so its models
+  # behave like the uninterrupted run's: most points certified, and the same selected labels.
+  out = tmp_path / "noise_only"
+  command = _command(inputs, out, sigmas=("0.25",))
+  command[command.index("--denoiser") + 1] = "none"
+  _run(command)
+  settings = json.loads((out / "settings.json").read_text())
+  assert settings["denoiser"] == "none"
+  summary = json.loads((out / "summary.json").read_text())["sigmas"]["0.25"]
+  reference = json.loads((uninterrupted[0] / "summary.json").read_text())["sigmas"]["0.25"]
+  assert summary["num_models"] == NUM_MODELS
+  assert summary["certified_accuracy"]["0"] > 0.5 * reference["certified_accuracy"]["0"] > 0
+  # The Figure 1 table and plot over both folders.
+  table = _run([sys.executable, str(REPO / "scripts" / "certified_table.py"), "--runs",
+                str(uninterrupted[0]), f"{out}=noise only", "--radii", "0,0.1",
+                "--plot", str(tmp_path / "figure.png")]).stdout
+  rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+  assert [row.split(" | ")[:3] for row in rows] == [
+      ["| uninterrupted", "0.25", str(NUM_MODELS)], ["| uninterrupted", "0.5", str(NUM_MODELS)],
+      ["| noise only", "0.25", str(NUM_MODELS)]]
+  certified_at_0 = float(rows[2].split(" | ")[5].rstrip("%"))
+  assert certified_at_0 == pytest.approx(100 * summary["certified_accuracy"]["0"], abs=0.06)
+  assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -227,6 +227,27 @@ def test_added_noise_is_exactly_sigma(den, sigma):
   assert abs(noise.mean()) < 5 * expected_std / math.sqrt(n)
 
 
+def test_add_noise_is_the_denoisers_noisy_input(den, images):
+  # add_noise is noise_and_denoise without the network: the same draw per image, so with
+  # ε̂ ≡ 0 the two differ only by the float rounding of x_t/√ᾱ (at most one grey level, at
+  # pixels that sit on a rounding boundary).
+  key = jax.random.key(5)
+  noisy = np.asarray(D.add_noise(images, 0.25, key))
+  assert noisy.dtype == np.uint8 and noisy.shape == images.shape
+  passed = np.asarray(D.noise_and_denoise(_zero_eps(den), images, 0.25, key))
+  diff = np.abs(noisy.astype(int) - passed.astype(int))
+  assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+  x = images.astype(np.float32) / 255
+  expected = np.clip(x + 0.25 * np.asarray(D.image_noise(key, np.arange(len(x)), x.shape[1:])),
+                     0, 1)
+  np.testing.assert_allclose(np.asarray(D.add_noise(x, 0.25, key)), expected, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(D.add_noise(images, 0.25, key)), noisy)  # pure
+  with pytest.raises(ValueError, match="sigma"):
+    D.add_noise(images, -0.1, key)
+  with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+    D.add_noise(images[0], 0.25, key)
+
+
 def test_untrained_sigma_refused_unless_allowed(den, images, tmp_path):
   key = jax.random.key(13)
   narrow = D.Denoiser(params=den.params, unet=den.unet, schedule=den.schedule,

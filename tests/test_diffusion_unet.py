@@ -74,3 +74,38 @@ def test_config_validation_and_json_round_trip():
   cfg = D.improved_diffusion_cifar10_config()
   assert D.UNetConfig.from_dict(cfg.to_dict()) == cfg
   assert hash(cfg) == hash(D.UNetConfig.from_dict(cfg.to_dict()))
+
+
+def test_space_to_depth_against_numpy_and_inverse():
+  from jaxpoison.diffusion.unet import depth_to_space, space_to_depth
+  x = np.random.default_rng(0).standard_normal((2, 8, 6, 3)).astype(np.float32)
+  folded = np.asarray(space_to_depth(x, 2))
+  assert folded.shape == (2, 4, 3, 12)
+  for i, j in [(0, 0), (1, 2), (3, 1)]:  # Each output pixel holds its 2×2 patch, row-major.
+    np.testing.assert_array_equal(folded[1, i, j], x[1, 2 * i:2 * i + 2, 2 * j:2 * j + 2].ravel())
+  np.testing.assert_array_equal(np.asarray(depth_to_space(folded, 2)), x)
+  assert space_to_depth(x, 1) is x and depth_to_space(x, 1) is x
+
+
+def test_patch_size_folds_the_first_level():
+  cfg = D.UNetConfig(**{**TINY.to_dict(), "patch_size": 2, "attention_resolutions": (2,)})
+  assert cfg.inner_size == 4 and cfg.level_has_attention(1) and not cfg.level_has_attention(0)
+  den = D.create_denoiser(cfg, D.linear_schedule(), jax.random.key(0))
+  assert den.params["conv_in.kernel"].shape == (3, 3, 12, 8)
+  assert den.params["conv_out.kernel"].shape == (3, 3, 8, 12)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 8, 8, 3)), jnp.float32)
+  out = D.unet_apply(cfg, den.params, x, jnp.array([3, 50]))
+  assert out.shape == (2, 8, 8, 3)
+  # The same as folding by hand, running a plain UNet on 4×4×12 images with the same params,
+  # and unfolding its 12 output channels.
+  from jaxpoison.diffusion.unet import depth_to_space, space_to_depth
+  plain = D.UNetConfig(**{**TINY.to_dict(), "sample_size": 4, "in_channels": 12,
+                          "out_channels": 12, "attention_resolutions": (2,)})
+  by_hand = depth_to_space(D.unet_apply(plain, den.params, space_to_depth(x, 2),
+                                        jnp.array([3, 50])), 2)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(by_hand), rtol=1e-5, atol=1e-6)
+  assert D.UNetConfig.from_dict(cfg.to_dict()) == cfg
+  with pytest.raises(ValueError, match="patch_size"):
+    D.UNetConfig(**{**TINY.to_dict(), "patch_size": 3})
+  with pytest.raises(ValueError, match="not divisible"):
+    D.UNetConfig(**{**TINY.to_dict(), "patch_size": 8})

@@ -39,6 +39,7 @@ from jaxpoison.diffusion.unet import (
 )
 from jaxpoison.diffusion.denoise import (
     UntrainedSigmaError,
+    add_noise,
     check_trained_sigma,
     denoise_multistep,
     denoising_psnr,

@@ -154,6 +154,30 @@ def noise_and_denoise(denoiser: Denoiser, images, sigma: float, key, *, batch_si
                                 jnp.dtype(compute_dtype))
 
 
+@functools.partial(jax.jit, static_argnames=("sigma",))
+def _add_noise_jit(images, key, sigma):
+  x = _to_unit(images)
+  noise = image_noise(key, jnp.arange(images.shape[0], dtype=jnp.int32), x.shape[1:])
+  return _from_unit(x + 2.0 * sigma * noise, images.dtype)
+
+
+def add_noise(images, sigma: float, key):
+  """Gaussian noise of level σ on every image, without denoising ("noise only" smoothing).
+
+  Weber et al.'s randomized smoothing of the training set (the paper's Fig. 1 right, the
+  baseline that shows what denoising buys). Image i gets exactly the noise `noise_and_denoise`
+  would add with the same key (fold_in(key, i)), so the two smoothings can be compared draw for
+  draw. The result is clipped to [0, 1] and has the input's dtype (uint8 rounded): a function
+  of the noisy images, which the certificate allows, like denoising.
+  """
+  images = jnp.asarray(images)
+  if images.ndim != 4 or not (images.dtype == jnp.uint8 or
+                              jnp.issubdtype(images.dtype, jnp.floating)):
+    raise ValueError(f"images: expected uint8 or float [N, H, W, C], got {images.dtype} "
+                     f"{images.shape}")
+  return _add_noise_jit(images, _as_key(key), check_sigma(sigma))
+
+
 @functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype"))
 def _many_jit(denoiser, images, keys, t, sigma, batch_size, compute_dtype):
   return jax.lax.map(

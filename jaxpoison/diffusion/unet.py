@@ -47,6 +47,11 @@ class UNetConfig:
     resnet_time_scale_shift="scale_shift", improved-diffusion's use_scale_shift_norm).
   timestep_scale: the network sees t·timestep_scale (improved-diffusion's rescale_timesteps
     feeds t·1000/T).
+  patch_size: p > 1 folds each p×p patch into channels before the first conv (space-to-depth)
+    and unfolds the output (depth-to-space), so the UNet's first level works at sample_size / p
+    with p²·C input channels. Small channel counts at full resolution are memory-bound on CPUs;
+    folding trades them for wider, denser convolutions (as FFDNet does for fast denoising).
+    Attention resolutions count the UNet's own levels (sample_size / p / 2^i).
   """
   sample_size: int = 32
   in_channels: int = 3
@@ -66,6 +71,7 @@ class UNetConfig:
   mid_attention: bool = True
   scale_shift_norm: bool = False
   timestep_scale: float = 1.0
+  patch_size: int = 1
 
   def __post_init__(self):
     # Lists from JSON become tuples so that the config stays hashable.
@@ -82,10 +88,13 @@ class UNetConfig:
             f"UNetConfig: every entry of block_out_channels {self.block_out_channels} must be "
             f"divisible by norm_num_groups={self.norm_num_groups}")
     levels = len(self.block_out_channels)
-    if self.sample_size % 2 ** (levels - 1):
+    if self.patch_size < 1 or self.sample_size % self.patch_size:
+      raise ValueError(f"UNetConfig.patch_size: expected a divisor of sample_size "
+                       f"{self.sample_size}, got {self.patch_size}")
+    if self.inner_size % 2 ** (levels - 1):
       raise ValueError(
-          f"UNetConfig: sample_size {self.sample_size} is not divisible by 2^{levels - 1} "
-          f"({levels} levels)")
+          f"UNetConfig: sample_size {self.sample_size} / patch_size {self.patch_size} is not "
+          f"divisible by 2^{levels - 1} ({levels} levels)")
     if self.downsample_padding not in (0, 1):
       raise ValueError(f"UNetConfig.downsample_padding: expected 0 or 1, got {self.downsample_padding}")
     if self.layers_per_block < 1:
@@ -96,8 +105,13 @@ class UNetConfig:
     """Channels of the ε prediction (the first ones of the output)."""
     return self.in_channels
 
+  @property
+  def inner_size(self) -> int:
+    """Side of the UNet's first level (after space-to-depth)."""
+    return self.sample_size // self.patch_size
+
   def level_has_attention(self, level: int) -> bool:
-    return self.sample_size // 2 ** level in self.attention_resolutions
+    return self.inner_size // 2 ** level in self.attention_resolutions
 
   def heads(self, channels: int) -> int:
     if self.num_heads is not None:
@@ -162,6 +176,25 @@ def timestep_embedding(t, dim: int, *, flip_sin_to_cos: bool, freq_shift: float,
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
+
+
+def space_to_depth(x, p: int):
+  """[B, H, W, C] -> [B, H/p, W/p, p·p·C]: each p×p patch's pixels (row-major, then channels)."""
+  if p == 1:
+    return x
+  b, hh, ww, c = x.shape
+  x = x.reshape(b, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, hh // p, ww // p, p * p * c)
+
+
+def depth_to_space(x, p: int):
+  """The inverse of `space_to_depth`: [B, H, W, p·p·C] -> [B, H·p, W·p, C]."""
+  if p == 1:
+    return x
+  b, hh, ww, c = x.shape
+  c //= p * p
+  x = x.reshape(b, hh, ww, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, hh * p, ww * p, c)
 
 
 def _conv(cin, cout, k, rngs, *, stride=1, padding="SAME"):
@@ -327,7 +360,8 @@ class UNet(nnx.Module):
     self.config = cfg
     chans = cfg.block_out_channels
     c0, temb, levels = chans[0], 4 * chans[0], len(chans)
-    self.conv_in = _conv(cfg.in_channels, c0, 3, rngs)
+    p2 = cfg.patch_size ** 2
+    self.conv_in = _conv(cfg.in_channels * p2, c0, 3, rngs)
     self.time_embedding = TimeEmbedding(c0, temb, rngs=rngs)
     skip_channels, ch, down = [c0], c0, []
     for level, cout in enumerate(chans):
@@ -347,7 +381,7 @@ class UNet(nnx.Module):
       ch = cout
     self.up_blocks = nnx.List(up)
     self.conv_norm_out = _norm(c0, cfg, rngs)
-    self.conv_out = _conv(c0, cfg.out_channels, 3, rngs)
+    self.conv_out = _conv(c0, cfg.out_channels * p2, 3, rngs)
 
   def __call__(self, x, t, dropout_key=None):
     cfg = self.config
@@ -363,7 +397,7 @@ class UNet(nnx.Module):
       counter[0] += 1
       return jax.random.fold_in(dropout_key, counter[0])
 
-    h = self.conv_in(x)
+    h = self.conv_in(space_to_depth(x, cfg.patch_size))
     skips = [h]
     for block in self.down_blocks:
       h, s = block(h, temb, keys)
@@ -371,7 +405,7 @@ class UNet(nnx.Module):
     h = self.mid_block(h, temb, keys)
     for block in self.up_blocks:
       h = block(h, skips, temb, keys)
-    return self.conv_out(jax.nn.silu(self.conv_norm_out(h)))
+    return depth_to_space(self.conv_out(jax.nn.silu(self.conv_norm_out(h))), cfg.patch_size)
 
 
 def count_params(params) -> int:
