@@ -88,6 +88,15 @@ class CertifyConfig:
       or a resolved compute dtype or training loop differs from the run that started it
       (refused by default: the votes would mix models computed differently). The change is
       recorded in settings.json under "environment_history".
+    denoise_dtype: the denoiser's compute dtype, "auto" (bfloat16 on an accelerator, float32 on
+      a CPU, where XLA has no fast bf16 convolutions), "float32" or "bfloat16". bf16 changes
+      PSNR by under 0.1 dB (tests/test_diffusion_denoise.py) and halves the memory traffic.
+    concurrency: how one device trains its share of a chunk: "sequential" (one model after
+      another inside one program, `lax.map`; the default everywhere until a GPU measurement
+      shows better) or "vmap" (all at once, which XLA lowers to grouped convolutions: slower
+      per model on XLA:CPU, and measured on an H100 at 6.2–6.8 ms per model-step against 4.0
+      for one model, crashing at 64 models; capped at MAX_VMAP_MODELS_PER_DEVICE). The same
+      votes up to float rounding.
   """
   sigmas: tuple[float, ...] = (0.25,)
   num_models: int = 10_000
@@ -105,6 +114,8 @@ class CertifyConfig:
   denoise_batch_size: int = 500
   allow_untrained_sigma: bool = False
   allow_environment_change: bool = False
+  denoise_dtype: str = "auto"
+  concurrency: str = "sequential"
 
   def validate(self) -> "CertifyConfig":
     sigmas = tuple(float(s) for s in np.atleast_1d(self.sigmas))
@@ -132,6 +143,11 @@ class CertifyConfig:
                        f"got {self.trainer!r}")
     if int(self.denoise_batch_size) < 1:
       raise ValueError(f"denoise_batch_size: expected >= 1, got {self.denoise_batch_size}")
+    if self.denoise_dtype not in DENOISE_DTYPES:
+      raise ValueError(f"denoise_dtype: expected one of {DENOISE_DTYPES}, got "
+                       f"{self.denoise_dtype!r}")
+    if self.concurrency not in CONCURRENCY:
+      raise ValueError(f"concurrency: expected one of {CONCURRENCY}, got {self.concurrency!r}")
     return dataclasses.replace(self, sigmas=sigmas, radii=tuple(float(r) for r in self.radii))
 
 
@@ -177,12 +193,20 @@ def _json_default_lenient(obj):
 # Version of what settings.json records and of how votes are computed; 2: exact noise of level σ
 # (earlier runs added the nearest step's noise level).
 SETTINGS_VERSION = 2
-# The denoiser's UNet runs in float32 in the pipeline (bfloat16 is issue 14's fast path).
-DENOISER_COMPUTE_DTYPE = "float32"
+DENOISE_DTYPES = ("auto", "float32", "bfloat16")
+CONCURRENCY = ("sequential", "vmap")
 ENVIRONMENT = "environment"
 
 
-def environment_settings(train_config) -> dict:
+def resolve_denoise_dtype(denoise_dtype: str = "auto") -> str:
+  """"auto" -> "bfloat16" on an accelerator, "float32" on a CPU; other values unchanged."""
+  if denoise_dtype == "auto":
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  return denoise_dtype
+
+
+def environment_settings(train_config, denoise_dtype: str = "auto",
+                         concurrency: str = "sequential") -> dict:
   """How the votes are computed on this machine: resolving "auto" here, so that a run resumed
   on another backend (bf16 rather than f32 training, a scanned rather than a host loop) or under
   another JAX is noticed rather than silently mixed."""
@@ -193,7 +217,9 @@ def environment_settings(train_config) -> dict:
       "jaxlib_version": jaxlib.__version__,
       "trainer_compute_dtype": classifier.resolve_compute_dtype(train_config).name,
       "trainer_loop": classifier.resolve_loop(train_config),
-      "denoiser_compute_dtype": DENOISER_COMPUTE_DTYPE,
+      "denoiser_compute_dtype": resolve_denoise_dtype(denoise_dtype),
+      # Recorded only where it can matter (folders from before the choice existed resume).
+      **({} if concurrency == "sequential" else {"concurrency": concurrency}),
   }
 
 
@@ -215,7 +241,7 @@ def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarr
           "trained_timesteps": list(denoiser.trained_timesteps)},
       "trainer": _trainer_settings(train_config),
       "denoise_batch_size": int(config.denoise_batch_size),
-      ENVIRONMENT: environment_settings(train_config),
+      ENVIRONMENT: environment_settings(train_config, config.denoise_dtype, config.concurrency),
   }
 
 
@@ -496,8 +522,8 @@ def shard_models(indices: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_callback(indices.shape, sharding, lambda index: indices[index])
 
 
-def gather_to_host(array: jax.Array) -> np.ndarray:
-  if array.is_fully_addressable:
+def gather_to_host(array) -> np.ndarray:
+  if isinstance(array, np.ndarray) or array.is_fully_addressable:
     return np.asarray(array)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
@@ -549,33 +575,66 @@ def subset_indices(num_total: int, num: int | None) -> np.ndarray:
 CPU_MODELS_PER_DEVICE = 1
 # Upper bound per device when planning from memory: past this, throughput no longer grows.
 MAX_MODELS_PER_DEVICE = 128
+# vmap's bound: an H100 crashed (CUDA_ERROR_ILLEGAL_ADDRESS) at 64 vmapped airbench-shaped
+# models in bf16 at batch 1024, and was slower per model than one at a time at 4 and 32.
+MAX_VMAP_MODELS_PER_DEVICE = 32
+
+
+def denoise_program_bytes(denoiser, num_train: int, image_shape, *, sigma: float,
+                          batch_size: int, denoise_dtype: str = "float32") -> int:
+  """Device bytes of denoising one copy of the training set (XLA's compiled footprint); 0 for
+  noise only (no network)."""
+  if denoiser is None:
+    return 0
+  images = jax.ShapeDtypeStruct((num_train, *image_shape), jnp.uint8)
+  fn = jax.jit(lambda d, x, k: diffusion.noise_and_denoise(
+      d, x, sigma, k, batch_size=batch_size, compute_dtype=jnp.dtype(denoise_dtype),
+      allow_untrained_sigma=True))
+  compiled = fn.lower(denoiser, images, jax.random.key(0)).compile()
+  return classifier.api.program_bytes(compiled)
 
 
 def choose_models_per_step(requested: int | None, train_config, num_train: int,
-                           num_devices: int) -> int:
+                           num_devices: int, *, concurrency: str = "sequential",
+                           denoise_bytes: int = 0) -> int:
   """Rounds a requested chunk up to a multiple of the device count, or plans one from memory.
 
-  The trainer's plan measures XLA's compiled footprint of training 1 and 2 models, each on its
-  own copy of the training set (the denoised copies, which the denoising program writes and the
-  training program consumes in place), within 90% of the device's memory.
+  The plan fits 90% of the device's memory. "vmap": XLA's compiled footprint of training 1 and
+  2 models together, each on its own copy of the training set (the denoised copies, which the
+  denoising program writes and the training program consumes in place), extrapolated, plus the
+  denoising program (`denoise_bytes`); at most MAX_VMAP_MODELS_PER_DEVICE, also when requested.
+  "sequential": one model's training program plus the denoising program, and a denoised copy
+  (uint8 images) per model of the chunk.
 
   Raises:
     classifier.InsufficientMemoryError: not even one model per device fits.
   """
+  cap = MAX_VMAP_MODELS_PER_DEVICE if concurrency == "vmap" else MAX_MODELS_PER_DEVICE
   if requested is None:
     limit = classifier.device_memory_limit(train_config)
     if limit is None:
       per_device = CPU_MODELS_PER_DEVICE
     else:
-      per_device = classifier.plan_models_per_step(train_config, num_train,
-                                                   memory_bytes=int(0.9 * limit))
+      budget = int(0.9 * limit) - int(denoise_bytes)
+      if concurrency == "vmap":
+        per_device = classifier.plan_models_per_step(train_config, num_train,
+                                                     memory_bytes=budget)
+      else:
+        one = classifier.estimate_bytes(train_config, 1, num_train)
+        copy = num_train * int(np.prod(train_config.image_shape))
+        per_device = max(0, (budget - one) // copy + 1) if budget >= one else 0
       if per_device < 1:
         raise classifier.InsufficientMemoryError(
             f"one model on {num_train} training images does not fit in "
             f"{limit / 2**30:.1f} GiB of device memory; use a smaller trainer or --num_train")
-      per_device = min(per_device, MAX_MODELS_PER_DEVICE)
+      per_device = min(per_device, cap)
     requested = per_device * num_devices
-  return int(math.ceil(int(requested) / num_devices) * num_devices)
+  per_device = int(math.ceil(int(requested) / num_devices))
+  if per_device > cap:
+    log.warning("models_per_step: %d models per device with concurrency %r exceeds %d; using %d "
+                "(an H100 crashed at 64 vmapped models)", per_device, concurrency, cap, cap)
+    per_device = cap
+  return per_device * num_devices
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,28 +646,38 @@ class ChunkComputer:
 
   Denoising and training are separate programs so the log can say where the time goes (the
   paper: denoising is about half the cost). The denoised copies stay on device between them.
+  The denoiser's params are cast to `denoise_dtype` once per chunk, outside the loop over models.
 
   Training runs as the trainer's resolved loop says (`classifier.resolve_loop`): "scan", one
   program with a `lax.scan` over the SGD steps (accelerators), or "host", a jitted, sharded step
   called from Python with the carry donated (the CPU, where XLA runs convolutions inside a
   while loop about 13× slower than the same step on its own). Both give the same models up to
-  float rounding; which one ran is recorded in the run's settings.
+  float rounding; which one ran is recorded in the run's settings. `concurrency` says how each
+  device trains its models of the chunk: "sequential" (a `lax.map` over them in the scanned
+  program; one slot after another for the host loop) or "vmap" (all at once).
   """
 
   def __init__(self, *, mesh: Mesh, seed: int, sigma: float, denoiser, train_config,
-               num_train: int, denoise_batch_size: int, allow_untrained_sigma: bool = False):
+               num_train: int, denoise_batch_size: int, allow_untrained_sigma: bool = False,
+               denoise_dtype: str = "float32", concurrency: str = "sequential"):
     self.mesh = mesh
+    self.concurrency = concurrency
     spec_models = PartitionSpec("models")
     spec_all = PartitionSpec()
     self.loop = classifier.resolve_loop(train_config)
+    compute_dtype = jnp.dtype(resolve_denoise_dtype(denoise_dtype))
 
     def denoise_local(denoiser, x_train, indices):
+      if denoiser is not None:
+        denoiser = diffusion.cast_params(denoiser, compute_dtype)
+
       def one(index):
         noise, _ = model_keys(seed, sigma, index)
         if denoiser is None:  # Noise only: the same draws, no denoising.
           return diffusion.add_noise(x_train, sigma, noise)
         return diffusion.noise_and_denoise(denoiser, x_train, sigma, noise,
                                            batch_size=denoise_batch_size,
+                                           compute_dtype=compute_dtype,
                                            allow_untrained_sigma=allow_untrained_sigma)
       # lax.map, not vmap: each copy is computed exactly as a lone call would compute it.
       return jax.lax.map(one, indices)
@@ -626,35 +695,62 @@ class ChunkComputer:
 
       # The labels [N] are every model's: the denoised copies keep them.
       def train_vote_local(denoised, y_train, x_test, indices):
-        models = train_fn(train_keys(indices), denoised, y_train)
-        return classifier.predict(models, x_test).astype(jnp.int32)
+        keys = train_keys(indices)
+        if concurrency == "vmap":
+          models = train_fn(keys, denoised, y_train)
+          return classifier.predict(models, x_test).astype(jnp.int32)
+
+        def one(args):
+          key, copy = args
+          models = train_fn(key[None], copy[None], y_train)
+          return classifier.predict(models, x_test)[0].astype(jnp.int32)
+        return jax.lax.map(one, (keys, denoised))
 
       self._train_vote = shard(train_vote_local, (spec_models, spec_all, spec_all, spec_models))
     else:
       parts = classifier.make_train_parts(train_config)
       self.num_steps = classifier.total_steps(train_config, num_train)
 
-      def start_local(denoised, y_train, indices):
+      def select(denoised, indices, slot):
+        # Sequential: the slot-th model of every device's share.
+        if concurrency == "vmap":
+          return denoised, indices
+        return (jax.lax.dynamic_slice_in_dim(denoised, slot, 1),
+                jax.lax.dynamic_slice_in_dim(indices, slot, 1))
+
+      def start_local(denoised, y_train, indices, slot):
+        denoised, indices = select(denoised, indices, slot)
         # Fresh buffers: nothing of the inputs may be aliased into the donated carry.
         return jax.tree.map(jnp.copy, parts.start(train_keys(indices), denoised, y_train))
 
-      def step_local(carry, step, denoised, y_train, indices):
+      def step_local(carry, step, denoised, y_train, indices, slot):
+        denoised, indices = select(denoised, indices, slot)
         return parts.body(carry, step, train_keys(indices), denoised, y_train)
 
       def vote_local(carry, x_test):
         models = parts.finish(carry, self.num_steps)
         return classifier.predict(models, x_test).astype(jnp.int32)
 
-      self._start = shard(start_local, (spec_models, spec_all, spec_models))
-      self._step = shard(step_local, (spec_models, spec_all, spec_models, spec_all, spec_models),
-                         donate=(0,))
+      self._start = shard(start_local, (spec_models, spec_all, spec_models, spec_all))
+      self._step = shard(step_local, (spec_models, spec_all, spec_models, spec_all, spec_models,
+                                      spec_all), donate=(0,))
       self._vote = shard(vote_local, (spec_models, spec_all))
 
   def _train_vote_host(self, denoised, y_train, x_test, sharded):
-    carry = self._start(denoised, y_train, sharded)
-    for step in range(self.num_steps):
-      carry = self._step(carry, np.int32(step), denoised, y_train, sharded)
-    return self._vote(carry, x_test)
+    def run(slot):
+      slot = np.int32(slot)
+      carry = self._start(denoised, y_train, sharded, slot)
+      for step in range(self.num_steps):
+        carry = self._step(carry, np.int32(step), denoised, y_train, sharded, slot)
+      return self._vote(carry, x_test)
+
+    if self.concurrency == "vmap":
+      return run(0)
+    # Slot j's votes hold model d·per_device + j of device d in row d: interleave them back.
+    devices = self.mesh.devices.size
+    per_device = sharded.shape[0] // devices
+    slots = [gather_to_host(run(j)) for j in range(per_device)]
+    return np.stack(slots, axis=1).reshape(devices * per_device, -1)
 
   def __call__(self, denoiser, x_train, y_train, x_test, indices: np.ndarray):
     """Votes int32 [len(indices), num_test] on the host, and (denoise s, train+vote s)."""
@@ -691,7 +787,7 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
 
   chunks = pending_chunks(votes_dir, num_models, models_per_step)
   done = num_models - sum(len(c) for c in chunks)
-  timing = {"chunks": 0, "models": 0, "denoise_s": 0.0, "train_vote_s": 0.0,
+  timing = {"chunks": 0, "models": 0, "denoise_s": 0.0, "train_vote_s": 0.0, "chunk_s": 0.0,
             "first_chunk_s": None}
   bar = tqdm(total=num_models, initial=done, unit="model", disable=not progress,
              desc=f"σ={sigma:g}", dynamic_ncols=True)
@@ -714,6 +810,7 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
       else:
         timing["denoise_s"] += t_denoise
         timing["train_vote_s"] += t_train
+        timing["chunk_s"] += elapsed
         timing["chunks"] += 1
         timing["models"] += len(indices)
       line = tracker.update(len(indices), f"σ={sigma:g} models {chunk.start}-{chunk.stop - 1} "
@@ -775,11 +872,20 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
 
   mesh = models_mesh()
   num_devices = mesh.devices.size
+  denoise_dtype = resolve_denoise_dtype(config.denoise_dtype)
+  denoise_batch_size = min(config.denoise_batch_size, len(dataset.x_train))
+  denoise_bytes = 0
+  if config.models_per_step is None and classifier.device_memory_limit(train_config):
+    denoise_bytes = denoise_program_bytes(
+        denoiser, len(dataset.x_train), dataset.image_shape, sigma=max(config.sigmas),
+        batch_size=denoise_batch_size, denoise_dtype=denoise_dtype)
   models_per_step = choose_models_per_step(
-      config.models_per_step, train_config, len(dataset.x_train), num_devices)
-  log.info("certifying σ=%s with %d models (n0=%d) on %d %s device(s), %d models per step; "
-           "results in %s", ",".join(f"{s:g}" for s in config.sigmas), config.num_models,
-           config.n0, num_devices, jax.devices()[0].device_kind, models_per_step, out)
+      config.models_per_step, train_config, len(dataset.x_train), num_devices,
+      concurrency=config.concurrency, denoise_bytes=denoise_bytes)
+  log.info("certifying σ=%s with %d models (n0=%d) on %d %s device(s), %d models per step "
+           "(%s), denoising in %s; results in %s", ",".join(f"{s:g}" for s in config.sigmas),
+           config.num_models, config.n0, num_devices, jax.devices()[0].device_kind,
+           models_per_step, config.concurrency, denoise_dtype, out)
   x_test = dataset.x_test[test_indices]
   y_test = dataset.y_test[test_indices]
   arrays = replicate((denoiser, dataset.x_train, dataset.y_train.astype(np.int32), x_test), mesh)
@@ -790,9 +896,9 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
     votes_dir = sigma_dir(out, sigma) / "votes"
     computer = ChunkComputer(mesh=mesh, seed=config.seed, sigma=sigma, denoiser=denoiser,
                              train_config=train_config, num_train=len(dataset.x_train),
-                             denoise_batch_size=min(config.denoise_batch_size,
-                                                    len(dataset.x_train)),
-                             allow_untrained_sigma=config.allow_untrained_sigma)
+                             denoise_batch_size=denoise_batch_size,
+                             allow_untrained_sigma=config.allow_untrained_sigma,
+                             denoise_dtype=denoise_dtype, concurrency=config.concurrency)
     timings[f"{sigma:g}"] = run_votes(
         computer, arrays, votes_dir, num_models=config.num_models,
         models_per_step=models_per_step, sigma=sigma, progress=progress and is_writer,

@@ -31,12 +31,18 @@ def parse_args(argv):
                       "JPEG pack / image folder")
   parser.add_argument("--data_dir", help="cache of 'official' (default $JAXPOISON_DATA_DIR or "
                       "~/.cache/jaxpoison) or the tfds data directory")
-  parser.add_argument("--denoiser", help="'default', a folder written by save_denoiser, or 'none' (noise only, no denoising)")
+  parser.add_argument("--denoiser", help="'default', a folder written by save_denoiser, or "
+                      "'none' (noise only, no denoising)")
   parser.add_argument("--trainer", help="airbench94 | resnet18 | tiny | tiny_resnet18")
   parser.add_argument("--models_per_step", type=int, help="models per chunk (default: planned)")
   parser.add_argument("--num_test", type=int, help="certify a fixed random subset of test points")
   parser.add_argument("--num_train", type=int, help="train on a fixed random subset of N training images")
   parser.add_argument("--denoise_batch_size", type=int)
+  parser.add_argument("--denoise_dtype", choices=("auto", "float32", "bfloat16"),
+                      help="the denoiser's compute dtype (auto: bfloat16 on an accelerator, "
+                      "float32 on a CPU)")
+  parser.add_argument("--concurrency", choices=("sequential", "vmap"),
+                      help="one model after another per device (default) or all vmapped")
   parser.add_argument("--allow_untrained_sigma", action="store_true", default=None,
                       help="denoise at a σ outside the steps the denoiser was trained on")
   parser.add_argument("--allow_environment_change", action="store_true", default=None,
@@ -66,8 +72,8 @@ def main(argv=None):
   config = cli.load_config_file(args.config)
   overrides = {name: getattr(args, name) for name in (
       "num_models", "n0", "alpha", "seed", "data", "data_dir", "denoiser", "trainer",
-      "models_per_step", "num_test", "num_train", "denoise_batch_size",
-      "allow_untrained_sigma", "allow_environment_change")
+      "models_per_step", "num_test", "num_train", "denoise_batch_size", "denoise_dtype",
+      "concurrency", "allow_untrained_sigma", "allow_environment_change")
       if getattr(args, name) is not None}
   if args.sigma is not None:
     overrides["sigmas"] = tuple(args.sigma)

@@ -109,3 +109,36 @@ def test_patch_size_folds_the_first_level():
     D.UNetConfig(**{**TINY.to_dict(), "patch_size": 3})
   with pytest.raises(ValueError, match="not divisible"):
     D.UNetConfig(**{**TINY.to_dict(), "patch_size": 8})
+
+
+def test_attention_implementation_rules():
+  from jaxpoison.diffusion.unet import attention_implementation
+  # This machine is a CPU: XLA's kernel, whatever the dtype; cuDNN's is refused with the reason.
+  assert attention_implementation("auto", 64, jnp.bfloat16) == "xla"
+  assert attention_implementation("auto", 64, jnp.float32) == "xla"
+  assert attention_implementation("xla", 256, jnp.float32) == "xla"
+  with pytest.raises(ValueError, match="not a CUDA GPU.*bf16/f16"):
+    attention_implementation("cudnn", 64, jnp.float32)
+  with pytest.raises(ValueError, match="attention: expected one of"):
+    attention_implementation("flash", 64, jnp.float32)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_attention_against_numpy_softmax_attention(heads):
+  from jaxpoison.diffusion.unet import Attention
+  cfg = D.UNetConfig(**{**TINY.to_dict(), "num_heads": heads})
+  attn = Attention(8, heads, cfg, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(0).standard_normal((2, 4, 4, 8)).astype(np.float32)
+  out = np.asarray(attn(jnp.asarray(x)))
+  # Reference: GroupNorm, then softmax(q·kᵀ/√d)·v per head, projected and added back.
+  g = np.asarray(attn.group_norm(jnp.asarray(x))).reshape(2, 16, 8).astype(np.float64)
+  lin = lambda layer, h: h @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
+  d = 8 // heads
+  q, k, v = (lin(layer, g).reshape(2, 16, heads, d) for layer in (attn.to_q, attn.to_k,
+                                                                   attn.to_v))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  a = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(2, 16, 8)
+  expected = x + lin(attn.to_out, a).reshape(2, 4, 4, 8)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)

@@ -88,6 +88,38 @@ def test_run_settings_resolve_dtype_loop_platform_and_jax_version():
   env = pipeline.environment_settings(classifier.tiny_config(compute_dtype="bfloat16",
                                                              loop="scan"))
   assert env["trainer_compute_dtype"] == "bfloat16" and env["trainer_loop"] == "scan"
+  # The denoiser's dtype: "auto" is float32 on the CPU (bfloat16 on accelerators); the
+  # concurrency is recorded only when it is not the default (older folders still resume).
+  assert env["denoiser_compute_dtype"] == "float32" and "concurrency" not in env
+  env = pipeline.environment_settings(classifier.tiny_config(), "bfloat16", "vmap")
+  assert env["denoiser_compute_dtype"] == "bfloat16" and env["concurrency"] == "vmap"
+  assert pipeline.resolve_denoise_dtype("auto") == "float32"
+
+
+def test_choose_models_per_step_plans_by_concurrency_and_caps_vmap(monkeypatch, caplog):
+  from jaxpoison import classifier
+  config = classifier.tiny_config(image_shape=(32, 32, 3))
+  # No memory budget (a CPU): one model per device, whatever the concurrency.
+  assert pipeline.choose_models_per_step(None, config, 1000, 2) == 2
+  assert pipeline.choose_models_per_step(None, config, 1000, 2, concurrency="vmap") == 2
+  # A 10 GB device: sequential holds one model's training program (1 GB here) and the
+  # denoising program (2 GB) once, plus a denoised copy (1000 × 3072 bytes) per model.
+  monkeypatch.setattr(classifier, "device_memory_limit", lambda c: 10 * 10**9)
+  monkeypatch.setattr(classifier, "estimate_bytes", lambda c, m, n, **k: 10**9)
+  copy = 1000 * 32 * 32 * 3
+  expected = (int(0.9 * 10 * 10**9) - 2 * 10**9 - 10**9) // copy + 1
+  assert pipeline.choose_models_per_step(None, config, 1000, 1,
+                                         denoise_bytes=2 * 10**9) == min(expected, 128)
+  monkeypatch.setattr(classifier, "plan_models_per_step", lambda c, n, memory_bytes: 500)
+  assert pipeline.choose_models_per_step(None, config, 1000, 1, concurrency="vmap") == 32
+  # A request past vmap's cap is cut, with a message; sequential keeps it.
+  with caplog.at_level("WARNING", logger="jaxpoison.certify"):
+    assert pipeline.choose_models_per_step(128, config, 1000, 2, concurrency="vmap") == 64
+  assert "crashed at 64" in caplog.text
+  assert pipeline.choose_models_per_step(128, config, 1000, 2) == 128
+  monkeypatch.setattr(classifier, "estimate_bytes", lambda c, m, n, **k: 10**10)
+  with pytest.raises(classifier.InsufficientMemoryError, match="does not fit"):
+    pipeline.choose_models_per_step(None, config, 1000, 1)
 
 
 def test_claim_results_dir_refuses_other_settings(tmp_path):
@@ -121,6 +153,10 @@ def test_config_validation_messages():
     pipeline.CertifyConfig(trainer="vgg").validate()
   with pytest.raises(ValueError, match="each noise level once"):
     pipeline.CertifyConfig(sigmas=(0.25, 0.25)).validate()
+  with pytest.raises(ValueError, match="denoise_dtype: expected one of"):
+    pipeline.CertifyConfig(denoise_dtype="float16").validate()
+  with pytest.raises(ValueError, match="concurrency: expected one of"):
+    pipeline.CertifyConfig(concurrency="pmap").validate()
 
 
 def test_analyse_votes_matches_certify_and_the_radius_formula():
@@ -243,3 +279,35 @@ def test_resume_edge_cases_at_the_chunk_level(tmp_path):
   _touch_chunk(tmp_path, 10, 12, num_points=4)
   with pytest.raises(pipeline.ResultsMismatch, match="votes for 4 test points, expected 3"):
     pipeline.load_votes(tmp_path, 12, 3)
+
+
+@pytest.mark.parametrize("loop", ["host", "scan"])
+def test_sequential_and_vmap_concurrency_give_the_same_votes(loop):
+  from jaxpoison import classifier, diffusion
+  rng = np.random.default_rng(0)
+  x_train = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  y_train = (np.arange(64) % 3).astype(np.int32)
+  x_test = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+  unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 16), layers_per_block=1,
+                              attention_resolutions=(16,), norm_num_groups=4)
+  denoiser = diffusion.create_denoiser(unet, diffusion.linear_schedule(), jax.random.key(0))
+  trainer = classifier.tiny_config(epochs=2, batch_size=16, num_classes=10,
+                                   image_shape=(32, 32, 3), whitening_images=64, loop=loop)
+  mesh = pipeline.models_mesh()
+  indices = np.arange(2 * mesh.devices.size, dtype=np.int32)  # two models per device
+  arrays = pipeline.replicate((denoiser, x_train, y_train, x_test), mesh)
+  votes = {}
+  for concurrency in ("sequential", "vmap"):
+    computer = pipeline.ChunkComputer(
+        mesh=mesh, seed=0, sigma=0.25, denoiser=denoiser, train_config=trainer, num_train=64,
+        denoise_batch_size=32, allow_untrained_sigma=True, concurrency=concurrency)
+    votes[concurrency], _ = computer(*arrays, indices)
+  assert votes["sequential"].shape == (len(indices), 20)
+  # Each model's own training, one after another or vmapped: the same models up to float
+  # rounding (grouped against plain convolutions), so the same votes.
+  np.testing.assert_array_equal(votes["sequential"], votes["vmap"])
+  # And model k's votes do not depend on the chunk it was computed in.
+  alone, _ = pipeline.ChunkComputer(
+      mesh=mesh, seed=0, sigma=0.25, denoiser=denoiser, train_config=trainer, num_train=64,
+      denoise_batch_size=32, allow_untrained_sigma=True)(*arrays, indices[:mesh.devices.size])
+  np.testing.assert_array_equal(alone, votes["sequential"][:mesh.devices.size])

@@ -3,6 +3,7 @@
 from jaxpoison.diffusion.model import (
     CheckpointMismatchError,
     Denoiser,
+    cast_params,
     check_params,
     create_denoiser,
     default_denoiser,
@@ -31,7 +32,9 @@ from jaxpoison.diffusion.train import (
 )
 from jaxpoison.diffusion.unet import (
     UNet,
+    ATTENTION_IMPLEMENTATIONS,
     UNetConfig,
+    attention_implementation,
     count_params,
     ddpm_cifar10_config,
     improved_diffusion_cifar10_config,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison._checks import check_images, check_sigma
-from jaxpoison.diffusion.model import Denoiser, predict_eps
+from jaxpoison.diffusion.model import Denoiser, cast_params, predict_eps
 from jaxpoison.diffusion.schedule import alphas_cumprod, sigmas, timestep_for_sigma
 
 
@@ -114,7 +114,10 @@ def _batched(fn, images, batch_size: int):
   return out.reshape(num * b, *out.shape[2:])[:n]
 
 
-def _single_step(denoiser, images, key, t: int, sigma: float, batch_size: int, compute_dtype):
+def _single_step(denoiser, images, key, t: int, sigma: float, batch_size: int, compute_dtype,
+                 attention: str = "auto"):
+  """`denoiser`'s params should already be in compute_dtype (`cast_params`): cast once, outside
+  the loops over batches and models."""
   abar = float(alphas_cumprod(denoiser.schedule)[t])
   a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
   scale = 2.0 * float(sigma)  # σ in [0, 1] pixel units is 2σ in [-1, 1] units.
@@ -123,19 +126,23 @@ def _single_step(denoiser, images, key, t: int, sigma: float, batch_size: int, c
     x = _to_unit(batch)
     x_t = a * (x + scale * image_noise(key, indices, x.shape[1:]))
     eps = predict_eps(denoiser, x_t, jnp.full((x.shape[0],), t, jnp.int32),
-                      compute_dtype=compute_dtype)
+                      compute_dtype=compute_dtype, attention=attention)
     return _from_unit((x_t - s * eps) / a, images.dtype)
 
   return _batched(one_batch, images, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype"))
-def _noise_and_denoise_jit(denoiser, images, key, t, sigma, batch_size, compute_dtype):
-  return _single_step(denoiser, images, key, t, sigma, batch_size, compute_dtype)
+@functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype",
+                                             "attention"))
+def _noise_and_denoise_jit(denoiser, images, key, t, sigma, batch_size, compute_dtype,
+                           attention="auto"):
+  return _single_step(cast_params(denoiser, compute_dtype), images, key, t, sigma, batch_size,
+                      compute_dtype, attention)
 
 
 def noise_and_denoise(denoiser: Denoiser, images, sigma: float, key, *, batch_size: int = 256,
-                      compute_dtype=jnp.float32, allow_untrained_sigma: bool = False):
+                      compute_dtype=jnp.float32, allow_untrained_sigma: bool = False,
+                      attention: str = "auto"):
   """Adds exactly N(0, σ²) noise (pixel units) and denoises with one DDPM step.
 
   images: uint8 [N, H, W, C] or float [N, H, W, C] in [0, 1]; returns the same shape and dtype
@@ -145,13 +152,14 @@ def noise_and_denoise(denoiser: Denoiser, images, sigma: float, key, *, batch_si
   bfloat16 for the UNet. Pure (same key, same output, bit for bit on CPU); jitted when called
   directly and traceable inside an outer jit. allow_untrained_sigma: accept a σ whose step t*
   lies outside the steps the denoiser was trained on (refused by default, see
-  `check_trained_sigma`).
+  `check_trained_sigma`). attention: the UNet's attention kernel, "auto" (cuDNN's fused one on
+  a GPU in bfloat16 where it applies, XLA's otherwise), "xla" or "cudnn".
   """
   sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
   if int(batch_size) < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
   return _noise_and_denoise_jit(denoiser, images, _as_key(key), t, sigma, int(batch_size),
-                                jnp.dtype(compute_dtype))
+                                jnp.dtype(compute_dtype), attention)
 
 
 @functools.partial(jax.jit, static_argnames=("sigma",))
@@ -178,15 +186,18 @@ def add_noise(images, sigma: float, key):
   return _add_noise_jit(images, _as_key(key), check_sigma(sigma))
 
 
-@functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype"))
-def _many_jit(denoiser, images, keys, t, sigma, batch_size, compute_dtype):
+@functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype",
+                                             "attention"))
+def _many_jit(denoiser, images, keys, t, sigma, batch_size, compute_dtype, attention="auto"):
+  denoiser = cast_params(denoiser, compute_dtype)
   return jax.lax.map(
-      lambda k: _single_step(denoiser, images, k, t, sigma, batch_size, compute_dtype), keys)
+      lambda k: _single_step(denoiser, images, k, t, sigma, batch_size, compute_dtype,
+                             attention), keys)
 
 
 def noise_and_denoise_many(denoiser: Denoiser, images, sigma: float, keys, *,
                            batch_size: int = 256, compute_dtype=jnp.float32,
-                           allow_untrained_sigma: bool = False):
+                           allow_untrained_sigma: bool = False, attention: str = "auto"):
   """M independent noisy-denoised copies of `images`, one per key: [M, N, H, W, C].
 
   keys: [M] jax.random keys (e.g. one per smoothed model, fold_in(run_key, model_index)). Copy m
@@ -197,7 +208,8 @@ def noise_and_denoise_many(denoiser: Denoiser, images, sigma: float, keys, *,
   keys = _as_key(keys)
   if keys.ndim != 1:
     raise ValueError(f"keys: expected a 1-D array of keys [M], got shape {keys.shape}")
-  return _many_jit(denoiser, images, keys, t, sigma, int(batch_size), jnp.dtype(compute_dtype))
+  return _many_jit(denoiser, images, keys, t, sigma, int(batch_size), jnp.dtype(compute_dtype),
+                   attention)
 
 
 def multistep_timesteps(t_start: int, num_steps: int | None) -> np.ndarray:
@@ -220,6 +232,7 @@ def multistep_timesteps(t_start: int, num_steps: int | None) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("steps", "noise_scale", "batch_size",
                                              "compute_dtype"))
 def _multistep_jit(denoiser, images, key, steps, noise_scale, batch_size, compute_dtype):
+  denoiser = cast_params(denoiser, compute_dtype)
   abar_all = alphas_cumprod(denoiser.schedule)
   steps = np.asarray(steps)
   abar = abar_all[steps]

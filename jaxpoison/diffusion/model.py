@@ -114,23 +114,34 @@ def create_denoiser(unet: UNetConfig, schedule: ScheduleConfig, key) -> Denoiser
 
 
 def unet_apply(unet: UNetConfig, params: dict, x, t, *, compute_dtype=jnp.float32,
-               dropout_key=None):
+               dropout_key=None, attention: str = "auto"):
   """Runs the UNet: x float [B, H, W, C] (NHWC), t [B] steps -> float32 [B, H, W, out_channels].
 
   Floating params and x are cast to `compute_dtype` (bfloat16 halves the memory traffic; the
-  GroupNorm statistics and the attention softmax stay in float32).
+  GroupNorm statistics and the attention softmax stay in float32); params already in that dtype
+  (`cast_params`) are used as they are. attention: "auto", "xla" or "cudnn"
+  (`unet.attention_implementation`).
   """
   graphdef, treedef, names, _ = _structure(unet)
   leaves = [params[n].astype(compute_dtype) for n in names]
   model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
-  out = model(x.astype(compute_dtype), t, dropout_key=dropout_key)
+  out = model(x.astype(compute_dtype), t, dropout_key=dropout_key, attention=attention)
   return out.astype(jnp.float32)
 
 
-def predict_eps(denoiser: Denoiser, x, t, *, compute_dtype=jnp.float32):
+def predict_eps(denoiser: Denoiser, x, t, *, compute_dtype=jnp.float32, attention: str = "auto"):
   """ε_θ(x_t, t): float32 [B, H, W, C] (the first C channels when the model learns Σ too)."""
-  out = unet_apply(denoiser.unet, denoiser.params, x, t, compute_dtype=compute_dtype)
+  out = unet_apply(denoiser.unet, denoiser.params, x, t, compute_dtype=compute_dtype,
+                   attention=attention)
   return out[..., :denoiser.unet.eps_channels]
+
+
+def cast_params(denoiser: Denoiser, dtype) -> Denoiser:
+  """The denoiser with its parameters in `dtype`: cast once, before a loop over batches or
+  models, rather than in every UNet call."""
+  dtype = jnp.dtype(dtype)
+  return denoiser.replace(params={k: jnp.asarray(v).astype(dtype)
+                                  for k, v in denoiser.params.items()})
 
 
 # ----------------------------------------------------------------------------- files

@@ -251,8 +251,43 @@ class ResnetBlock(nnx.Module):
     return x + h
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+
+
+def attention_implementation(requested: str, head_dim: int, dtype) -> str:
+  """The `jax.nn.dot_product_attention` implementation for one attention layer.
+
+  "auto": cuDNN's fused kernel on a CUDA GPU where its rules allow (bfloat16/float16 inputs,
+  head dim a multiple of 8 and at most 128, or 256 from compute capability 9.0), XLA's otherwise
+  (on a CPU or TPU, for float32, for other head dims). jax's own default (None) is XLA everywhere,
+  so the fused kernel must be asked for. "xla"/"cudnn" force one ("cudnn" refuses shapes it
+  cannot run, naming the rule).
+  """
+  if requested not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention: expected one of {ATTENTION_IMPLEMENTATIONS}, got {requested!r}")
+  if requested == "xla":
+    return "xla"
+  problems = []
+  if jax.default_backend() != "gpu":
+    problems.append(f"the backend is {jax.default_backend()}, not a CUDA GPU")
+  else:
+    capability = getattr(jax.devices()[0], "compute_capability", "0.0")
+    hopper = tuple(int(v) for v in str(capability).split(".")[:2]) >= (9, 0)
+    limit = 256 if hopper else 128
+    if head_dim % 8 or head_dim > limit:
+      problems.append(f"head dim {head_dim} is not a multiple of 8 at most {limit}")
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    problems.append(f"inputs are {jnp.dtype(dtype).name}, cuDNN's fused kernel takes bf16/f16")
+  if not problems:
+    return "cudnn"
+  if requested == "cudnn":
+    raise ValueError("attention='cudnn' cannot run here: " + "; ".join(problems))
+  return "xla"
+
+
 class Attention(nnx.Module):
-  """Residual multi-head self-attention over the H·W positions (softmax in float32)."""
+  """Residual multi-head self-attention over the H·W positions (`jax.nn.dot_product_attention`:
+  logits and softmax in float32 on XLA's path, cuDNN's fused kernel where chosen)."""
 
   def __init__(self, c: int, heads: int, cfg: UNetConfig, *, rngs: nnx.Rngs):
     if c % heads:
@@ -264,17 +299,16 @@ class Attention(nnx.Module):
     self.to_out = nnx.Linear(c, c, rngs=rngs)
     self.heads = heads
 
-  def __call__(self, x):
+  def __call__(self, x, implementation: str = "auto"):
     b, hh, ww, c = x.shape
     d = c // self.heads
     h = self.group_norm(x).reshape(b, hh * ww, c)
     q = self.to_q(h).reshape(b, hh * ww, self.heads, d)
     k = self.to_k(h).reshape(b, hh * ww, self.heads, d)
     v = self.to_v(h).reshape(b, hh * ww, self.heads, d)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits / math.sqrt(d), axis=-1).astype(v.dtype)
-    a = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hh * ww, c)
-    return x + self.to_out(a).reshape(b, hh, ww, c)
+    a = jax.nn.dot_product_attention(
+        q, k, v, implementation=attention_implementation(implementation, d, q.dtype))
+    return x + self.to_out(a.reshape(b, hh * ww, c)).reshape(b, hh, ww, c)
 
 
 class Downsample(nnx.Module):
@@ -306,12 +340,12 @@ class DownBlock(nnx.Module):
         [Attention(cout, cfg.heads(cout), cfg, rngs=rngs) for _ in range(n)] if attention else [])
     self.downsamplers = nnx.List([Downsample(cout, cfg, rngs=rngs)] if downsample else [])
 
-  def __call__(self, x, temb, keys):
+  def __call__(self, x, temb, keys, attention="auto"):
     skips = []
     for i, resnet in enumerate(self.resnets):
       x = resnet(x, temb, keys())
       if len(self.attentions):
-        x = self.attentions[i](x)
+        x = self.attentions[i](x, attention)
       skips.append(x)
     for down in self.downsamplers:
       x = down(x)
@@ -325,10 +359,10 @@ class MidBlock(nnx.Module):
     self.attentions = nnx.List(
         [Attention(c, cfg.heads(c), cfg, rngs=rngs)] if cfg.mid_attention else [])
 
-  def __call__(self, x, temb, keys):
+  def __call__(self, x, temb, keys, attention="auto"):
     x = self.resnets[0](x, temb, keys())
     for attn in self.attentions:
-      x = attn(x)
+      x = attn(x, attention)
     return self.resnets[1](x, temb, keys())
 
 
@@ -343,18 +377,19 @@ class UpBlock(nnx.Module):
         [Attention(cout, cfg.heads(cout), cfg, rngs=rngs) for _ in resnets] if attention else [])
     self.upsamplers = nnx.List([Upsample(cout, rngs=rngs)] if upsample else [])
 
-  def __call__(self, x, skips, temb, keys):
+  def __call__(self, x, skips, temb, keys, attention="auto"):
     for i, resnet in enumerate(self.resnets):
       x = resnet(jnp.concatenate([x, skips.pop()], axis=-1), temb, keys())
       if len(self.attentions):
-        x = self.attentions[i](x)
+        x = self.attentions[i](x, attention)
     for up in self.upsamplers:
       x = up(x)
     return x
 
 
 class UNet(nnx.Module):
-  """The DDPM UNet. `__call__(x [B,H,W,C], t [B], dropout_key=None) -> [B,H,W,out_channels]`."""
+  """The DDPM UNet. `__call__(x [B,H,W,C], t [B], dropout_key=None, attention="auto")` ->
+  [B,H,W,out_channels]; `attention` picks the attention kernel (`attention_implementation`)."""
 
   def __init__(self, cfg: UNetConfig, *, rngs: nnx.Rngs):
     self.config = cfg
@@ -383,7 +418,7 @@ class UNet(nnx.Module):
     self.conv_norm_out = _norm(c0, cfg, rngs)
     self.conv_out = _conv(c0, cfg.out_channels * p2, 3, rngs)
 
-  def __call__(self, x, t, dropout_key=None):
+  def __call__(self, x, t, dropout_key=None, attention="auto"):
     cfg = self.config
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32) * cfg.timestep_scale, x.shape[:1])
     emb = timestep_embedding(t, cfg.block_out_channels[0], flip_sin_to_cos=cfg.flip_sin_to_cos,
@@ -400,11 +435,11 @@ class UNet(nnx.Module):
     h = self.conv_in(space_to_depth(x, cfg.patch_size))
     skips = [h]
     for block in self.down_blocks:
-      h, s = block(h, temb, keys)
+      h, s = block(h, temb, keys, attention)
       skips += s
-    h = self.mid_block(h, temb, keys)
+    h = self.mid_block(h, temb, keys, attention)
     for block in self.up_blocks:
-      h = block(h, skips, temb, keys)
+      h = block(h, skips, temb, keys, attention)
     return depth_to_space(self.conv_out(jax.nn.silu(self.conv_norm_out(h))), cfg.patch_size)
 
 

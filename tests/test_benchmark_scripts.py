@@ -1,0 +1,134 @@
+"""scripts/benchmark_denoiser.py and scripts/benchmark_trainer.py: the PyTorch reference runs on
+the device JAX uses, the output names that device, and a device PyTorch lacks is a user error.
+
+The CPU runs use the smallest settings (one small network, a batch of 2 or 2 training steps), as
+subprocesses: the trainer's reference sets PyTorch's thread count, which would outlive the test
+in-process. The skipped-reference checks run in-process with the device choice stubbed out, since
+a JAX GPU cannot be faked on a CPU-only machine.
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxpoison import cli
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = ("benchmark_denoiser", "benchmark_trainer")
+DENOISER_ARGS = ["--model", "default", "--batch", "2", "--repeats", "1"]
+TRAINER_ARGS = ["--num_train", "64", "--widths", "4,8,8", "--batch_size", "32", "--epochs", "1",
+                "--models", "1", "--repeats", "1", "--torch_threads", "1"]
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "scripts" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run(name, *argv):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop(cli.TRACEBACK_ENV, None)
+  result = subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *argv],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  return result.stdout
+
+
+def _tiny_cifar(tmp_path):
+  rng = np.random.default_rng(0)
+  path = tmp_path / "cifar.npz"
+  np.savez(path, x_train=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+           y_train=rng.integers(0, 10, 64), x_test=rng.integers(0, 256, (32, 32, 32, 3),
+                                                                 dtype=np.uint8),
+           y_test=rng.integers(0, 10, 32))
+  return path
+
+
+def _main_output(capsys, name, argv, monkeypatch=None):
+  """Runs the script's main(argv) in-process as `python script.py` would; its stdout."""
+  module = _script(name)
+  if monkeypatch is not None:
+    # What auto answers when JAX runs on a GPU and PyTorch has no CUDA (see the unit test below).
+    monkeypatch.setattr(module, "torch_device", lambda flag: (None, "stubbed: no CUDA"))
+  with pytest.raises(SystemExit) as info:
+    cli.run(module.main, argv)
+  out, err = capsys.readouterr()
+  assert info.value.code in (None, 0), err  # main returns None: sys.exit(None), success.
+  return out
+
+
+def test_benchmark_denoiser_cpu_reference_names_device_and_ratio():
+  out = _run("benchmark_denoiser", *DENOISER_ARGS)
+  assert "PyTorch" in out and "on cpu (" in out
+  assert re.search(r"diffusers eager on cpu: [\d.]+ img/s \(warm-up [\d.]+ s\); "
+                   r"ratio JAX/PyTorch \d+\.\d\d", out), out
+  assert "| torch device |" in out
+  assert re.search(r"^\| default denoiser architecture \| 687,347 \| [\d.]+ \| [\d.]+ \| "
+                   r"\d+\.\d\d \| [\d.]+ \| float32 \| cpu \(\d+ threads?\) \|$", out, re.M), out
+
+
+def test_benchmark_trainer_cpu_reference_names_device_and_ratio(tmp_path):
+  out = _run("benchmark_trainer", "--data", str(_tiny_cifar(tmp_path)), *TRAINER_ARGS)
+  assert "PyTorch reference: cpu (1 thread)" in out
+  assert re.search(r"PyTorch eager reference on cpu \(1 thread\), one model at a time: "
+                   r"[\d.]+ s per model \(warm-up [\d.]+ s\); PyTorch / jaxpoison \(M=1\): "
+                   r"\d+\.\d\d", out), out
+  assert re.search(r"^\| cpu \(1 thread\) \| [\d.]+ \| [\d.]+ \| \d+\.\d\d \| \d+\.\d\d \|$",
+                   out, re.M), out
+  assert re.search(r"^\| 1 \| [\d.]+ \| ", out, re.M), out  # The vmapped table is still there.
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_torch_device_cuda_without_cuda_is_user_error(capsys, name):
+  import torch
+  if torch.cuda.is_available():
+    pytest.skip("this PyTorch has CUDA: --torch_device cuda is valid here")
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script(name).main, ["--torch_device", "cuda", *(
+        DENOISER_ARGS if name == "benchmark_denoiser" else TRAINER_ARGS)])
+  out, err = capsys.readouterr()
+  assert info.value.code == cli.EXIT_USER_ERROR, err
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert lines == [f"error: --torch_device cuda: PyTorch {torch.__version__} sees no CUDA device;"
+                   " use --torch_device cpu or auto"], err
+  assert out == ""  # Refused before any benchmark ran.
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_torch_device_follows_jax(monkeypatch, name):
+  import jax
+  import torch
+  module = _script(name)
+  monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  assert module.torch_device("auto") == ("cpu", "")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  device, why = module.torch_device("auto")
+  assert device is None and "JAX runs on gpu" in why and "no CUDA device" in why
+  assert module.torch_device("cpu") == ("cpu", "")  # Asked for: a cross-device ratio.
+  monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+  assert module.torch_device("auto") == ("cuda", "")
+  assert module.torch_device("cuda") == ("cuda", "")
+
+
+def test_benchmark_denoiser_skipped_reference_says_not_measured(capsys, monkeypatch):
+  out = _main_output(capsys, "benchmark_denoiser", DENOISER_ARGS, monkeypatch)
+  assert "diffusers eager: not measured (stubbed: no CUDA); ratio JAX/PyTorch not measured" in out
+  assert re.search(r"^\| default denoiser architecture \| 687,347 \| [\d.]+ \| not measured \| "
+                   r"not measured \| [\d.]+ \| float32 \| not run \|$", out, re.M), out
+
+
+def test_benchmark_trainer_skipped_reference_says_not_measured(capsys, monkeypatch, tmp_path):
+  out = _main_output(capsys, "benchmark_trainer",
+                     ["--data", str(_tiny_cifar(tmp_path)), *TRAINER_ARGS], monkeypatch)
+  assert "PyTorch reference: not run (stubbed: no CUDA)" in out
+  assert "PyTorch eager reference: not measured (stubbed: no CUDA)" in out
+  assert "| not run | not measured | not measured | not measured | not measured |" in out
