@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxpoison import classifier
+from jaxpoison.classifier import models
 from jaxpoison.classifier import train as train_lib
 
 NUM_TRAIN = 128
@@ -346,3 +347,221 @@ def test_train_fn_traces_for_full_configs(config):
   out = jax.eval_shape(fn, keys, images, labels)
   head = out.state["head"]["kernel"].value
   assert head.shape == (3, config.widths[-1], 10)
+
+
+# The training step's pieces against references written here from the recipe's definition
+# (the shuffling stream, airbench's lookahead), bit for bit: the step may be rearranged (issue
+# 14: no conditional inside the loop) but must train exactly the same models.
+
+
+def _record_batches(monkeypatch):
+  """Patches the trainer's augmentation to pass the images through and record each model's
+  (key data, epoch, position in the epoch, image indices) at every step."""
+  seen = []
+
+  def record(key_data, epoch, pos, indices):
+    seen.append((np.asarray(key_data).tobytes(), int(epoch), int(pos), np.asarray(indices)))
+
+  def augment(config, key, epoch, pos, images, indices, num_train):
+    jax.debug.callback(record, jax.random.key_data(key), epoch, pos, indices)
+    return images
+
+  monkeypatch.setattr(train_lib, "_augment", augment)
+  return seen
+
+
+def test_every_step_trains_on_its_slice_of_the_epochs_permutation(data, monkeypatch):
+  (x, y), _ = data
+  # 1.5 epochs of 4 steps: the run ends inside its second epoch.
+  config = classifier.tiny_config(epochs=1.5, batch_size=32, lookahead=False)
+  num_steps, spe = train_lib.total_steps(config, NUM_TRAIN), NUM_TRAIN // 32
+  assert (num_steps, spe) == (6, 4)
+  keys = jax.random.split(jax.random.key(3), 2)
+  seen = _record_batches(monkeypatch)
+  parts = train_lib.make_train_parts(config)
+  step_fn = jax.jit(parts.body)
+  carry = jax.jit(parts.start)(keys, x, y)
+  for step in range(num_steps):
+    carry = step_fn(carry, np.int32(step), keys, x, y)
+  jax.block_until_ready(carry)
+  jax.effects_barrier()
+  expected = {}
+  for key in keys:
+    for step in range(num_steps):
+      epoch, pos = divmod(step, spe)
+      # The data stream: fold_in(fold_in(key, _DATA = 1), epoch), one permutation per epoch.
+      perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch),
+                                    NUM_TRAIN)
+      expected[(np.asarray(jax.random.key_data(key)).tobytes(), epoch, pos)] = (
+          np.asarray(perm)[pos * 32:(pos + 1) * 32])
+  got = {(k, e, p): i for k, e, p, i in seen}
+  assert len(seen) == len(expected) == 2 * num_steps
+  assert got.keys() == expected.keys()
+  for k, indices in expected.items():
+    np.testing.assert_array_equal(got[k], indices, err_msg=str(k[1:]))
+
+
+def _assert_trees_equal(a, b, what):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb) > 0
+  for u, v in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=what)
+
+
+def test_lookahead_pulls_the_weights_to_the_ema_every_fifth_step(data):
+  (x, y), _ = data
+  # 10 steps: the pull happens after steps 5 and 10 (t = step + 1).
+  config = classifier.tiny_config(epochs=2.5, batch_size=32, lookahead=True)
+  num_steps = train_lib.total_steps(config, NUM_TRAIN)
+  assert num_steps == 10
+  keys = jax.random.split(jax.random.key(5), 2)
+  parts = train_lib.make_train_parts(config)
+  plain = train_lib.make_train_parts(config.replace(lookahead=False))
+  step_fn, plain_fn = jax.jit(parts.body), jax.jit(plain.body)
+  eps = float(np.finfo(np.float32).eps)
+
+  def pull(e, v, t):
+    # airbench: decay 0.95⁵ (t / T)³; the EMA moves towards the weights by 1 − decay.
+    decay = 0.95 ** 5 * (t / num_steps) ** 3
+    e, v = np.asarray(e, np.float64), np.asarray(v, np.float64)
+    return e + (1.0 - decay) * (v - e)
+
+  carry = jax.jit(parts.start)(keys, x, y)
+  _assert_trees_equal((carry.params, carry.rest), carry.ema, "start")
+  pulls = 0
+  for step in range(num_steps):
+    # Each step against the plain (lookahead-free) step from the same carry: between pulls
+    # the weights are that step's bit for bit and the EMA stays as it was.
+    before = carry
+    carry = step_fn(carry, np.int32(step), keys, x, y)
+    ref = plain_fn(before._replace(ema=None), np.int32(step), keys, x, y)
+    _assert_trees_equal(carry.momentum, ref.momentum, f"momentum, step {step}")
+    _assert_trees_equal(carry.perms, before.perms, f"permutations, step {step}")
+    t = step + 1
+    if t % 5:
+      _assert_trees_equal((carry.params, carry.rest), (ref.params, ref.rest), f"step {step}")
+      _assert_trees_equal(carry.ema, before.ema, f"EMA, step {step}")
+      continue
+    pulls += 1
+    # The pull: the weights become the new EMA, bit for bit.
+    _assert_trees_equal((carry.params, carry.rest), carry.ema, f"pull, step {step}")
+    # Which is the EMA formula up to float32 rounding: XLA:CPU may contract a multiply-add
+    # or round the decay differently by the program it sits in (a few ulps of decay and of
+    # each term, far below the pull's own size: 1 − decay ≥ 0.22 of |v − e|).
+    for e, v, got in zip(jax.tree.leaves(before.ema), jax.tree.leaves((ref.params, ref.rest)),
+                         jax.tree.leaves(carry.ema)):
+      e64, v64 = np.asarray(e, np.float64), np.asarray(v, np.float64)
+      tol = 8 * eps * (np.abs(e64) + np.abs(v64 - e64))
+      np.testing.assert_array_less(np.abs(np.asarray(got, np.float64) - pull(e, v, t)),
+                                   tol + np.finfo(np.float32).tiny, err_msg=f"step {step}")
+  assert pulls == 2
+  out = parts.finish(carry, num_steps)
+  _assert_trees_equal(out.state, nnx.merge_state(*carry.ema), "finish returns the EMA")
+
+
+@pytest.mark.parametrize("model, shared", [("airbench94", True), ("airbench94", False),
+                                           ("resnet18", True)])
+def test_training_step_has_no_conditional(model, shared):
+  # A conditional inside an XLA:GPU while loop can cost a device-to-host sync per step.
+  def lowered_text(fn, *args):
+    return jax.jit(fn).lower(*args).as_text()
+
+  # The check's teeth: this JAX lowers lax.cond to stablehlo.case.
+  assert "stablehlo.case" in lowered_text(
+      lambda p, v: jax.lax.cond(p, lambda: v, lambda: -v), True, 1.0)
+  config = classifier.tiny_config(model, batch_size=32, lookahead=True)
+  parts = train_lib.make_train_parts(config)
+  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), 2))
+  lead = () if shared else (2,)
+  images = jax.ShapeDtypeStruct((*lead, NUM_TRAIN, 32, 32, 3), jnp.uint8)
+  labels = jax.ShapeDtypeStruct((NUM_TRAIN,), jnp.int32)
+  carry = jax.eval_shape(parts.start, keys, images, labels)
+  step = jax.ShapeDtypeStruct((), jnp.int32)
+  texts = {"step": lowered_text(parts.body, carry, step, keys, images, labels),
+           "scan": lowered_text(classifier.make_train_fn(config), keys, images, labels)}
+  for name, text in texts.items():
+    for op in ("stablehlo.case", "stablehlo.if", "conditional"):
+      assert op not in text, f"{name}: {op}"
+
+
+# Batch norm under bfloat16 compute: float32 statistics and arithmetic, output in bfloat16.
+
+BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)  # 2⁻⁷: bfloat16 carries an 8-bit significand
+
+
+def test_batch_norm_computes_in_float32_and_outputs_the_compute_dtype():
+  rng = np.random.default_rng(0)
+  # A bfloat16 convolution's output, off-centre, with a bias to add.
+  x = jnp.asarray(rng.normal(2.0, 3.0, (16, 8, 8, 6)), jnp.bfloat16)
+  bias = jnp.asarray(rng.normal(0.0, 1.0, 6), jnp.float32)
+  for out_dtype in (jnp.bfloat16, jnp.float32):
+    bn = models.BatchNorm(6, momentum=0.6, epsilon=1e-5, out_dtype=out_dtype, rngs=nnx.Rngs(0))
+    ref = nnx.BatchNorm(6, momentum=0.6, epsilon=1e-5, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    bn.bias[...] = ref.bias[...] = bias
+    for train in (True, True, False):  # two updates of the running statistics, then eval
+      got = bn(x, use_running_average=not train)
+      want = ref(x, use_running_average=not train)  # float32 throughout
+      assert got.dtype == out_dtype
+      # The float32 result, rounded once: bit for bit (float32 output: unchanged).
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(out_dtype)))
+      # Round to nearest moves each value by at most half a unit of its last place.
+      np.testing.assert_array_less(
+          np.abs(np.asarray(got, np.float32) - np.asarray(want)),
+          BF16_EPS / 2 * np.abs(np.asarray(want)) + 1e-30)
+      for stat in ("mean", "var"):
+        assert getattr(bn, stat)[...].dtype == jnp.float32
+        np.testing.assert_array_equal(getattr(bn, stat)[...], getattr(ref, stat)[...])
+
+
+def _equations(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in it (jit, custom_jvp, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _equations(sub)
+
+
+@pytest.mark.parametrize("model", ["airbench94", "resnet18"])
+def test_bfloat16_networks_keep_activations_in_bfloat16(model):
+  config = classifier.tiny_config(model, compute_dtype="bfloat16")
+  images, _ = _colour_data(0, 64)
+  key = jax.random.key(0)
+  nets = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    nets[dtype] = models.create_model(config, key, dtype)
+    if model == "airbench94":
+      nets[dtype].whiten_kernel[...] = models.whitening_kernel(jnp.asarray(images), 64)
+  net = nets[jnp.bfloat16]
+  norms = [m for _, m in nnx.iter_graph(net) if isinstance(m, nnx.BatchNorm)]
+  assert norms and all(isinstance(m, models.BatchNorm) for m in norms)
+  assert all(jnp.dtype(m.out_dtype) == jnp.bfloat16 for m in norms)
+  # Random pixels: flat colours would leave batch norm dividing by tiny spreads.
+  x01 = jnp.asarray(np.random.default_rng(1).random((32, 32, 32, 3)), jnp.float32)
+  # The non-linearities after batch norm (airbench: exact GELU, its erfc; ResNet: ReLU, a
+  # max with 0) run on bfloat16 activations.
+  graphdef, state = nnx.split(net)
+  jaxpr = jax.make_jaxpr(
+      lambda s, v: nnx.merge(graphdef, s, copy=True)(v, train=True))(state, x01).jaxpr
+  prim = "erfc" if model == "airbench94" else "max"
+  acts = [e.invars[0].aval for e in _equations(jaxpr)
+          if e.primitive.name == prim and e.invars[0].aval.ndim == 4]
+  assert acts and all(a.dtype == jnp.bfloat16 for a in acts), [a.dtype for a in acts]
+  # The running statistics stay float32 through a training forward pass.
+  stats = [np.array(a) for a in jax.tree.leaves(nnx.state(net, nnx.BatchStat))]
+  logits = {dtype: m(x01, train=True) for dtype, m in nets.items()}
+  new_stats = jax.tree.leaves(nnx.state(net, nnx.BatchStat))
+  assert len(stats) == len(new_stats) == 2 * len(norms)
+  for before, after in zip(stats, new_stats):
+    assert after.dtype == jnp.float32 and not np.array_equal(before, after)
+  # The same function as in float32 up to bfloat16 rounding: each of the L layers with
+  # weights rounds its input, its weights, its output and its batch norm's output to 8
+  # significant bits (relative 2⁻⁸ each), about 2⁻⁶ = 2 eps per layer.
+  num_layers = sum(a.ndim >= 2 for a in jax.tree.leaves(nnx.state(net, nnx.Param)))
+  scale = float(jnp.max(jnp.abs(logits[jnp.float32])))
+  diff = float(jnp.max(jnp.abs(logits[jnp.bfloat16] - logits[jnp.float32])))
+  print(f"{model}: bfloat16 vs float32 logits, max |Δ| / max |logit| = {diff / scale:.3g} "
+        f"(bound {2 * num_layers * BF16_EPS:.3g})")
+  assert diff <= 2 * num_layers * BF16_EPS * scale

@@ -57,7 +57,8 @@ class TrainConfig:
       and epsilon of batch norm.
     tta_level: test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations.
     compute_dtype: "auto" (bfloat16 on an accelerator, float32 on the CPU), "float32" or
-      "bfloat16": convolutions and matmuls; batch norm and the loss stay in float32.
+      "bfloat16": convolutions, matmuls and the activations between them; batch norm's
+      statistics and arithmetic and the loss stay in float32 (its output is cast back).
     trainable: "all", or "head" (linear probe: only the final linear layer trains, the
       feature extractor is frozen and its batch norm runs on running statistics).
     reinit_head: re-initialize the final linear layer when warm-starting from `init`.

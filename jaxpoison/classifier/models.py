@@ -46,6 +46,24 @@ def _gelu(x):
   return jax.nn.gelu(x, approximate=False)  # PyTorch's nn.GELU() is the exact (erf) form.
 
 
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm in float32 (statistics, running averages, normalization) whose output is
+  cast to `out_dtype`, the network's compute dtype.
+
+  Under bfloat16 the activations that follow (GELU, pooling, residual sums) then move half the
+  bytes, while the arithmetic is float32's: nnx.BatchNorm(dtype=bfloat16) would instead cast
+  the running averages, scale and bias to bfloat16 before normalizing (in eval mode the whole
+  normalization runs in bfloat16). With out_dtype float32 this is nnx.BatchNorm(dtype=float32).
+  """
+
+  def __init__(self, num_features: int, *, out_dtype=jnp.float32, **kwargs):
+    super().__init__(num_features, dtype=jnp.float32, **kwargs)
+    self.out_dtype = out_dtype
+
+  def __call__(self, x, use_running_average: bool | None = None, **kwargs):
+    return super().__call__(x, use_running_average, **kwargs).astype(self.out_dtype)
+
+
 class ConvGroup(nnx.Module):
   """conv 3×3 → max-pool 2 → batch norm → GELU → conv 3×3 → batch norm → GELU."""
 
@@ -58,8 +76,8 @@ class ConvGroup(nnx.Module):
 
     def norm(c):
       # airbench freezes the batch-norm scale at 1 and trains only the bias.
-      return nnx.BatchNorm(c, use_scale=False, momentum=config.bn_momentum,
-                           epsilon=config.bn_epsilon, dtype=jnp.float32, rngs=rngs)
+      return BatchNorm(c, use_scale=False, momentum=config.bn_momentum,
+                       epsilon=config.bn_epsilon, out_dtype=dtype, rngs=rngs)
 
     self.conv1 = conv(cin, cout)
     self.norm1 = norm(cout)
@@ -121,8 +139,8 @@ class BasicBlock(nnx.Module):
                       kernel_init=nnx.initializers.kaiming_normal())
 
     def norm(c):
-      return nnx.BatchNorm(c, momentum=config.bn_momentum, epsilon=config.bn_epsilon,
-                           dtype=jnp.float32, rngs=rngs)
+      return BatchNorm(c, momentum=config.bn_momentum, epsilon=config.bn_epsilon,
+                       out_dtype=dtype, rngs=rngs)
 
     self.conv1 = conv(cin, cout, 3, stride)
     self.norm1 = norm(cout)
@@ -151,8 +169,8 @@ class ResNet18(nnx.Module):
     w = config.widths
     self.stem = nnx.Conv(self.channels, w[0], (3, 3), padding="SAME", use_bias=False, dtype=dtype,
                          kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)
-    self.stem_norm = nnx.BatchNorm(w[0], momentum=config.bn_momentum, epsilon=config.bn_epsilon,
-                                   dtype=jnp.float32, rngs=rngs)
+    self.stem_norm = BatchNorm(w[0], momentum=config.bn_momentum, epsilon=config.bn_epsilon,
+                               out_dtype=dtype, rngs=rngs)
     blocks, cin = [], w[0]
     for stage, cout in enumerate(w):
       for b in range(2):

@@ -145,11 +145,48 @@ class TrainParts(NamedTuple):
 
   start(keys, images, labels, init=None) -> carry; body(carry, step, keys, images, labels) ->
   carry after step `step` (int32 scalar, 0 ≤ step < total_steps); finish(carry, num_steps) ->
-  TrainedModels. All traceable; `make_train_fn` is start, a `lax.scan` of body, finish.
+  TrainedModels. All traceable; `make_train_fn` is start, a `lax.scan` of body, finish. The
+  carry (a TrainCarry) is a pytree whose every leaf has the models on axis 0; body has no
+  data-dependent control flow (no conditional inside the loop).
   """
   start: Callable
   body: Callable
   finish: Callable
+
+
+class TrainCarry(NamedTuple):
+  """The training loop's state between steps (internal to TrainParts; every leaf [M, ...]).
+
+  Attributes:
+    params, rest: the models' nnx.Param variables and the others (batch-norm statistics,
+      whitening filters).
+    momentum: the SGD momentum buffers, shaped as params.
+    ema: airbench's lookahead EMA (params, rest), or None without lookahead.
+    perms: int32 [M, E, N], model m's order of the N training images in epoch e, for every
+      epoch the run touches (E = ceil(total_steps / steps_per_epoch), at least 1).
+  """
+  params: Any
+  rest: Any
+  momentum: Any
+  ema: Any
+  perms: jax.Array
+
+
+def epoch_permutations(keys: jax.Array, num_train: int, num_epochs: int) -> jax.Array:
+  """int32 [M, num_epochs, N]: each model's shuffle of the training set in each epoch, drawn
+  from fold_in(fold_in(keys[m], _DATA), epoch)."""
+  def one(key, epoch):
+    key = jax.random.fold_in(jax.random.fold_in(key, _DATA), epoch)
+    return jax.random.permutation(key, num_train).astype(jnp.int32)
+
+  epochs = jnp.arange(num_epochs, dtype=jnp.int32)
+  return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(keys, epochs)
+
+
+def num_epochs_touched(config: TrainConfig, num_train: int) -> int:
+  """How many epochs the run's steps reach into (the last may be partial), at least 1."""
+  spe = steps_per_epoch(config, num_train)
+  return max(-(-total_steps(config, num_train) // spe), 1) if spe > 0 else 1
 
 
 def make_train_parts(config: TrainConfig) -> TrainParts:
@@ -171,7 +208,7 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     return init_head(config, jax.random.fold_in(key, _HEAD), dtype)
 
   def start(keys, images, labels, init: TrainedModels | None = None):
-    """The loop's initial carry: (params, rest, momentum, lookahead EMA, permutation)."""
+    """The loop's initial TrainCarry."""
     TRACES[config] += 1  # Runs once per trace: the tests' recompilation counter.
     num_models = keys.shape[0]
     shared = images.ndim == 4
@@ -191,8 +228,12 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     params, rest = nnx.split_state(state, nnx.Param, ...)
     buf = jax.tree.map(jnp.zeros_like, params)
     ema = (params, rest) if config.lookahead else None
-    perm = jnp.zeros((num_models, num_train), jnp.int32)
-    return params, rest, buf, ema, perm
+    # Every epoch's shuffle drawn up front, so that the step only slices it (drawing it at an
+    # epoch's first step would need a conditional inside the loop, which on XLA:GPU can cost a
+    # device-to-host sync per step). The table is M × E × N int32 in the carry: 16 models ×
+    # 10 epochs × 50,000 images is 32 MB, small beside the models' activations.
+    perms = epoch_permutations(keys, num_train, num_epochs_touched(config, num_train))
+    return TrainCarry(params, rest, buf, ema, perms)
 
   def body(carry, step, keys, images, labels):
     """One SGD step of every model: the carry after step `step` (an int32 scalar)."""
@@ -260,22 +301,17 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
                       step_size=config.adversarial_step_size,
                       random_start=config.adversarial_random_start)
 
-    def permutation(key, epoch):
-      key = jax.random.fold_in(jax.random.fold_in(key, _DATA), epoch)
-      return jax.random.permutation(key, num_train).astype(jnp.int32)
-
     def gather(data, idx, shared):
       if shared:
         return data[idx]
       return jax.vmap(lambda d, i: d[i])(data, idx)
 
-    p, r, buf, ema, perm = carry
+    p, r, buf, ema, perms = carry
     epoch = step // spe
     pos = step % spe
-    perm = jax.lax.cond(pos == 0, lambda: jax.vmap(permutation, (0, None))(keys, epoch),
-                        lambda: perm)
-    idx = jax.lax.dynamic_slice_in_dim(perm, pos * config.batch_size, config.batch_size,
-                                       axis=1)
+    num_models = perms.shape[0]
+    idx = jax.lax.dynamic_slice(perms, (0, epoch, pos * config.batch_size),
+                                (num_models, 1, config.batch_size))[:, 0]
     x = gather(images, idx, shared)
     # Labels [N] are shared even when the images are per model (denoised copies keep the
     # labels), so they are read without an [M, N] copy.
@@ -289,20 +325,25 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
         p, r, buf, x, y, factor, step < whiten_steps)
     if config.lookahead:
       t = step + 1
-      decay = 0.95 ** 5 * (t.astype(jnp.float32) / num_steps) ** 3
-
-      def pull(operands):
-        p, r, ema = operands
-        ema = jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, (p, r))
-        return ema[0], ema[1], ema
-
-      p, r, ema = jax.lax.cond(t % _LOOKAHEAD_EVERY == 0, pull, lambda o: o, (p, r, ema))
-    return p, r, buf, ema, perm
+      # decay ≤ 0.95⁵ for t ≤ T, so the clamp changes no value; it ends the product, so that
+      # XLA:CPU, fusing this scalar into every variable's pull below, cannot contract 1 − decay
+      # into a multiply-add: decay is rounded to float32 once, as when the pull sat in a
+      # conditional's branch, and the models are those of that program bit for bit.
+      decay = jnp.minimum(0.95 ** 5 * (t.astype(jnp.float32) / num_steps) ** 3, 1.0)
+      # Every LOOKAHEAD_EVERY steps the EMA moves towards the weights and the weights are
+      # reset to it. The pull is computed at every step and selected (no conditional inside
+      # the loop): a few elementwise passes over the variables, negligible beside the step.
+      pulled = jax.tree.map(lambda e, v: e + (1.0 - decay) * (v - e), ema, (p, r))
+      now = t % _LOOKAHEAD_EVERY == 0
+      pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(now, a, b), new, old)
+      p, r = pick(pulled, (p, r))
+      ema = pick(pulled, ema)
+    return TrainCarry(p, r, buf, ema, perms)
 
   def finish(carry, num_steps: int) -> TrainedModels:
-    params, rest, _, ema, _ = carry
+    params, rest = carry.params, carry.rest
     if config.lookahead and num_steps > 0:
-      params, rest = ema  # airbench returns the lookahead EMA.
+      params, rest = carry.ema  # airbench returns the lookahead EMA.
     return TrainedModels(graphdef, nnx.merge_state(params, rest), config)
 
   return TrainParts(start, body, finish)
