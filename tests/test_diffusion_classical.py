@@ -42,8 +42,13 @@ def test_bm3d_matches_the_package_in_its_own_units():
   clean = _smooth(1)[0]
   noisy = clean + 0.25 * np.random.default_rng(2).standard_normal(clean.shape)
   expected = np.clip(bm3d.bm3d_rgb(noisy, 0.25), 0, 1)
-  np.testing.assert_allclose(classical.classical_denoise("bm3d", noisy, 0.25), expected,
-                             atol=1e-5)
+  out = classical.classical_denoise("bm3d", noisy, 0.25)
+  # Not bit for bit: the package's threaded C code is not deterministic (two calls on the same
+  # input differed by up to 1e-3 here: aggregation order and block-matching ties). A wrong σ
+  # (2× or 255× off) moves pixels by tenths and PSNR by decibels.
+  np.testing.assert_allclose(out, expected, atol=5e-3)
+  assert abs(classical.psnr_np(out[None], clean[None])[0]
+             - classical.psnr_np(expected[None], clean[None])[0]) < 0.05
 
 
 @pytest.mark.parametrize("method", ["wavelet", "nl_means"])

@@ -37,9 +37,12 @@ def test_dry_run_runs_every_stage(tmp_path):
              if r["attention"] == "cudnn")
   assert {r["concurrency"] for r in results["trainer"] if r.get("ms_per_step", 0) > 0} == {
       "sequential", "vmap"}
-  assert results["planner"]["sequential"] == results["planner"]["vmap"] == 1  # no budget: CPU
+  # No memory budget on a CPU: one model per device, whatever the concurrency.
+  devices = results["environment"]["device_count"]
+  assert results["planner"]["sequential"] == results["planner"]["vmap"] == devices
   assert 0 <= results["accuracy"]["accuracy_mean"] <= 1 and results["accuracy"]["models"] == 2
-  assert results["certify"]["s_per_model"] > 0 and results["certify"]["models_per_step"] == 3
+  assert results["certify"]["s_per_model"] > 0
+  assert results["certify"]["models_per_step"] % devices == 0
   assert "skipped" in results["peers"]
   block = (out / "gpu_check.md").read_text()
   assert "DRY RUN" in block and "**Trainer**" in block and block in result.stdout

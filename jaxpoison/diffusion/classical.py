@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import itertools
+import multiprocessing
 
 import numpy as np
 
@@ -97,7 +98,9 @@ def classical_denoise(method: str, noisy, sigma: float, *, params: dict | None =
   params = dict(params or {})
   if workers > 1 and len(batch) > 1:
     chunks = np.array_split(batch, min(int(workers), len(batch)))
-    with concurrent.futures.ProcessPoolExecutor(len(chunks)) as pool:
+    # "spawn": a forked child of a multithreaded JAX process can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(chunks), mp_context=context) as pool:
       out = np.concatenate(list(pool.map(
           functools.partial(_denoise_chunk, method, sigma=sigma, params=params), chunks)))
   else:
