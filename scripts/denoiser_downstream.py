@@ -42,6 +42,8 @@ def main(argv=None):
   with cli.user_errors(ValueError, TypeError):
     if len(args.denoisers) < 1:
       raise ValueError("--denoisers: expected at least one")
+    if args.num_models < 2:  # The pipeline's n0 ≥ 1 selection model, and a spread to report.
+      raise ValueError(f"--num_models: expected at least 2, got {args.num_models}")
     config = cli.load_config_file(args.config)
     changes = {"sigmas": (args.sigma,), "num_models": args.num_models,
                "n0": min(config.n0, args.num_models - 1)}

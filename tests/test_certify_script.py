@@ -226,3 +226,20 @@ def test_noise_only_smoothing_runs_without_a_denoiser(inputs, uninterrupted, tmp
   certified_at_0 = float(rows[2].split(" | ")[5].rstrip("%"))
   assert certified_at_0 == pytest.approx(100 * summary["certified_accuracy"]["0"], abs=0.06)
   assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_denoiser_downstream_pairs_the_same_noise_draws(inputs, tmp_path):
+  # Two "denoisers" that see the same noise draws: the zero-ε one (its copies are the noisy
+  # images) and noise only (the same images up to float rounding, tests/test_diffusion_
+  # denoise.py): the paired difference must be about zero, and each folder is a resumable
+  # certification run.
+  command = [sys.executable, str(REPO / "scripts" / "denoiser_downstream.py"), "--denoisers",
+             f"{inputs / 'denoiser'},none", "--config", str(inputs / "config.py"), "--data",
+             str(inputs / "data.npz"), "--num_models", "4", "--out", str(tmp_path / "ds"),
+             "--no_progress"]
+  out = _run(command).stdout
+  rows = [line for line in out.splitlines() if line.startswith("| ")][1:]  # after the header
+  assert len(rows) == 2 and rows[0].endswith("— |") and rows[1].startswith("| none |")
+  difference = float(rows[1].split(" | ")[2].split()[0])
+  assert abs(difference) <= 10.0, out
+  assert sorted(p.name for p in (tmp_path / "ds").iterdir())[1] == "1_none"

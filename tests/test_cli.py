@@ -130,6 +130,12 @@ def test_load_config_file(tmp_path):
     ("train_classifier", ["--config", "airbench"], "--config airbench: no such file"),
     ("train_classifier", ["--data", "{tmp}/missing.npz"], "missing.npz: no such file"),
     ("train_denoiser", [], "the following arguments are required: --out"),
+    ("evaluate_denoiser", ["--anchors", "median"], "--anchors: expected names from"),
+    ("certified_table", ["--runs", "{tmp}"], "no finished σ"),
+    ("denoiser_downstream", ["--denoisers", "default", "--num_models", "1"],
+     "--num_models: expected at least 2, got 1"),
+    ("gpu_check", ["--budget_minutes", "0"], "--budget_minutes: expected > 0"),
+    ("benchmark_denoiser_training", ["--unet", '{"patch_size": 3}'], "patch_size"),
 ])
 def test_script_user_errors(capsys, tmp_path, name, argv, expected):
   argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
