@@ -47,7 +47,15 @@ def test_mismatched_checkpoint(tmp_path):
 def test_default_denoiser_loads_and_denoises():
   den = jaxpoison.default_denoiser()
   assert den is jaxpoison.default_denoiser()  # loaded once
-  assert den.unet.sample_size == 32 and den.num_params < 2_000_000
+  assert den.unet.sample_size == 32 and den.num_params < 5_000_000
+  # Shipped inside the package: at most 20 MB of files.
+  from jaxpoison.diffusion.model import DEFAULT_DENOISER_PATH
+  size = sum(f.stat().st_size for f in DEFAULT_DENOISER_PATH.rglob("*") if f.is_file())
+  assert size <= 20 * 2**20, size
+  # Trained on every step certification denoises at, σ ∈ [0.05, 1.0].
+  lo, hi = den.trained_timesteps
+  assert lo <= D.timestep_for_sigma(den.schedule, 0.05) and D.timestep_for_sigma(
+      den.schedule, 1.0) <= hi
   images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
   out = jaxpoison.noise_and_denoise(den, images, 0.5, jax.random.key(0))
   assert out.shape == images.shape and out.dtype == np.uint8
