@@ -46,7 +46,10 @@ def _scipy_ball_box_projection(x, base, epsilon):
       bounds=[(0, 1)] * x.size, method="SLSQP",
       constraints=[{"type": "ineq", "fun": lambda y: epsilon ** 2 - np.sum((y - base) ** 2),
                     "jac": lambda y: -2 * (y - base)}],
-      options={"ftol": 1e-14, "maxiter": 1000})
+      # 1e-12 (objective) puts the solution within ~1e-6 of the optimum, well inside the 2e-5
+      # the test asks; 1e-14 sat at rounding level, and SLSQP's line search then failed on one
+      # seed depending on the BLAS thread count (one core against two).
+      options={"ftol": 1e-12, "maxiter": 1000})
   assert result.success, result.message
   return result.x
 

@@ -19,6 +19,9 @@ pasted (`paste_trigger(target, get_trigger(...), trigger_position(config, target
 Around them: the bounds and their projections (`project_linf`, `project_l2`,
 `quantize_poisons`, `project_simplex`), the choice of a trial (`sample_trial`), and poison
 files (`PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`).
+
+From-scratch attacks by gradient matching grow in `witches_brew` (the matching objective, its
+differentiable augmentation and the parameter gradients so far).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
 from jaxpoison.attacks.polytope import bullseye_polytope, convex_polytope
 from jaxpoison.attacks.trial import Trial, feature_distances, sample_trial
+from jaxpoison.attacks import witches_brew  # noqa: E402 (gradient matching: from-scratch attacks)
 from jaxpoison.attacks.triggers import (
     CLBD_TRIGGER,
     HTBD_TRIGGER,
