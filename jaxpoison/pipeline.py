@@ -412,6 +412,16 @@ def write_certify_table(path: Path, test_indices: np.ndarray, per_point: dict) -
   return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def certified_curve(radius, correct, max_certifiable: float, *, at_least: float = 0.0,
+                    points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+  """(radius grid, certified accuracy) for a plot: out to the largest radius certified, and at
+  least to the largest certifiable with these many models (all agreeing) and to `at_least`, so
+  an empty curve still shows the scale."""
+  reach = max(float(np.max(radius, initial=0.0)), float(max_certifiable), float(at_least))
+  grid = np.linspace(0.0, max(reach, 1e-3) * 1.05, points)
+  return grid, certify_lib.certified_accuracy(radius, correct, grid)
+
+
 def plot_certified_accuracy(path: Path, curves: dict[float, tuple[np.ndarray, np.ndarray]],
                             title: str = "") -> Path:
   """Certified accuracy versus ℓ2 radius, one line per σ, saved atomically as a PNG."""
@@ -450,10 +460,10 @@ def plot_certified_panels(path: Path, panels, suptitle: str = "") -> Path:
 
 
 def read_certified(out: str | os.PathLike) -> dict[float, dict]:
-  """A finished results folder's certificates: {σ: {"radius", "correct", "summary"}}.
+  """A finished results folder's certificates: {σ: {"radius", "correct", "label", "summary"}}.
 
   radius: float [num_test] (0 where CERTIFY abstained); correct: bool [num_test], the certified
-  label is the true one; summary: that σ's summary.json.
+  label is the true one; label: the test points' true labels; summary: that σ's summary.json.
   """
   out = Path(out)
   found = {}
@@ -464,7 +474,7 @@ def read_certified(out: str | os.PathLike) -> dict[float, dict]:
     with np.load(directory / "counts.npz") as counts:
       found[float(summary["sigma"])] = {
           "radius": counts["radius"], "correct": counts["predict"] == counts["label"],
-          "summary": summary}
+          "label": counts["label"], "summary": summary}
   if not found:
     raise FileNotFoundError(f"{out}: no finished σ (sigma_*/counts.npz and summary.json); "
                             "run scripts/certify.py to the end first")
@@ -910,12 +920,8 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
           num_classes=dataset.num_classes, num_train=len(dataset.x_train), radii=config.radii)
       write_sigma_reports(sigma_dir(out, sigma), test_indices, per_point, summary)
       summaries[f"{sigma:g}"] = summary
-      # Out to the largest radius certified and at least to the largest certifiable with this
-      # many estimation models (all agreeing), so an empty plot still shows the scale.
-      reach = max(float(per_point["radius"].max(initial=0.0)), summary["max_certifiable_radius"])
-      grid = np.linspace(0.0, max(reach, 1e-3) * 1.05, 200)
-      curves[sigma] = (grid, certify_lib.certified_accuracy(per_point["radius"],
-                                                             per_point["correct"] > 0, grid))
+      curves[sigma] = certified_curve(per_point["radius"], per_point["correct"] > 0,
+                                      summary["max_certifiable_radius"])
   if not is_writer:
     return {}
   top = {

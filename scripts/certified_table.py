@@ -37,7 +37,6 @@ def main(argv=None):
   parser.add_argument("--plot", default=None, help="write the figure here (PNG)")
   args = parser.parse_args(argv)
 
-  import numpy as np
   from jaxpoison import certify, pipeline
 
   with cli.user_errors(FileNotFoundError):
@@ -58,10 +57,9 @@ def main(argv=None):
             + f" | {s['max_certifiable_radius']:.3f} |")
   if args.plot:
     def curve(found):
-      reach = max(float(found["radius"].max(initial=0.0)),
-                  found["summary"]["max_certifiable_radius"], max(radii))
-      grid = np.linspace(0.0, reach * 1.05, 300)
-      return grid, certify.certified_accuracy(found["radius"], found["correct"], grid)
+      return pipeline.certified_curve(found["radius"], found["correct"],
+                                      found["summary"]["max_certifiable_radius"],
+                                      at_least=max(radii), points=300)
 
     first_label, first = results[0]
     panels = [(first_label, {f"σ = {sigma:g}": curve(found)

@@ -63,10 +63,9 @@ def main(argv=None):
       pipeline.run_certification(dataclasses.replace(config, denoiser=name), folder,
                                  progress=not args.no_progress)
     found = pipeline.read_certified(folder)[args.sigma]
+    labels = found["label"]
     votes = pipeline.load_votes(folder / f"sigma_{args.sigma:g}" / "votes", config.num_models,
-                                len(found["correct"]))
-    with np.load(folder / f"sigma_{args.sigma:g}" / "counts.npz") as counts:
-      labels = counts["label"]
+                                len(labels))
     accuracy[name] = (votes == labels[None]).mean(axis=1)
   base = args.denoisers[0]
   print(f"σ = {args.sigma:g}, {config.num_models} models per denoiser, "

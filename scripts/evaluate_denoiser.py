@@ -81,9 +81,11 @@ def main(argv=None):
   from jaxpoison.diffusion import classical
   from jaxpoison.io import atomic_save_npz, atomic_write_json
 
+  from jaxpoison.pipeline import NOISE_ONLY, resolve_denoiser
   with cli.user_errors(ValueError, FileNotFoundError):
-    denoisers = {name: (D.default_denoiser() if name == "default" else D.load_denoiser(name))
-                 for name in args.denoisers}
+    if NOISE_ONLY in args.denoisers:
+      raise ValueError("--denoisers: 'none' has no network to evaluate (the 'noisy' column is it)")
+    denoisers = {name: resolve_denoiser(name) for name in args.denoisers}
   data = jaxpoison.load_cifar10(args.data)
   # A fixed random subset: some copies of CIFAR-10 are sorted by class.
   count = min(args.num_images, len(data.x_test))

@@ -131,6 +131,7 @@ def test_load_config_file(tmp_path):
     ("train_classifier", ["--data", "{tmp}/missing.npz"], "missing.npz: no such file"),
     ("train_denoiser", [], "the following arguments are required: --out"),
     ("evaluate_denoiser", ["--anchors", "median"], "--anchors: expected names from"),
+    ("evaluate_denoiser", ["--denoisers", "default,none"], "'none' has no network to evaluate"),
     ("certified_table", ["--runs", "{tmp}"], "no finished σ"),
     ("denoiser_downstream", ["--denoisers", "default", "--num_models", "1"],
      "--num_models: expected at least 2, got 1"),

@@ -193,7 +193,7 @@ def trainer_stage(sizes: CheckSizes, deadline: Deadline, rng) -> list[dict]:
 
 
 def planner_stage(sizes: CheckSizes) -> dict:
-  config = pipeline.resolve_trainer(sizes.certify_trainer, _FakeData())
+  config = dataclasses.replace(sizes.certify_trainer, num_classes=10, image_shape=(32, 32, 3))
   den = diffusion.create_denoiser(sizes.unet, diffusion.linear_schedule(), jax.random.key(0))
   dtype = pipeline.resolve_denoise_dtype("auto")
   denoise_bytes = pipeline.denoise_program_bytes(den, sizes.certify_num_train, (32, 32, 3),
@@ -211,12 +211,6 @@ def planner_stage(sizes: CheckSizes) -> dict:
     except classifier.InsufficientMemoryError as e:
       out[concurrency] = f"does not fit: {e}"
   return out
-
-
-@dataclasses.dataclass
-class _FakeData:
-  num_classes: int = 10
-  image_shape: tuple = (32, 32, 3)
 
 
 def accuracy_stage(sizes: CheckSizes, data, deadline: Deadline) -> dict:

@@ -33,7 +33,8 @@ import numpy as np
 import optax
 
 from jaxpoison.diffusion.model import Denoiser, create_denoiser, save_denoiser, unet_apply
-from jaxpoison.diffusion.schedule import ScheduleConfig, alphas_cumprod, timestep_for_sigma
+from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas,
+                                         timestep_for_sigma)
 from jaxpoison.diffusion.unet import UNetConfig
 from jaxpoison.io import atomic_write_dir, atomic_write_json
 
@@ -126,8 +127,7 @@ def init_train_state(cfg: DenoiserTrainConfig) -> DenoiserTrainState:
 
 def loss_weights(cfg: DenoiserTrainConfig) -> np.ndarray:
   """Per-step loss weight σ_t^γ (mean 1 over the training range; 0 outside), float32 [T]."""
-  abar = alphas_cumprod(cfg.schedule).astype(np.float64)
-  sigma = np.sqrt((1 - abar) / abar) / 2  # the pixel-unit σ whose t* is t
+  sigma = sigmas(cfg.schedule)  # the pixel-unit σ whose t* is t
   lo, hi = cfg.timestep_range()
   w = np.zeros_like(sigma)
   w[lo:hi + 1] = sigma[lo:hi + 1] ** cfg.loss_weight_exponent
