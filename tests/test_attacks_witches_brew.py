@@ -1,12 +1,14 @@
 """Witches' Brew's objective: the differentiable augmentation against PyTorch's grid_sample, the
 matching loss's values, and its second-order gradient against finite differences."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpoison.attacks import witches_brew as wb
+wb = importlib.import_module("jaxpoison.attacks.witches_brew")
 
 
 def test_shift_flip_matches_torch_grid_sample():
@@ -105,3 +107,259 @@ def test_augmentation_needs_a_fill():
   with pytest.raises(ValueError, match="fill"):
     wb.matching_objective(apply_fn, params, g, jnp.zeros((2, 6, 6, 3)), jnp.array([0, 0]),
                           jax.random.key(0))
+
+
+# ----------------------------------------------------------------------------- crafting
+
+from jaxpoison.attacks import configs as attack_configs  # noqa: E402
+from jaxpoison.attacks import constraints  # noqa: E402
+
+MEAN = np.array(attack_configs.FOREST_CIFAR10_MEAN)
+STD = np.array(attack_configs.FOREST_CIFAR10_STD)
+
+
+def _normalized_net(params, state, x):
+  """A tiny classifier on normalized inputs: conv 3×3 → tanh → spatial mean → linear (+ a fixed
+  per-class offset in `state`, standing in for batch-norm statistics)."""
+  x = (x - MEAN.astype(x.dtype)) / STD.astype(x.dtype)
+  h = jax.lax.conv_general_dilated(x, params["conv"], (1, 1), "SAME",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jnp.tanh(h).mean(axis=(1, 2)) @ params["dense"] + state["offset"]
+
+
+def _surrogate(seed, dtype=jnp.float32, channels=4, classes=3):
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  params = {"conv": 0.5 * jax.random.normal(k1, (3, 3, 3, channels), dtype),
+            "dense": 0.5 * jax.random.normal(k2, (channels, classes), dtype)}
+  return wb.GradientModel(_normalized_net, params,
+                          {"offset": 0.1 * jax.random.normal(k3, (classes,), dtype)})
+
+
+def _images(seed, n, size=8):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_learning_rate_schedule_matches_torch_multistep():
+  torch = pytest.importorskip("torch")
+  config = attack_configs.WitchesBrewConfig()
+  assert config.lr_drop_steps == (93, 156, 218)  # the spec's milestones for 250 steps
+  delta = torch.zeros(1, requires_grad=True)
+  optimizer = torch.optim.Adam([delta], lr=config.step_size / 4)
+  scheduler = torch.optim.lr_scheduler.MultiStepLR(
+      optimizer, milestones=[config.num_steps // d for d in config.lr_drop_divisors], gamma=0.1)
+  for step in range(config.num_steps):
+    ours = float(wb._learning_rate(config, jnp.asarray(step), 4))
+    assert ours == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6), step
+    optimizer.step()
+    scheduler.step()
+
+
+def _torch_reference_brew(torch, surrogates, target, target_label, bases, labels, delta0, config):
+  """The reference's sign-Adam loop (forest/witchcoven/witch_base.py `_run_trial` with
+  witch_matching.py's similarity loss), in its normalized space, float64, no augmentation."""
+  def as_torch(net):
+    conv = torch.tensor(np.asarray(net.params["conv"]).transpose(3, 2, 0, 1))
+    dense = torch.tensor(np.asarray(net.params["dense"]))
+    offset = torch.tensor(np.asarray(net.state["offset"]))
+    params = [conv.requires_grad_(), dense.requires_grad_()]
+
+    def forward(x):
+      h = torch.nn.functional.conv2d(x, params[0], padding=1)
+      return torch.tanh(h).mean(dim=(2, 3)) @ params[1] + offset
+    return forward, params
+
+  mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+  std = torch.tensor(STD).view(1, 3, 1, 1)
+  to_normalized = lambda u: (torch.tensor(u, dtype=torch.float64).permute(0, 3, 1, 2) - mean) / std
+  nets = [as_torch(s) for s in surrogates]
+  target_n = to_normalized(target[None].astype(np.float64) / 255)
+  target_grads = []
+  for forward, params in nets:
+    loss = torch.nn.functional.cross_entropy(forward(target_n), torch.tensor([target_label]))
+    grads = torch.autograd.grad(loss, params)
+    target_grads.append((grads, torch.sqrt(sum((g * g).sum() for g in grads))))
+  bases_n = to_normalized(bases.astype(np.float64) / 255)
+  labels_t = torch.tensor(np.asarray(labels))
+  delta = (torch.tensor(np.asarray(delta0), dtype=torch.float64).permute(0, 3, 1, 2) / std)
+  delta.requires_grad_()
+  tau0 = config.step_size * (config.poison_batch_size / 512) / len(nets)
+  optimizer = torch.optim.Adam([delta], lr=tau0, weight_decay=0)
+  scheduler = torch.optim.lr_scheduler.MultiStepLR(
+      optimizer, milestones=[config.num_steps // d for d in config.lr_drop_divisors], gamma=0.1)
+  history = []
+  for _ in range(config.num_steps):
+    optimizer.zero_grad()
+    total = 0.0
+    for (forward, params), (tgrad, tnorm) in zip(nets, target_grads):
+      loss = torch.nn.functional.cross_entropy(forward(bases_n + delta), labels_t)
+      pgrad = torch.autograd.grad(loss, params, create_graph=True)
+      passenger = -sum((t * p).sum() for t, p in zip(tgrad, pgrad)) / tnorm
+      passenger = 1 + passenger / torch.sqrt(sum((p * p).sum() for p in pgrad))
+      passenger.backward()
+      total += float(passenger.detach())
+    history.append(total / len(nets))
+    delta.grad.sign_()
+    optimizer.step()
+    scheduler.step()
+    with torch.no_grad():
+      eps = config.epsilon / std
+      delta.data = torch.max(torch.min(delta, eps), -eps)
+      delta.data = torch.max(torch.min(delta, (1 - mean) / std - bases_n), -mean / std - bases_n)
+  return (delta.detach() * std).permute(0, 2, 3, 1).numpy(), np.array(history)
+
+
+def test_sign_adam_loop_matches_the_torch_reference():
+  torch = pytest.importorskip("torch")
+  config = attack_configs.WitchesBrewConfig(num_steps=12, restarts=1, augment=False)
+  assert config.lr_drop_steps == (4, 7, 10)  # the run crosses every drop
+  with jax.enable_x64(True):
+    surrogates = [_surrogate(0, jnp.float64), _surrogate(1, jnp.float64)]
+    target, bases = _images(0, 1)[0], _images(1, 6)
+    labels = np.array([0, 0, 0, 0, 0, 0])
+    target_grads = wb.target_gradients(
+        surrogates, jnp.asarray(target[None], jnp.float64) / 255, jnp.array([0]), batch_size=1)
+    state = wb.initial_state(jax.random.key(0), jnp.asarray(bases, jnp.float64) / 255, config)
+    assert state.delta.dtype == jnp.float64
+    delta0 = np.asarray(state.delta)
+    # matching_steps takes uint8 bases into float32; its loop runs here on float64 bases.
+    final, history = wb.scan_matching_steps(
+        state, jax.random.key(1), surrogates, target_grads, jnp.asarray(bases, jnp.float64) / 255,
+        jnp.asarray(labels), config.num_steps, config)
+    expected_delta, expected_history = _torch_reference_brew(
+        torch, surrogates, target, 0, bases, labels, delta0, config)
+  np.testing.assert_allclose(np.asarray(history), expected_history, rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(final.delta), expected_delta, rtol=0, atol=1e-10)
+  assert np.abs(expected_delta - delta0).max() > 1e-3  # the poisons did move
+
+
+
+def _small_config(**changes):
+  return attack_configs.WitchesBrewConfig(**{"num_steps": 6, "restarts": 3, **changes})
+
+
+@pytest.mark.parametrize("norm,epsilon", [("linf", 16 / 255), ("l2", 0.6)])
+def test_witches_brew_keeps_the_bound_and_the_best_restart(norm, epsilon):
+  surrogates = [_surrogate(0), _surrogate(1)]
+  target, bases = _images(0, 1)[0], _images(1, 5)
+  config = _small_config(norm=norm, epsilon=epsilon)
+  out = wb.witches_brew_restarts(jax.random.key(0), surrogates, target, 2, bases, 0, config)
+  result = out.result
+  diff = np.asarray(result.poisons).astype(np.int64) - bases.astype(np.int64)
+  if norm == "linf":
+    assert np.abs(diff).max() <= constraints.linf_budget(epsilon)
+  else:
+    assert (diff.reshape(5, -1) ** 2).sum(axis=1).max() <= constraints.l2_budget(epsilon)
+  assert np.abs(diff).max() > 0
+  assert out.restart_losses.shape == (3,)
+  assert out.best_restart == int(np.argmin(out.restart_losses))
+  assert float(result.loss_history[-1]) == out.restart_losses[out.best_restart]
+  assert result.loss_history.shape == (6,)
+  again = wb.witches_brew(jax.random.key(0), surrogates, target, 2, bases, 0, config)
+  np.testing.assert_array_equal(np.asarray(again.poisons), np.asarray(result.poisons))
+
+
+def test_crafting_lowers_the_matching_loss():
+  surrogate = _surrogate(3)
+  target, bases = _images(2, 1)[0], _images(3, 8)
+  config = _small_config(num_steps=30, restarts=1, step_size=0.05)
+  result = wb.witches_brew(jax.random.key(1), surrogate, target, 1, bases, 0, config)
+  history = np.asarray(result.loss_history)
+  # From a random start the loss falls well below where it began and below the bases' own.
+  assert history[-5:].mean() < history[:3].mean() - 0.05
+  assert float(result.final_loss) < float(result.initial_loss) - 0.05
+
+
+def test_ensemble_loss_is_the_mean_of_its_members_stacked_or_not():
+  a, b = _surrogate(0), _surrogate(1)
+
+  def other_net(params, state, x):  # a different apply_fn: not stacked with `a`
+    return _normalized_net(params, state, x)
+
+  b_unstacked = wb.GradientModel(other_net, b.params, b.state)
+  poisons, labels = jnp.asarray(_images(4, 5), jnp.float32) / 255, jnp.zeros(5, jnp.int32)
+  target = jnp.asarray(_images(5, 1), jnp.float32) / 255
+  config = _small_config(augment=False)
+
+  def loss(members):
+    grads = wb.target_gradients(members, target, jnp.array([1]), batch_size=1)
+    return float(wb.matching_loss(members, grads, poisons, labels, config))
+
+  mean = 0.5 * (loss([a]) + loss([b]))
+  assert loss([a, b]) == pytest.approx(mean, rel=1e-5)
+  assert loss([a, b_unstacked]) == pytest.approx(mean, rel=1e-5)
+
+
+def test_poison_batches_each_match_their_own_gradient():
+  surrogate = _surrogate(2)
+  poisons, labels = jnp.asarray(_images(6, 5), jnp.float32) / 255, jnp.zeros(5, jnp.int32)
+  target = jnp.asarray(_images(7, 1), jnp.float32) / 255
+  grads = wb.target_gradients([surrogate], target, jnp.array([2]), batch_size=1)
+  config = _small_config(augment=False, poison_batch_size=2)
+  apply = lambda p, x: _normalized_net(p, surrogate.state, x)
+  per_batch = [float(wb.matching_objective(apply, surrogate.params, grads[0], poisons[i:i + 2],
+                                           labels[i:i + 2])) for i in (0, 2, 4)]
+  batched = float(wb.matching_loss([surrogate], grads, poisons, labels, config))
+  assert batched == pytest.approx(np.mean(per_batch), rel=1e-5)
+
+
+def test_mean_parameter_gradient_in_chunks_equals_all_at_once():
+  surrogate = _surrogate(4)
+  images, labels = jnp.asarray(_images(8, 7), jnp.float32) / 255, jnp.arange(7) % 3
+  apply = lambda p, x: _normalized_net(p, surrogate.state, x)
+  whole = wb.parameter_gradient(apply, surrogate.params, images, labels)
+  chunked = wb.mean_parameter_gradient(apply, surrogate.params, images, labels, batch_size=3)
+  for w, c in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked)):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(w), rtol=1e-5, atol=1e-7)
+
+
+def test_steps_split_into_spans_equal_one_run():
+  surrogate = _surrogate(5)
+  bases = _images(9, 4)
+  target = jnp.asarray(_images(10, 1), jnp.float32) / 255
+  grads = wb.target_gradients([surrogate], target, jnp.array([1]), batch_size=1)
+  config = _small_config()
+  labels = np.zeros(4, np.int32)
+  start = lambda: wb.initial_state(jax.random.key(0), jnp.asarray(bases, jnp.float32) / 255,
+                                   config)
+  whole, history = wb.matching_steps(start(), jax.random.key(1), [surrogate], grads, bases,
+                                     labels, 6, config)
+  half, first = wb.matching_steps(start(), jax.random.key(1), [surrogate], grads, bases, labels,
+                                  3, config)
+  half, second = wb.matching_steps(half, jax.random.key(1), [surrogate], grads, bases, labels, 3,
+                                   config)
+  np.testing.assert_allclose(np.asarray(half.delta), np.asarray(whole.delta), atol=1e-7)
+  np.testing.assert_allclose(np.concatenate([first, second]), np.asarray(history), rtol=1e-6)
+
+
+def test_crafting_errors_name_the_problem():
+  surrogate, target, bases = _surrogate(0), _images(0, 1)[0], _images(1, 3)
+  with pytest.raises(TypeError, match="WitchesBrewConfig|GradientMatchingConfig"):
+    wb.witches_brew(jax.random.key(0), surrogate, target, 1, bases, 0,
+                    attack_configs.PoisonFrogsConfig())
+  with pytest.raises(ValueError, match="base_labels"):
+    wb.witches_brew(jax.random.key(0), surrogate, target, 1, bases, [0, 1], _small_config())
+  with pytest.raises(TypeError, match="uint8"):
+    wb.witches_brew(jax.random.key(0), surrogate, target, 1, bases / 255.0, 0, _small_config())
+  with pytest.raises(TypeError, match="GradientModel"):
+    wb.witches_brew(jax.random.key(0), [object()], target, 1, bases, 0, _small_config())
+  with pytest.raises(ValueError, match="restarts"):
+    attack_configs.WitchesBrewConfig(restarts=0)
+
+
+def test_gradient_model_of_trained_classifiers():
+  from flax import nnx
+  from jaxpoison import classifier
+  config = classifier.tiny_config("airbench94", epochs=0, batch_size=4, whitening_images=8)
+  images = _images(11, 8, size=32)
+  models = classifier.train_models(jax.random.split(jax.random.key(0), 2), images,
+                                   np.arange(8) % 10, config)
+  surrogate = classifier.gradient_model(models, 1)
+  assert all(isinstance(v, nnx.Param) or not hasattr(v, "value")
+             for v in jax.tree.leaves(surrogate.params, is_leaf=lambda x: isinstance(
+                 x, nnx.Variable)))
+  x = jnp.asarray(images, jnp.float32) / 255
+  reference = classifier.logits_extractor(models, 1)
+  np.testing.assert_allclose(np.asarray(surrogate.apply_fn(surrogate.params, surrogate.state, x)),
+                             np.asarray(reference.apply_fn(reference.params, x)), atol=1e-5)
+  # Two surrogates of one architecture share the apply_fn, so they stack into one vmap.
+  assert classifier.gradient_model(models, 0).apply_fn == surrogate.apply_fn

@@ -20,8 +20,13 @@ Around them: the bounds and their projections (`project_linf`, `project_l2`,
 `quantize_poisons`, `project_simplex`), the choice of a trial (`sample_trial`), and poison
 files (`PoisonSet`, `save_poisons`, `load_poisons`, `apply_poisons`).
 
-From-scratch attacks by gradient matching grow in `witches_brew` (the matching objective, its
-differentiable augmentation and the parameter gradients so far).
+From-scratch attacks by gradient matching (Hong et al.'s Table 2) craft against surrogate
+classifiers (`GradientModel`, e.g. `classifier.gradient_model(models, i)`):
+
+    attacks.witches_brew(key, surrogates, target_image, target_label, base_images, base_labels,
+                         config)
+    attacks.sleeper_agent(key, surrogates, source_images, target_class, base_images, config,
+                          retrain_fn)  # bases chosen by attacks.select_poisons
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ from jaxpoison.attacks.configs import (
     AttackResult,
     BullseyePolytopeConfig,
     ConvexPolytopeConfig,
+    GradientMatchingConfig,
+    SleeperAgentConfig,
+    WitchesBrewConfig,
     HiddenTriggerConfig,
     LabelConsistentConfig,
     PoisonFrogsConfig,
@@ -72,13 +80,23 @@ from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
 from jaxpoison.attacks.polytope import bullseye_polytope, convex_polytope
 from jaxpoison.attacks.trial import Trial, feature_distances, sample_trial
-from jaxpoison.attacks import witches_brew  # noqa: E402 (gradient matching: from-scratch attacks)
+from jaxpoison.attacks.sleeper_agent import (
+    SleeperAgentResult,
+    gradient_norms,
+    patch_images,
+    select_poisons,
+    sleeper_agent,
+)
+from jaxpoison.attacks.witches_brew import GradientModel, witches_brew, witches_brew_restarts
 from jaxpoison.attacks.triggers import (
     CLBD_TRIGGER,
     HTBD_TRIGGER,
+    SLEEPER_AGENT_TRIGGER,
     TRIGGERS,
     get_trigger,
     paste_trigger,
+    paste_trigger_per_image,
+    random_trigger_positions,
     trigger_position,
 )
 

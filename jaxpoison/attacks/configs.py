@@ -311,3 +311,119 @@ class HiddenTriggerConfig(_BoundedConfig):
 
 
 HTBD_MATCHINGS = ("one_to_one", "benchmark")
+
+
+# --- from-scratch attacks by gradient matching (Hong et al.'s Table 2) --------------------------
+
+# Per-channel mean and std of CIFAR-10 as the gradient-matching code (forest/consts.py)
+# normalizes inputs. The mean is the value its differentiable shift fills in (zero in the
+# normalized space), the std converts its normalized-space step to [0, 1] pixel units.
+FOREST_CIFAR10_MEAN = (0.4914672374725342, 0.4822617471218109, 0.4467701315879822)
+FOREST_CIFAR10_STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
+# forest's MultiStepLR milestones: num_steps // 2.667, // 1.6, // 1.142 (Python float floor
+# division: 93, 156 and 218 for 250 steps).
+MATCHING_LR_DROP_DIVISORS = (2.667, 1.6, 1.142)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientMatchingConfig(_BoundedConfig):
+  """Witches' Brew (Geiping et al. 2021), the defaults of poisoning-gradient-matching's
+  `forest/options.py` (the benchmark generator's `base` setting).
+
+  Attributes:
+    norm, epsilon: the bound (ℓ∞ 16/255, or ℓ2 `L2_EPSILON` = 3.48 in [0, 1] units); every
+      step is followed by the projection onto the ball ∩ [0, 1].
+    num_steps: sign-Adam iterations (`attackiter`, 250).
+    step_size: `tau`, Adam's learning rate in the normalized space (x − mean) / std (0.1); the
+      step actually taken is step_size · (poison_batch_size / 512) / ensemble size, the
+      reference's "rule 2", i.e. that times std_c per [0, 1] pixel unit of channel c.
+    lr_drop_divisors, lr_drop_factor: the rate is multiplied by lr_drop_factor (0.1) from step
+      num_steps // d on, for each d (93, 156, 218 for 250 steps).
+    restarts: independent random starts; the one whose last-step loss is lowest is kept (8).
+    poison_batch_size: poisons per gradient-matching batch (`pbatch`, 512: all 500 poisons of
+      the benchmark in one); each batch matches its own mean parameter gradient.
+    augment: differentiable random shift (± max_shift pixels, bilinear) and horizontal flip of
+      the poisons at every step (`paugment`, on).
+    max_shift: the shift's range in pixels (RandomTransform(shift=8) on 32 pixels: 4).
+    input_mean, input_std: the normalization the reference steps in (see above); the mean also
+      fills the pixels a shift uncovers.
+  """
+  num_steps: int = 250
+  step_size: float = 0.1
+  lr_drop_divisors: tuple[float, ...] = MATCHING_LR_DROP_DIVISORS
+  lr_drop_factor: float = 0.1
+  restarts: int = 8
+  poison_batch_size: int = 512
+  augment: bool = True
+  max_shift: float = 4.0
+  input_mean: tuple[float, ...] = FOREST_CIFAR10_MEAN
+  input_std: tuple[float, ...] = FOREST_CIFAR10_STD
+
+  def __post_init__(self):
+    super().__post_init__()
+    _store(self, "num_steps", _positive("num_steps", self.num_steps, integer=True))
+    _store(self, "step_size", _positive("step_size", self.step_size))
+    _store(self, "lr_drop_divisors",
+           tuple(_positive("lr_drop_divisors", d) for d in self.lr_drop_divisors))
+    _store(self, "lr_drop_factor", _positive("lr_drop_factor", self.lr_drop_factor))
+    _store(self, "restarts", _positive("restarts", self.restarts, integer=True))
+    _store(self, "poison_batch_size",
+           _positive("poison_batch_size", self.poison_batch_size, integer=True))
+    _store(self, "augment", bool(self.augment))
+    _store(self, "max_shift", _positive("max_shift", self.max_shift, allow_zero=True))
+    mean = tuple(_fraction("input_mean", m, upper_open=False) for m in self.input_mean)
+    std = tuple(_positive("input_std", s) for s in self.input_std)
+    if not mean or len(mean) != len(std):
+      raise ValueError(f"input_mean, input_std: expected one value per channel each, got "
+                       f"{len(mean)} and {len(std)}")
+    _store(self, "input_mean", mean)
+    _store(self, "input_std", std)
+
+  @property
+  def lr_drop_steps(self) -> tuple[int, ...]:
+    """The steps from which each lr drop applies (forest: int(num_steps // d))."""
+    return tuple(int(self.num_steps // d) for d in self.lr_drop_divisors)
+
+
+@dataclasses.dataclass(frozen=True)
+class WitchesBrewConfig(GradientMatchingConfig):
+  __doc__ = GradientMatchingConfig.__doc__
+
+
+@dataclasses.dataclass(frozen=True)
+class SleeperAgentConfig(GradientMatchingConfig):
+  """Sleeper Agent (Souri et al. 2022): gradient matching toward the mean gradient of patched
+  source images labelled as the target class, with the defaults of hsouri/Sleeper-Agent's
+  `forest/options.py`; the fields of GradientMatchingConfig keep their meaning.
+
+  Attributes:
+    restarts: 1 (Sleeper Agent's default).
+    retrain_every: retrain the surrogates from scratch on the currently poisoned data after
+      every this many steps (`retrain_iter`, 50: after steps 50, 100, 150, 200; never after
+      step 0 or the last step); 0 never retrains.
+    patch_size: the trigger's side in pixels (8).
+    trigger: name in `attacks.TRIGGERS` ("sleeper_agent": the reference's trigger_10.png).
+    source_batch_size: source images per batch of the source gradient (2500; the gradient is
+      their mean over all sources either way).
+  """
+  restarts: int = 1
+  retrain_every: int = 50
+  patch_size: int = 8
+  trigger: str = "sleeper_agent"
+  source_batch_size: int = 2500
+
+  def __post_init__(self):
+    super().__post_init__()
+    _store(self, "retrain_every", _positive("retrain_every", self.retrain_every, integer=True,
+                                            allow_zero=True))
+    _store(self, "patch_size", _positive("patch_size", self.patch_size, integer=True))
+    _store(self, "source_batch_size",
+           _positive("source_batch_size", self.source_batch_size, integer=True))
+    get_trigger(self.trigger, self.patch_size)
+
+  @property
+  def retrain_steps(self) -> tuple[int, ...]:
+    """The steps after which the surrogates are retrained."""
+    if not self.retrain_every:
+      return ()
+    return tuple(s for s in range(self.retrain_every, self.num_steps - 1, self.retrain_every))

@@ -18,6 +18,12 @@ Placement (rows, columns of the top-left corner, for an H×W image and a p×p pa
 * hidden-trigger backdoor (`craft_poisons_htbd.py`): 5 pixels in from that corner,
   (H − p − 5, W − p − 5), i.e. rows/cols 22–26.
 The same position is used for the poisons (or the patched sources) and for the test image.
+
+* `SLEEPER_AGENT_TRIGGER`: hsouri/Sleeper-Agent's `patches/trigger_10.png` (80×80 RGB, commit
+  60ba3a61e03be992b8e8d0792d0234aedb56a805, June 2021) resized to 8×8 as its
+  `torchvision.transforms.Resize(8)` does on the PIL image (PIL bilinear; values from Pillow
+  13). Sleeper Agent pastes it at a uniformly random position per image
+  (`random_trigger_positions`, `paste_trigger_per_image`).
 """
 
 from __future__ import annotations
@@ -50,10 +56,30 @@ HTBD_TRIGGER = np.array([
     [[212, 43, 229], [83, 173, 229], [136, 128, 231], [183, 7, 231], [40, 0, 230]],
 ], np.uint8)
 
-for _pattern in (CLBD_TRIGGER, HTBD_TRIGGER):
+# trigger_10.png (80×80) resized to 8×8 with PIL bilinear, as Sleeper Agent does; see above.
+SLEEPER_AGENT_TRIGGER = np.array([
+    [[253, 2, 2], [200, 60, 1], [56, 204, 2], [1, 196, 61], [1, 47, 195], [52, 40, 253],
+     [191, 183, 255], [253, 253, 255]],
+    [[199, 59, 72], [165, 118, 46], [97, 223, 10], [61, 218, 57], [60, 109, 192],
+     [112, 104, 253], [214, 209, 255], [254, 254, 255]],
+    [[55, 203, 215], [94, 222, 151], [172, 249, 37], [209, 247, 50], [207, 219, 188],
+     [220, 218, 253], [247, 246, 254], [253, 253, 253]],
+    [[1, 200, 208], [42, 198, 145], [150, 196, 35], [206, 196, 55], [204, 199, 197],
+     [199, 199, 248], [196, 196, 210], [194, 194, 183]],
+    [[0, 55, 59], [9, 57, 37], [41, 59, 8], [58, 59, 67], [57, 56, 209], [57, 56, 223],
+     [59, 59, 107], [61, 61, 39]],
+    [[0, 52, 52], [12, 33, 34], [37, 6, 8], [52, 8, 48], [53, 36, 155], [35, 37, 170],
+     [8, 10, 88], [2, 2, 44]],
+    [[2, 196, 196], [45, 137, 143], [144, 32, 42], [197, 37, 10], [197, 146, 40],
+     [143, 151, 92], [41, 46, 160], [1, 1, 192]],
+    [[2, 253, 253], [65, 195, 203], [203, 51, 65], [254, 59, 2], [254, 208, 1], [203, 215, 55],
+     [64, 72, 199], [2, 2, 253]],
+], np.uint8)
+
+for _pattern in (CLBD_TRIGGER, HTBD_TRIGGER, SLEEPER_AGENT_TRIGGER):
   _pattern.setflags(write=False)
 
-TRIGGERS = {"clbd": CLBD_TRIGGER, "htbd": HTBD_TRIGGER}
+TRIGGERS = {"clbd": CLBD_TRIGGER, "htbd": HTBD_TRIGGER, "sleeper_agent": SLEEPER_AGENT_TRIGGER}
 # Pixels between the patch and the bottom-right corner of the image, per placement rule. The
 # attack names are accepted as aliases of their triggers' rules.
 TRIGGER_INSETS = {"clbd": 0, "htbd": 5, "label_consistent": 0, "hidden_trigger": 5}
@@ -79,9 +105,10 @@ def _resized(name: str, patch_size: int) -> np.ndarray:
   if patch_size == pattern.shape[0]:
     return pattern
   if name != "clbd":
+    side = pattern.shape[0]
     raise ValueError(
-        f"trigger {name!r}: only the 5×5 resize of the benchmark's 80×80 htbd.png is embedded, "
-        f"so patch_size must be 5, got {patch_size}")
+        f"trigger {name!r}: only the {side}×{side} resize of its 80×80 original is embedded, "
+        f"so patch_size must be {side}, got {patch_size}")
   # clbd.png is itself 5×5, so resizing the stored pixels equals resizing the file, as the
   # benchmark's torchvision Resize (PIL bilinear on a PIL image) does.
   from PIL import Image
@@ -93,7 +120,7 @@ def _resized(name: str, patch_size: int) -> np.ndarray:
 
 
 def get_trigger(name: str, patch_size: int = 5) -> np.ndarray:
-  """The trigger `name` ("clbd" or "htbd") as read-only uint8 [patch_size, patch_size, 3]."""
+  """The trigger `name` (in `TRIGGERS`) as read-only uint8 [patch_size, patch_size, 3]."""
   return _resized(_check_trigger_name(name), _check_patch_size(patch_size))
 
 
@@ -189,3 +216,41 @@ def paste_trigger(images, trigger, position) -> np.ndarray | jax.Array:
     out[window] = np.asarray(trigger)
     return out
   return jnp.asarray(images).at[window].set(jnp.asarray(trigger))
+
+
+def random_trigger_positions(key: jax.Array, num_images: int, patch_size: int,
+                             image_shape) -> jax.Array:
+  """Uniform top-left corners int32 [num_images, 2] (row, col) of a p×p patch that fits in
+  images of `image_shape`, one per image (Sleeper Agent's `random_patch`)."""
+  height, width = _image_hw(image_shape)
+  size = _check_patch_size(patch_size)
+  if size > min(height, width):
+    raise ValueError(f"patch_size: a {size}×{size} trigger does not fit in a {height}×{width} "
+                     "image")
+  k_row, k_col = jax.random.split(key)
+  rows = jax.random.randint(k_row, (num_images,), 0, height - size + 1)
+  cols = jax.random.randint(k_col, (num_images,), 0, width - size + 1)
+  return jnp.stack([rows, cols], axis=1).astype(jnp.int32)
+
+
+@jax.jit
+def _paste_per_image(images, trigger, positions):
+  def one(image, position):
+    return jax.lax.dynamic_update_slice(image, trigger, (position[0], position[1], 0))
+  return jax.vmap(one)(images, positions)
+
+
+def paste_trigger_per_image(images, trigger, positions) -> jax.Array:
+  """uint8 images [N, H, W, C] with the trigger [p, p, C] pasted at positions[i] = (row, col)
+  (int [N, 2], e.g. `random_trigger_positions`), fully replacing the pixels under it."""
+  images, trigger = jnp.asarray(images), jnp.asarray(trigger)
+  if images.dtype != jnp.uint8 or trigger.dtype != jnp.uint8:
+    raise TypeError(f"images, trigger: expected uint8, got {images.dtype} and {trigger.dtype}")
+  if images.ndim != 4 or trigger.ndim != 3 or trigger.shape[-1] != images.shape[-1]:
+    raise ValueError(f"images, trigger: expected [N, H, W, C] and [p, p, C], got "
+                     f"{tuple(images.shape)} and {tuple(trigger.shape)}")
+  positions = jnp.asarray(positions, jnp.int32)
+  if positions.shape != (images.shape[0], 2):
+    raise ValueError(f"positions: expected int [{images.shape[0]}, 2] (row, col per image), got "
+                     f"shape {tuple(positions.shape)}")
+  return _paste_per_image(images, trigger, positions)

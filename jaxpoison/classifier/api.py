@@ -3,11 +3,13 @@ stacking, feature extractors and checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,7 @@ from flax import nnx
 from jaxpoison import io as jio
 from jaxpoison._checks import check_images, check_labels
 from jaxpoison.attacks.core import FeatureExtractor, NNXApply
+from jaxpoison.attacks.witches_brew import GradientModel
 from jaxpoison.classifier.config import TrainConfig, resolve_loop
 from jaxpoison.classifier.models import create_model
 from jaxpoison.classifier.train import (
@@ -409,6 +412,27 @@ def logits_extractor(models: TrainedModels, index: int = 0) -> FeatureExtractor:
   one = select(models, index)
   state = jax.tree.map(lambda a: a[0], one.state)
   return FeatureExtractor(NNXApply(models.graphdef, "__call__"), state)
+
+
+@dataclasses.dataclass(frozen=True)
+class NNXLogits:
+  """`apply_fn(params, state, images) -> logits` of an NNX classifier in inference mode (batch
+  norm on running statistics). Equal for equal graph definitions, so surrogates of one
+  architecture share compiled programs and stack into one vmap."""
+  graphdef: Any
+
+  def __call__(self, params, state, images):
+    return nnx.merge(self.graphdef, params, state, copy=True)(images)
+
+
+def gradient_model(models: TrainedModels, index: int = 0) -> GradientModel:
+  """Model `index` as a gradient-matching surrogate (attacks.witches_brew.GradientModel): its
+  nnx.Param leaves are the parameters the gradient is taken of (as the reference's
+  `model.parameters()`), the rest (batch-norm statistics, whitening filters) held fixed."""
+  one = select(models, index)
+  state = jax.tree.map(lambda a: a[0], one.state)
+  params, rest = nnx.split_state(state, nnx.Param, ...)
+  return GradientModel(NNXLogits(models.graphdef), params, rest)
 
 
 # ----------------------------------------------------------------------------- checkpoints
