@@ -301,7 +301,9 @@ def test_registry_and_craft():
   assert A.get_attack("hidden_trigger") == (A.hidden_trigger_backdoor, A.HiddenTriggerConfig,
                                             "backdoor")
   assert A.get_attack("bullseye_polytope").kind == "feature_collision"
-  assert set(A.ALL_ATTACKS) == set(A.ATTACKS) | {"label_consistent", "hidden_trigger"}
+  assert set(A.ALL_ATTACKS) == set(A.ATTACKS) | {"label_consistent", "hidden_trigger",
+                                                 "witches_brew", "sleeper_agent"}
+  assert A.attack_kind("witches_brew") == A.attack_kind("sleeper_agent") == "from_scratch"
   bases = _images(7)
   for name, function in [("label_consistent", "label_consistent_backdoor"),
                          ("hidden_trigger", "hidden_trigger_backdoor")]:

@@ -132,3 +132,17 @@ def test_benchmark_trainer_skipped_reference_says_not_measured(capsys, monkeypat
   assert "PyTorch reference: not run (stubbed: no CUDA)" in out
   assert "PyTorch eager reference: not measured (stubbed: no CUDA)" in out
   assert "| not run | not measured | not measured | not measured | not measured |" in out
+
+
+def test_bench_witches_brew_times_both_and_reports_the_ratio(capsys):
+  import json
+  out = _run("bench_witches_brew", "--num_poisons", "4", "--width", "4", "--image_size", "8",
+             "--warmup", "1", "--repeats", "1", "--torch_device", "cpu", "--torch_threads", "1")
+  line = json.loads(out.strip().splitlines()[-1])
+  assert line["torch_device"] == "cpu (1 thread)" and line["num_poisons"] == 4
+  assert line["jax_seconds_per_step"] > 0 and line["torch_seconds_per_step"] > 0
+  assert line["ratio_torch_over_jax"] == pytest.approx(
+      line["torch_seconds_per_step"] / line["jax_seconds_per_step"])
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script("bench_witches_brew").main, ["--num_poisons", "0"])
+  assert info.value.code == 2 and "--num_poisons" in capsys.readouterr().err

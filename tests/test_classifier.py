@@ -336,6 +336,25 @@ def test_airbench_schedule_matches_its_formula():
   assert classifier.total_steps(config, 50000) == 476
 
 
+def test_multistep_schedule_matches_torch_multisteplr_per_epoch():
+  torch = pytest.importorskip("torch")
+  config = classifier.conservative_config()
+  per_epoch = classifier.train.steps_per_epoch(config, 50000)
+  total = classifier.total_steps(config, 50000)
+  assert (per_epoch, total) == (390, 40 * 390)
+  weight = torch.zeros(1, requires_grad=True)
+  optimizer = torch.optim.SGD([weight], lr=1.0)
+  scheduler = torch.optim.lr_scheduler.MultiStepLR(
+      optimizer, milestones=[40 // 2.667, 40 // 1.6, 40 // 1.142], gamma=0.1)
+  for epoch in range(40):
+    expected = optimizer.param_groups[0]["lr"]
+    for step in (epoch * per_epoch, epoch * per_epoch + per_epoch - 1):
+      assert float(classifier.lr_factor(config, step, total)) == pytest.approx(expected, rel=1e-6)
+    optimizer.step()
+    scheduler.step()
+  assert [40 // d for d in classifier.config.MULTISTEP_DIVISORS] == [14, 24, 35]
+
+
 @pytest.mark.parametrize("config", [classifier.airbench94_config(compute_dtype="float32"),
                                     classifier.tiny_config("resnet18")])
 def test_train_fn_traces_for_full_configs(config):

@@ -102,13 +102,16 @@ from jaxpoison.attacks.triggers import (
 
 FEATURE_COLLISION = "feature_collision"
 BACKDOOR = "backdoor"
+FROM_SCRATCH = "from_scratch"
 
 
 class Attack(NamedTuple):
   """An attack's crafting function, its config type, and its kind.
 
-  kind: "feature_collision" (`craft(key, extractors, target_image, base_images, config)`) or
-  "backdoor" (own signature, see the function; success is judged on the triggered target).
+  kind: "feature_collision" (`craft(key, extractors, target_image, base_images, config)`),
+  "backdoor" (own signature, see the function; success is judged on the triggered target) or
+  "from_scratch" (gradient matching against surrogate classifiers, own signatures; run by
+  `jaxpoison.benchmarks.from_scratch`).
   """
   craft: Callable[..., AttackResult]
   config_type: type
@@ -127,13 +130,21 @@ BACKDOORS = {
     "label_consistent": Attack(label_consistent_backdoor, LabelConsistentConfig, BACKDOOR),
     "hidden_trigger": Attack(hidden_trigger_backdoor, HiddenTriggerConfig, BACKDOOR),
 }
-ALL_ATTACKS = {**ATTACKS, **BACKDOORS}
+FROM_SCRATCH_ATTACKS = {
+    "witches_brew": Attack(witches_brew, WitchesBrewConfig, FROM_SCRATCH),
+    "sleeper_agent": Attack(sleeper_agent, SleeperAgentConfig, FROM_SCRATCH),
+}
+ALL_ATTACKS = {**ATTACKS, **BACKDOORS, **FROM_SCRATCH_ATTACKS}
 ATTACK_KINDS = {name: attack.kind for name, attack in ALL_ATTACKS.items()}
 _BACKDOOR_CALLS = {
     "label_consistent": "jaxpoison.attacks.label_consistent_backdoor(key, surrogate, "
                         "base_images, base_label, config)",
     "hidden_trigger": "jaxpoison.attacks.hidden_trigger_backdoor(key, extractors, base_images, "
                       "source_images, config)",
+    "witches_brew": "jaxpoison.attacks.witches_brew(key, surrogates, target_image, target_label, "
+                    "base_images, base_labels, config)",
+    "sleeper_agent": "jaxpoison.attacks.sleeper_agent(key, surrogates, source_images, "
+                     "target_class, base_images, config, retrain_fn)",
 }
 
 
@@ -162,5 +173,9 @@ def craft(name: str, key, extractors, target_image, base_images, config=None) ->
   if attack.kind == BACKDOOR:
     raise TypeError(
         f"craft: {name!r} is a backdoor attack, which takes no target image; call "
+        f"{_BACKDOOR_CALLS[name]} instead")
+  if attack.kind == FROM_SCRATCH:
+    raise TypeError(
+        f"craft: {name!r} crafts against surrogate classifiers, not feature extractors; call "
         f"{_BACKDOOR_CALLS[name]} instead")
   return attack.craft(key, extractors, target_image, base_images, config)

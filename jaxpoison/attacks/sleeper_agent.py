@@ -128,7 +128,8 @@ RetrainFn = Callable[[jax.Array, jax.Array], object]
 
 def sleeper_agent(key: jax.Array, surrogates, source_images, target_class: int, base_images,
                   config: SleeperAgentConfig | None = None,
-                  retrain_fn: RetrainFn | None = None) -> SleeperAgentResult:
+                  retrain_fn: RetrainFn | None = None, *,
+                  loop: str = "auto") -> SleeperAgentResult:
   """Crafts Sleeper Agent poisons.
 
   Args:
@@ -144,6 +145,7 @@ def sleeper_agent(key: jax.Array, surrogates, source_images, target_class: int, 
     retrain_fn: `retrain_fn(key, poisons) -> surrogates`, poisons uint8 [P, H, W, C] in the
       bases' order: trains new surrogates from scratch on the training set with the bases
       replaced by these poisons. Required when config.retrain_steps is non-empty.
+    loop: how the steps run ("auto", "scan", "host"; `witches_brew.resolve_loop`).
 
   Returns:
     SleeperAgentResult.
@@ -177,7 +179,7 @@ def sleeper_agent(key: jax.Array, surrogates, source_images, target_class: int, 
     histories, start = [], 0
     for span, end in enumerate(ends):
       state, history = matching_steps(state, jax.random.fold_in(restart_key, 1), models, grads,
-                                         base_images, labels, end - start, config)
+                                      base_images, labels, end - start, config, loop=loop)
       histories.append(history)
       start = end
       if end < config.num_steps:

@@ -289,28 +289,30 @@ def _matching_loss(surrogates, target_grads, poisons, labels, key, config: Gradi
     losses = _over_members(groups, lambda m: parameter_gradient(m.apply_fn, m.params, x, y, w))
     return sum(gradient_matching_loss(t, g) for t, g in zip(target_grads, losses)) / len(losses)
 
+  if x_batches.shape[0] == 1:  # No loop around the network (see `resolve_loop`).
+    return batch_loss((0, x_batches[0], y_batches[0], weights[0]))
   indices = jnp.arange(x_batches.shape[0])
   return jnp.mean(jax.lax.map(batch_loss, (indices, x_batches, y_batches, weights)))
 
 
+def _one_step(state, key, surrogates, target_grads, bases, labels, config):
+  std = jnp.asarray(config.input_std, bases.dtype)
+  step_key = jax.random.fold_in(key, state.step)
+  loss, grad = jax.value_and_grad(
+      lambda d: _matching_loss(surrogates, target_grads, bases + d, labels, step_key, config)
+  )(state.delta)
+  direction, adam_state = optax.scale_by_adam().update(jnp.sign(grad), state.adam)
+  lr = _learning_rate(config, state.step, len(surrogates))
+  delta = _project_delta(state.delta - lr * std * direction, bases, config)
+  return MatchingState(delta, adam_state, state.step + 1), loss
+
+
 def scan_matching_steps(state, key, surrogates, target_grads, bases, labels, num_steps: int,
                         config: GradientMatchingConfig):
-  """The loop of `matching_steps` on float bases in [0, 1] (traceable; computes in the bases'
-  dtype)."""
-  std = jnp.asarray(config.input_std, bases.dtype)
-  adam = optax.scale_by_adam()
-  num_members = len(surrogates)
-
+  """The loop of `matching_steps` on float bases in [0, 1] as one `lax.scan` (traceable;
+  computes in the bases' dtype)."""
   def step(state, _):
-    step_key = jax.random.fold_in(key, state.step)
-    loss, grad = jax.value_and_grad(
-        lambda d: _matching_loss(surrogates, target_grads, bases + d, labels, step_key, config)
-    )(state.delta)
-    direction, adam_state = adam.update(jnp.sign(grad), state.adam)
-    lr = _learning_rate(config, state.step, num_members)
-    delta = _project_delta(state.delta - lr * std * direction, bases, config)
-    return MatchingState(delta, adam_state, state.step + 1), loss
-
+    return _one_step(state, key, surrogates, target_grads, bases, labels, config)
   return jax.lax.scan(step, state, None, length=num_steps)
 
 
@@ -321,16 +323,46 @@ def _matching_steps(state, key, surrogates, target_grads, bases, labels, num_ste
                              labels, num_steps, config)
 
 
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnames=("state",))
+def _matching_step(state, key, surrogates, target_grads, bases, labels,
+                   config: GradientMatchingConfig):
+  return _one_step(state, key, surrogates, target_grads, core.to_unit_float(bases), labels,
+                   config)
+
+
+LOOPS = ("auto", "scan", "host")
+
+
+def resolve_loop(loop: str) -> str:
+  """"scan" (one program for all steps) or "host" (a jitted step called from Python: XLA:CPU
+  runs convolutions inside a while loop far slower than the same step on its own, as the
+  classifier's trainer finds); "auto" picks host on the CPU, scan elsewhere."""
+  if loop not in LOOPS:
+    raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
+  if loop != "auto":
+    return loop
+  return "host" if jax.default_backend() == "cpu" else "scan"
+
+
 def matching_steps(state: MatchingState, key, surrogates, target_grads, base_images, labels,
-                   num_steps: int, config: GradientMatchingConfig):
+                   num_steps: int, config: GradientMatchingConfig, *, loop: str = "auto"):
   """`num_steps` sign-Adam steps from `state`; returns (new state, loss per step [num_steps]).
 
   The loss recorded at a step is the one whose gradient the step took (before its update), as
   the reference prints it. Step t draws its augmentation from fold_in(key, t) (t global), so
-  one run of n steps equals two runs of n/2 with the same key. `state` is donated.
+  one run of n steps equals two runs of n/2 with the same key. `state` is donated. `loop`:
+  see `resolve_loop` (the losses stay on the device either way).
   """
-  return _matching_steps(state, key, surrogates, target_grads, base_images,
-                         jnp.asarray(labels, jnp.int32), int(num_steps), config)
+  labels = jnp.asarray(labels, jnp.int32)
+  if resolve_loop(loop) == "scan":
+    return _matching_steps(state, key, surrogates, target_grads, base_images, labels,
+                           int(num_steps), config)
+  losses = []
+  for _ in range(int(num_steps)):
+    state, loss = _matching_step(state, key, surrogates, target_grads, base_images, labels,
+                                 config)
+    losses.append(loss)
+  return state, jnp.stack(losses)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -366,7 +398,8 @@ class BrewResult(NamedTuple):
 
 
 def witches_brew(key: jax.Array, surrogates, target_image, target_label: int, base_images,
-                 base_labels, config: WitchesBrewConfig | None = None) -> AttackResult:
+                 base_labels, config: WitchesBrewConfig | None = None, *,
+                 loop: str = "auto") -> AttackResult:
   """Crafts Witches' Brew poisons: all bases of a trial at once, on an ensemble of surrogates.
 
   Args:
@@ -378,6 +411,7 @@ def witches_brew(key: jax.Array, surrogates, target_image, target_label: int, ba
     base_images: uint8 [P, H, W, C], training images whose perturbed copies replace them.
     base_labels: their (true, unchanged) labels, int [P] or one int.
     config: WitchesBrewConfig (default: the reference's, ℓ∞ 16/255).
+    loop: how the steps run ("auto", "scan", "host"; `resolve_loop`); same results.
 
   Returns:
     AttackResult: poisons uint8 within the bound exactly; initial_loss / final_loss: the
@@ -386,11 +420,12 @@ def witches_brew(key: jax.Array, surrogates, target_image, target_label: int, ba
     `witches_brew_restarts` for every restart's loss.
   """
   return witches_brew_restarts(key, surrogates, target_image, target_label, base_images,
-                               base_labels, config).result
+                               base_labels, config, loop=loop).result
 
 
 def witches_brew_restarts(key, surrogates, target_image, target_label, base_images, base_labels,
-                          config: WitchesBrewConfig | None = None) -> BrewResult:
+                          config: WitchesBrewConfig | None = None, *,
+                          loop: str = "auto") -> BrewResult:
   """`witches_brew`, also returning each restart's final loss and which one was kept."""
   config = WitchesBrewConfig() if config is None else config
   key = core.check_key(key)
@@ -401,17 +436,19 @@ def witches_brew_restarts(key, surrogates, target_image, target_label, base_imag
   target = core.to_unit_float(target_image)[None]
   target_grads = target_gradients(surrogates, target, jnp.asarray([int(target_label)], jnp.int32),
                                   batch_size=1)
-  return _craft_with_restarts(key, surrogates, target_grads, base_images, labels, config)
+  return _craft_with_restarts(key, surrogates, target_grads, base_images, labels, config,
+                              resolve_loop(loop))
 
 
-def _craft_with_restarts(key, surrogates, target_grads, base_images, labels, config):
+def _craft_with_restarts(key, surrogates, target_grads, base_images, labels, config, loop):
   best, best_loss, restart_losses, best_history = None, np.inf, [], None
   for restart in range(config.restarts):
     restart_key = jax.random.fold_in(key, restart)
     state = initial_state(jax.random.fold_in(restart_key, 0), core.to_unit_float(base_images),
                           config)
     state, history = matching_steps(state, jax.random.fold_in(restart_key, 1), surrogates,
-                                    target_grads, base_images, labels, config.num_steps, config)
+                                    target_grads, base_images, labels, config.num_steps, config,
+                                    loop=loop)
     last = float(history[-1])
     restart_losses.append(last)
     if last < best_loss or best is None:

@@ -1,10 +1,12 @@
 """Attack benchmarks: a shared trial loop, tables and run folders (`common`, on top of
 `jaxpoison.runs`), and one module per setting: `transfer` (the paper's Table 1: feature
-collision and backdoor attacks against a fine-tuned victim). From-scratch attacks, baseline
-defenses and ECLIPSE add modules here.
+collision and backdoor attacks against a fine-tuned victim) and `from_scratch` (Tables 2–3:
+Witches' Brew and Sleeper Agent against a victim trained from scratch). Baseline defenses and
+ECLIPSE add modules here.
 """
 
-from jaxpoison.benchmarks import common, transfer
+from jaxpoison.benchmarks import common, from_scratch, transfer
+from jaxpoison.benchmarks.from_scratch import FromScratchConfig
 from jaxpoison.benchmarks.common import (CRAFT, DENOISE, EVAL_SUBSET, FINETUNE, PRETRAIN_CRAFTER,
                                          PRETRAIN_SURROGATE, PRETRAIN_VICTIM, SAMPLE, SPLIT,
                                          ATTACK_TITLES, DEFAULT_SIGMAS, MODEL_NAMES, RUN_FILE,

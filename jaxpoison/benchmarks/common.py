@@ -37,6 +37,8 @@ ATTACK_TITLES = {
     "bullseye_polytope": "Bullseye Polytope",
     "label_consistent": "Label-consistent BD",
     "hidden_trigger": "Hidden-trigger BD",
+    "witches_brew": "Witches' Brew",
+    "sleeper_agent": "Sleeper Agent",
     "no_poison": "No poison (control)",
 }
 # Table rows: in this order, then any other attack by name.
@@ -46,7 +48,7 @@ RUN_FILE = "run.json"
 # Streams of a trial's key (see the transfer module's docstring).
 SAMPLE, CRAFT, DENOISE, FINETUNE = range(4)
 # Streams of the pretraining key.
-SPLIT, PRETRAIN_VICTIM, PRETRAIN_CRAFTER, EVAL_SUBSET, PRETRAIN_SURROGATE = range(5)
+SPLIT, PRETRAIN_VICTIM, PRETRAIN_CRAFTER, EVAL_SUBSET, PRETRAIN_SURROGATE, TRAIN_SUBSET = range(6)
 _TRIAL_RE = re.compile(r"trial_(\d{3,})\.json")
 
 

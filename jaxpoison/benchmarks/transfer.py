@@ -223,8 +223,10 @@ class BenchmarkConfig:
     if not names:
       raise ValueError("attacks: expected at least one attack")
     for name in names:
-      if name != NO_POISON:
-        attacks.get_attack(name)
+      if name != NO_POISON and attacks.attack_kind(name) == attacks.FROM_SCRATCH:
+        raise ValueError(f"attacks: {name!r} trains the victim from scratch; run it with "
+                         "jaxpoison.benchmarks.from_scratch (scripts/poison_benchmark.py with a "
+                         "FromScratchConfig, e.g. configs/poison_benchmark_from_scratch.py)")
     if len(set(names)) != len(names):
       raise ValueError(f"attacks: {list(names)} names an attack twice")
     _store(self, "attacks", names)

@@ -29,6 +29,7 @@ from jaxpoison.classifier.api import (
 from jaxpoison.classifier.config import (
     TrainConfig,
     airbench94_config,
+    conservative_config,
     head_lr_scale_for,
     resnet18_config,
     resolve_compute_dtype,
@@ -47,7 +48,7 @@ from jaxpoison.classifier.train import (
 
 __all__ = [
     "Airbench94", "CheckpointMismatchError", "InsufficientMemoryError", "ResNet18",
-    "TrainConfig", "TrainedModels", "airbench94_config", "create_model", "device_memory_limit",
+    "TrainConfig", "TrainedModels", "airbench94_config", "conservative_config", "create_model", "device_memory_limit",
     "estimate_bytes", "evaluate", "feature_extractor", "features", "head_lr_scale_for",
     "load_models", "logits", "logits_extractor", "gradient_model",
     "lr_factor", "make_train_fn", "make_train_parts", "plan_models_per_step", "predict",

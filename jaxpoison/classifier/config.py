@@ -10,7 +10,10 @@ import jax
 
 MODELS = ("airbench94", "resnet18")
 TRAINABLE = ("all", "head")
-SCHEDULES = ("airbench", "cosine")
+SCHEDULES = ("airbench", "cosine", "multistep")
+# The "multistep" schedule: ×0.1 from epoch E // d for each d, as the gradient-matching code's
+# MultiStepLR (forest/victims/optimization_strategy.py; 14, 24 and 35 for 40 epochs).
+MULTISTEP_DIVISORS = (2.667, 1.6, 1.142)
 FLIPS = ("alternating", "random", "none")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LOOPS = ("auto", "scan", "host")
@@ -45,7 +48,8 @@ class TrainConfig:
     bias_scaler: learning-rate multiplier for batch-norm biases (airbench: 64; not applied to
       the weight decay).
     schedule: "airbench" (linear warm-up over warmup_fraction of the steps from 0.2 to 1, then
-      linear decay to 0.07) or "cosine" (cosine decay to 0 over the run).
+      linear decay to 0.07), "cosine" (cosine decay to 0 over the run) or "multistep" (×0.1
+      from epochs E // 2.667, E // 1.6 and E // 1.142 of E: the gradient-matching code's).
     label_smoothing: in [0, 1).
     lookahead: airbench's lookahead EMA (every 5 steps, the weights are pulled back to an EMA
       whose decay rises as 0.95**5 (t / T)**3; the EMA is returned at the end).
@@ -231,6 +235,24 @@ def resnet18_config(**changes) -> TrainConfig:
       momentum=0.9, nesterov=False, weight_decay=5e-4, decoupled=False, bias_scaler=1.0,
       schedule="cosine", label_smoothing=0.0, lookahead=False, whiten_bias_epochs=0,
       flip="random", translate=4, bn_momentum=0.9, bn_epsilon=1e-5, tta_level=0)
+  defaults.update(changes)
+  return TrainConfig(**defaults)
+
+
+def conservative_config(model: str = "resnet18", **changes) -> TrainConfig:
+  """The "conservative" recipe Witches' Brew and Sleeper Agent train surrogates and victims with
+  (forest/hyperparameters.py): SGD with Nesterov momentum 0.9, lr 0.1 (×0.1 for convnet /
+  MobileNet / VGG / AlexNet names; not for these two), weight decay 5e-4, batch 128, 40 epochs,
+  ×0.1 at epochs 14, 24 and 35, random flips and ±4-pixel translations (here integer shifts
+  with reflection padding; the reference shifts bilinearly with zero fill)."""
+  base = resnet18_config() if model == "resnet18" else resnet18_config(
+      model="airbench94", widths=(64, 256, 256), bn_momentum=0.6, bn_epsilon=1e-12)
+  defaults = dict(
+      model=base.model, widths=base.widths, epochs=40, batch_size=128, lr=0.1, momentum=0.9,
+      nesterov=True, weight_decay=5e-4, decoupled=False, bias_scaler=1.0, schedule="multistep",
+      label_smoothing=0.0, lookahead=False, whiten_bias_epochs=0, flip="random", translate=4,
+      bn_momentum=base.bn_momentum, bn_epsilon=base.bn_epsilon, tta_level=0,
+      head_lr_scale=head_lr_scale_for(base.model))
   defaults.update(changes)
   return TrainConfig(**defaults)
 

@@ -24,7 +24,7 @@ from flax import nnx, struct
 
 from jaxpoison._checks import check_images
 from jaxpoison.classifier.adversarial import pgd_linf
-from jaxpoison.classifier.config import TrainConfig, resolve_compute_dtype
+from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
 from jaxpoison.classifier.models import Whitening, create_model, init_head, whitening_kernel
 
 # fold_in tags of a model's key, one stream per use (new streams go at the end, so that the
@@ -79,6 +79,12 @@ def lr_factor(config: TrainConfig, step: jax.Array, num_steps: int) -> jax.Array
   step = jnp.asarray(step, jnp.float32)
   if config.schedule == "cosine":
     return 0.5 * (1.0 + jnp.cos(jnp.pi * step / max(num_steps, 1)))
+  if config.schedule == "multistep":
+    # Milestones at whole epochs: epoch E // d starts at step (E // d) · (steps per epoch).
+    per_epoch = num_steps / max(config.epochs, 1e-9)
+    drops = sum((step >= round((config.epochs // d) * per_epoch)).astype(jnp.float32)
+                for d in MULTISTEP_DIVISORS)
+    return 0.1 ** drops
   warmup = max(int(num_steps * config.warmup_fraction), 1)
   rise = 0.2 + 0.8 * step / warmup
   fall = 1.0 - 0.93 * (step - warmup) / max(num_steps - warmup, 1)

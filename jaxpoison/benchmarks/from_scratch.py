@@ -1,0 +1,555 @@
+"""The attack benchmark of the paper's Tables 2 and 3: clean-label poisons against a victim
+trained from scratch (Witches' Brew, Sleeper Agent), with and without the denoising defense.
+
+* Training set. The whole training set, or (`train_per_class`) the first that many images of
+  each class in a seeded permutation (`training_subset`), for reduced runs.
+* Surrogates. `num_surrogates` networks of the `surrogate` recipe (None: the victim's, i.e.
+  white-box; another architecture or width: black-box) trained from scratch on the clean
+  training set once per run (saved under pretrained/surrogate_K and reused by every trial; the
+  reference code trains one per crafting run). They are the ensemble the poisons are crafted on.
+* Trial i (key t = fold_in(key(seed), i)). Witches' Brew: a target test image, its class and a
+  poison class, and `num_poisons` random training images of the poison class
+  (`attacks.sample_trial`). Sleeper Agent: a source class (the class of `target_index`, a
+  source test image) and a target class (`base_class`); the poisons are the target-class
+  training images with the largest gradient norm (`attacks.select_poisons`). Poisons are
+  crafted with key fold_in(t, 1), saved as a poison file, reused across σ and on reruns.
+* For each σ (0 = no defense): the whole training set with the poisons in place of their bases
+  is noised and denoised (key fold_in(fold_in(t, 2), s)), a victim is trained from scratch
+  (key fold_in(t, 3), the same at every σ) and scored: the target's prediction (Sleeper Agent:
+  the source test image with the trigger pasted), success when it is the poison class, the
+  clean accuracy on `num_eval` random test images, and for Sleeper Agent also the fraction of
+  all patched source-class test images classified as the target class (`source_success`, the
+  reference's own measure). Trials are trained together, one model each on the trainer's
+  model axis (`trials_per_step`).
+* Warm start (Table 3, `warm_start_epochs` = K > 0): the victim first trains K epochs on the
+  tampered (undenoised) set, once per trial, then every σ continues from those weights for the
+  remaining epochs on its denoised set (a second run of the recipe's schedule over the
+  remaining epochs; the paper leaves open whether the schedule restarts). `victim_init` (a
+  `save_models` checkpoint, e.g. a network pretrained on another dataset) starts every victim
+  from those weights with a fresh head instead (the out-of-domain row).
+
+Keys and files follow the transfer benchmark (`jaxpoison.benchmarks.transfer`): run.json (the
+identity), pretrained/, poisons/<attack>/trial_XXX.npz, results/<attack>/trial_XXX.json,
+table.md and table.csv; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpoison import attacks, classifier, io
+from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
+from jaxpoison._checks import set_frozen_field as _store
+from jaxpoison.attacks.configs import L2_EPSILON, LINF_EPSILON
+from jaxpoison.benchmarks import common
+from jaxpoison.benchmarks.common import (CRAFT, DEFAULT_SIGMAS, FINETUNE, PRETRAIN_SURROGATE,
+                                         SAMPLE, TRAIN_SUBSET, _config_dict, _denoise,
+                                         bound_label, dataset_fingerprint, denoise_key,
+                                         eval_indices, load_results, poison_path,
+                                         poisoned_images, trial_key, write_tables)
+from jaxpoison.benchmarks.common import integer as _integer
+
+ATTACK_NAMES = ("witches_brew", "sleeper_agent")
+NO_POISON = "no_poison"
+FORMAT_VERSION = 1
+_CONFIG_TYPES = {"witches_brew": attacks.WitchesBrewConfig,
+                 "sleeper_agent": attacks.SleeperAgentConfig}
+
+
+@dataclasses.dataclass(frozen=True)
+class FromScratchConfig:
+  """Settings of a from-scratch benchmark run (defaults: the paper's Table 2 setting).
+
+  Attributes:
+    attacks: names in `ATTACK_NAMES`, and "no_poison" (the control: bases unchanged).
+    num_trials: trials per attack (100).
+    seed: trial i uses fold_in(key(seed), i).
+    sigmas: noise levels (0 = no defense).
+    num_poisons / budget: poisons per trial, a count (which takes precedence) or a fraction of
+      the training set (1%: 500 of 50,000).
+    train_per_class: None (the whole training set) or this many images per class
+      (`training_subset`, seeded by `subset_seed`).
+    subset_seed: the seed of that subset.
+    num_eval: clean accuracy on this many random test images.
+    victim: the victim's TrainConfig (None: `classifier.conservative_config()`, ResNet-18 with
+      the reference's 40-epoch recipe).
+    surrogate: the surrogates' TrainConfig (None: the victim's, white-box).
+    num_surrogates: the crafting ensemble's size (1; Hong et al.'s "ensemble of four" most
+      likely means 4 here).
+    norm, epsilon: the bound (ℓ∞ 16/255; ℓ2 3.48).
+    craft_steps, restarts: crafting iterations and restarts (None: the attack's defaults, 250
+      and 8 for Witches' Brew, 250 and 1 for Sleeper Agent).
+    retrain_every: Sleeper Agent's surrogate retraining interval (None: 50; 0: never).
+    warm_start_epochs: Table 3's in-domain warm start (0: off), see the module docstring.
+    trials_per_step: victims trained at once (speed and memory only).
+    denoise_batch_size: images per denoiser call (speed and memory only).
+  """
+  attacks: tuple[str, ...] = ATTACK_NAMES
+  num_trials: int = 100
+  seed: int = 0
+  sigmas: tuple[float, ...] = DEFAULT_SIGMAS
+  num_poisons: int | None = None
+  budget: float | None = 0.01
+  train_per_class: int | None = None
+  subset_seed: int = 0
+  num_eval: int = 1000
+  victim: Any = None
+  surrogate: Any = None
+  num_surrogates: int = 1
+  norm: str = "linf"
+  epsilon: float = LINF_EPSILON
+  craft_steps: int | None = None
+  restarts: int | None = None
+  retrain_every: int | None = None
+  warm_start_epochs: int = 0
+  trials_per_step: int = 1
+  denoise_batch_size: int = 256
+
+  def __post_init__(self):
+    names = (self.attacks,) if isinstance(self.attacks, str) else tuple(self.attacks)
+    if not names or len(set(names)) != len(names):
+      raise ValueError(f"attacks: expected distinct names, got {list(names)}")
+    for name in names:
+      if name not in ATTACK_NAMES + (NO_POISON,):
+        raise ValueError(f"attacks: {name!r} is not a from-scratch attack; expected names in "
+                         f"{ATTACK_NAMES + (NO_POISON,)}")
+    _store(self, "attacks", names)
+    _store(self, "num_trials", _integer("num_trials", self.num_trials))
+    _store(self, "seed", _integer("seed", self.seed, minimum=0))
+    sigmas = tuple(check_sigma(s, name="sigmas", allow_zero=True) for s in self.sigmas)
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+      raise ValueError(f"sigmas: expected distinct noise levels, got {list(self.sigmas)}")
+    _store(self, "sigmas", sigmas)
+    if self.num_poisons is None and self.budget is None:
+      raise ValueError("num_poisons, budget: set one (a count, or a fraction of the training set "
+                       "such as 0.01)")
+    if self.num_poisons is not None:  # A count replaces the default budget.
+      _store(self, "num_poisons", _integer("num_poisons", self.num_poisons))
+      _store(self, "budget", None)
+    else:
+      budget = check_positive("budget", self.budget)
+      if budget >= 1:
+        raise ValueError(f"budget: expected a fraction in (0, 1), got {self.budget!r}")
+      _store(self, "budget", budget)
+    if self.train_per_class is not None:
+      _store(self, "train_per_class", _integer("train_per_class", self.train_per_class))
+    _store(self, "subset_seed", _integer("subset_seed", self.subset_seed, minimum=0))
+    _store(self, "num_eval", _integer("num_eval", self.num_eval))
+    for name in ("victim", "surrogate"):
+      value = getattr(self, name)
+      if value is not None and not isinstance(value, classifier.TrainConfig):
+        raise TypeError(f"{name}: expected a jaxpoison.classifier.TrainConfig or None, got "
+                        f"{type(value).__name__}")
+    _store(self, "num_surrogates", _integer("num_surrogates", self.num_surrogates))
+    _store(self, "epsilon", check_perturbation_bound(self.norm, self.epsilon))
+    for name in ("craft_steps", "restarts"):
+      if getattr(self, name) is not None:
+        _store(self, name, _integer(name, getattr(self, name)))
+    if self.retrain_every is not None:
+      _store(self, "retrain_every", _integer("retrain_every", self.retrain_every, minimum=0))
+    _store(self, "warm_start_epochs",
+           _integer("warm_start_epochs", self.warm_start_epochs, minimum=0))
+    if self.warm_start_epochs and self.warm_start_epochs >= self.victim_config.epochs:
+      raise ValueError(f"warm_start_epochs: {self.warm_start_epochs} leaves no epoch of the "
+                       f"victim's {self.victim_config.epochs} for the denoised data")
+    _store(self, "trials_per_step", _integer("trials_per_step", self.trials_per_step))
+    _store(self, "denoise_batch_size", _integer("denoise_batch_size", self.denoise_batch_size))
+
+  @property
+  def victim_config(self) -> classifier.TrainConfig:
+    return self.victim if self.victim is not None else classifier.conservative_config()
+
+  @property
+  def surrogate_config(self) -> classifier.TrainConfig:
+    return self.surrogate if self.surrogate is not None else self.victim_config
+
+  @property
+  def white_box(self) -> bool:
+    return self.surrogate is None or self.surrogate == self.victim_config
+
+  def poisons_for(self, train_size: int) -> int:
+    if self.num_poisons is not None:
+      return self.num_poisons
+    return max(1, int(round(self.budget * train_size)))
+
+  def attack_config(self, name: str):
+    """The attack's config: its reference defaults with this run's bound and overrides."""
+    if name == NO_POISON:
+      from jaxpoison.benchmarks.transfer import NoPoisonConfig
+      return NoPoisonConfig(self.norm, self.epsilon)
+    overrides = {"norm": self.norm, "epsilon": self.epsilon}
+    for field, value in (("num_steps", self.craft_steps), ("restarts", self.restarts)):
+      if value is not None:
+        overrides[field] = value
+    if name == "sleeper_agent" and self.retrain_every is not None:
+      overrides["retrain_every"] = self.retrain_every
+    return _CONFIG_TYPES[name](**overrides)
+
+
+EXECUTION_FIELDS = ("attacks", "num_trials", "trials_per_step", "denoise_batch_size")
+
+
+def training_subset(labels, per_class: int | None, seed: int = 0) -> np.ndarray:
+  """Sorted training indices: all (None), or the first `per_class` of each class in the
+  permutation `jax.random.permutation(fold_in(key(seed), TRAIN_SUBSET), N)`."""
+  labels = np.asarray(labels)
+  if per_class is None:
+    return np.arange(labels.size)
+  order = np.asarray(jax.random.permutation(
+      jax.random.fold_in(jax.random.key(seed), TRAIN_SUBSET), labels.size))
+  chosen = []
+  for c in np.unique(labels):
+    members = order[labels[order] == c]
+    if members.size < per_class:
+      raise ValueError(f"train_per_class: class {int(c)} has {members.size} training images, "
+                       f"{per_class} were asked for")
+    chosen.append(members[:per_class])
+  return np.sort(np.concatenate(chosen))
+
+
+# --- surrogates and crafting ----------------------------------------------------------------------
+
+
+def _subset_split(subset: np.ndarray) -> common.Split:
+  return common.Split(subset, subset, subset)
+
+
+def load_or_train_surrogates(out_dir: Path, config: FromScratchConfig, dataset,
+                             subset: np.ndarray, log=print) -> list[classifier.TrainedModels]:
+  """The crafting ensemble, trained on the clean training set (or loaded from out_dir)."""
+  key = jax.random.fold_in(jax.random.key(config.seed), PRETRAIN_SURROGATE)
+  return [common.load_or_pretrain(out_dir / "pretrained" / f"surrogate_{k}", dataset,
+                                  _subset_split(subset), config.surrogate_config,
+                                  jax.random.fold_in(key, k), log=log)
+          for k in range(config.num_surrogates)]
+
+
+def _gradient_models(models: Sequence[classifier.TrainedModels]):
+  return [classifier.gradient_model(m, i) for m in models for i in range(m.num_models)]
+
+
+def sample_scratch_trial(config: FromScratchConfig, dataset, subset: np.ndarray,
+                         index: int) -> attacks.Trial:
+  """Trial `index`'s target, classes and (random) bases from the training subset."""
+  return attacks.sample_trial(jax.random.fold_in(trial_key(config.seed, index), SAMPLE), dataset,
+                              config.poisons_for(subset.size), train_indices=subset)
+
+
+def _sleeper_sources(dataset, subset, trial) -> np.ndarray:
+  """Training indices of the source class (the class of the trial's target image)."""
+  return subset[np.asarray(dataset.y_train)[subset] == trial.target_class]
+
+
+def source_test_indices(dataset, trial) -> np.ndarray:
+  """Every test image of the source class: Sleeper Agent's evaluation sources."""
+  return np.flatnonzero(np.asarray(dataset.y_test) == trial.target_class)
+
+
+def patched_source_tests(config: FromScratchConfig, dataset, trial, index: int,
+                         attack_config) -> tuple[np.ndarray, np.ndarray]:
+  """(the patched target image [H, W, C], all patched source test images [S, H, W, C]); the
+  trigger positions drawn from fold_in(fold_in(t, SAMPLE), 2), the target's included."""
+  indices = source_test_indices(dataset, trial)
+  key = jax.random.fold_in(jax.random.fold_in(trial_key(config.seed, index), SAMPLE), 2)
+  patched, _ = attacks.patch_images(key, np.asarray(dataset.x_test[indices]), attack_config)
+  patched = np.asarray(patched)
+  return patched[int(np.searchsorted(indices, trial.target_index))], patched
+
+
+def _retrain_fn(config: FromScratchConfig, train_images, train_labels, positions):
+  """Sleeper Agent's retraining: the surrogate ensemble trained from scratch on the training set
+  with the current poisons in place of their bases."""
+  def retrain(key, poisons):
+    images = np.array(train_images, copy=True)
+    images[positions] = np.asarray(poisons)
+    keys = jax.random.split(key, config.num_surrogates)
+    models = classifier.train_models(keys, images, train_labels, config.surrogate_config)
+    return _gradient_models([models])
+  return retrain
+
+
+def craft_trial(config: FromScratchConfig, attack: str, dataset, subset: np.ndarray, index: int,
+                surrogates: Sequence[classifier.TrainedModels]) -> attacks.PoisonSet:
+  """Samples trial `index` and crafts its poisons with `attack` on the surrogate ensemble."""
+  trial = sample_scratch_trial(config, dataset, subset, index)
+  key = jax.random.fold_in(trial_key(config.seed, index), CRAFT)
+  attack_config = config.attack_config(attack)
+  ensemble = _gradient_models(surrogates)
+  if attack == "sleeper_agent":
+    candidates = subset[np.asarray(dataset.y_train)[subset] == trial.base_class]
+    chosen = attacks.select_poisons(ensemble, np.asarray(dataset.x_train[candidates]),
+                                    np.full(candidates.size, trial.base_class),
+                                    trial.base_indices.size)
+    trial = trial._replace(base_indices=candidates[chosen].astype(np.int64))
+  bases = np.asarray(dataset.x_train[trial.base_indices])
+  if attack == NO_POISON:
+    poisons = bases
+  elif attack == "witches_brew":
+    poisons = attacks.witches_brew(key, ensemble, np.asarray(dataset.x_test[trial.target_index]),
+                                   trial.base_class, bases, trial.base_class,
+                                   attack_config).poisons
+  else:
+    train_images = np.asarray(dataset.x_train[subset])
+    positions = np.searchsorted(subset, trial.base_indices)
+    sources = np.asarray(dataset.x_train[_sleeper_sources(dataset, subset, trial)])
+    poisons = attacks.sleeper_agent(
+        key, ensemble, sources, trial.base_class, bases, attack_config,
+        _retrain_fn(config, train_images, np.asarray(dataset.y_train[subset], np.int32),
+                    positions)).result.poisons
+  return attacks.make_poison_set(dataset, trial, np.asarray(poisons), attack=attack,
+                                 config=attack_config, key=key)
+
+
+def load_or_craft(out_dir: Path, config: FromScratchConfig, attack: str, dataset,
+                  subset: np.ndarray, index: int, surrogates) -> attacks.PoisonSet:
+  """Trial `index`'s poisons from their file (checked against this run), or crafted and saved."""
+  path = poison_path(out_dir, attack, index)
+  if path.is_file():
+    poison_set = attacks.load_poisons(path, dataset)
+    trial = sample_scratch_trial(config, dataset, subset, index)
+    expected = config.attack_config(attack).to_dict()
+    problems = []
+    if poison_set.attack != attack:
+      problems.append(f"attack {poison_set.attack!r}, expected {attack!r}")
+    if poison_set.config != expected:
+      problems.append(f"attack config {poison_set.config}, expected {expected}")
+    if poison_set.target_index != trial.target_index:
+      problems.append("the target differs from this run's trial")
+    if problems:
+      raise attacks.PoisonFileError(f"{path}: does not belong to this run: " + "; ".join(problems))
+    return poison_set
+  poison_set = craft_trial(config, attack, dataset, subset, index, surrogates)
+  attacks.save_poisons(path, poison_set)
+  return poison_set
+
+
+# --- victims ----------------------------------------------------------------------------------
+
+
+@jax.jit
+def _score(models, targets, eval_images, eval_labels):
+  predictions = jnp.diagonal(classifier.predict(models, targets))
+  return predictions, classifier.evaluate(models, eval_images, eval_labels)
+
+
+def _train(config, keys, images, labels, init=None):
+  labels = np.broadcast_to(labels, images.shape[:2])
+  return classifier.train_models(keys, images, labels, config, init=init)
+
+
+def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.PoisonSet],
+                    trials: Sequence[int], *, dataset, subset: np.ndarray, denoiser,
+                    victim_init: classifier.TrainedModels | None = None,
+                    pad_to: int | None = None) -> list[dict[str, list]]:
+  """Trains one victim per trial and σ from scratch (or from `victim_init`, or warm-started on
+  the tampered set) and scores it; per trial: target_prediction, clean_accuracy and, for
+  Sleeper Agent, source_success, one entry per σ."""
+  victim = config.victim_config
+  num = len(poison_sets)
+  width = max(num, pad_to or num)
+  order = list(range(num)) + [num - 1] * (width - num)
+  train_images = np.asarray(dataset.x_train[subset])
+  train_labels = np.asarray(dataset.y_train[subset], np.int32)
+  tampered = [poisoned_images(train_images, subset, p) for p in poison_sets]
+  keys = [trial_key(config.seed, i) for i in trials]
+  targets, sources = [], []
+  for p, index in zip(poison_sets, trials):
+    if p.attack == "sleeper_agent":
+      trial = attacks.Trial(p.target_index, p.target_class, p.base_class, p.indices)
+      target, patched = patched_source_tests(config, dataset, trial, index,
+                                             attacks.config_from_dict(p.attack, p.config))
+      targets.append(target)
+      sources.append(patched)
+    else:
+      targets.append(np.asarray(dataset.x_test[p.target_index]))
+      sources.append(None)
+  targets = np.stack(targets)[order]
+  train_keys = jnp.stack([jax.random.fold_in(keys[i], FINETUNE) for i in order])
+  subset_eval = eval_indices(dataset.x_test.shape[0], config.num_eval, seed=config.seed)
+  eval_images, eval_labels = dataset.x_test[subset_eval], dataset.y_test[subset_eval]
+  if victim_init is not None:
+    victim = victim.replace(reinit_head=True)
+  init, remaining = victim_init, victim
+  if config.warm_start_epochs:
+    first = victim.replace(epochs=config.warm_start_epochs)
+    init = _train(first, train_keys, np.stack(tampered)[order], train_labels, victim_init)
+    remaining = victim.replace(epochs=victim.epochs - config.warm_start_epochs, reinit_head=False)
+    train_keys = jnp.stack([jax.random.fold_in(k, 1) for k in train_keys])
+  out = [{"target_prediction": [], "clean_accuracy": [], "source_success": []}
+         for _ in range(num)]
+  for s, sigma in enumerate(config.sigmas):
+    images = np.stack([_denoise(denoiser, tampered[i], sigma, denoise_key(keys[i], s),
+                                config.denoise_batch_size) for i in range(num)])[order]
+    models = _train(remaining, train_keys, images, train_labels, init)
+    predictions, accuracy = (np.asarray(a) for a in _score(models, targets, eval_images,
+                                                           eval_labels))
+    for i in range(num):
+      out[i]["target_prediction"].append(int(predictions[i]))
+      out[i]["clean_accuracy"].append(float(accuracy[i]))
+      if sources[i] is not None:
+        one = classifier.select(models, i)
+        hits = np.asarray(classifier.predict(one, sources[i]))[0] == poison_sets[i].base_class
+        out[i]["source_success"].append(float(hits.mean()))
+  return out
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, victim_init):
+  settings = _config_dict(config)
+  for name in EXECUTION_FIELDS + ("type",):
+    settings.pop(name)
+  settings["victim"] = _config_dict(config.victim_config)
+  settings["surrogate"] = _config_dict(config.surrogate_config)
+  return {
+      "format_version": FORMAT_VERSION,
+      "benchmark": "from_scratch",
+      "settings": settings,
+      "dataset": dataset_fingerprint(dataset),
+      "surrogates": [common.params_fingerprint(m.state) for m in surrogates],
+      "denoiser": denoiser,
+      "victim_init": victim_init,
+  }
+
+
+def _training_label(config: FromScratchConfig, victim_init_source: str | None) -> str:
+  victim = config.victim_config
+  text = f"from scratch, {victim.epochs:g} epochs"
+  if config.warm_start_epochs:
+    text = (f"warm start: {config.warm_start_epochs} epochs tampered, then "
+            f"{victim.epochs - config.warm_start_epochs:g} denoised")
+  if victim_init_source is not None:
+    text = f"from {victim_init_source}, {victim.epochs:g} epochs"
+  return text
+
+
+def _scenario(config: FromScratchConfig) -> str:
+  if config.white_box:
+    return "white-box"
+  name = lambda c: f"{c.model} {'/'.join(map(str, c.widths))}"
+  return f"black-box ({name(config.surrogate_config)} → {name(config.victim_config)})"
+
+
+def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, denoiser=None,
+                  victim_init=None, stop_after: int | None = None,
+                  time_limit_s: float | None = None,
+                  log: Callable[[str], None] = print) -> list[dict]:
+  """Runs (or resumes) the from-scratch benchmark under `out_dir`; returns every record.
+
+  Args:
+    config: the settings.
+    dataset: a `jaxpoison.Dataset`.
+    out_dir: the run folder (see the module docstring).
+    denoiser: a Denoiser, a path, or None for the embedded default (only when a σ > 0 is asked).
+    victim_init: a `save_models` path or TrainedModels to start every victim from (fresh head):
+      the out-of-domain initialization of Table 3; None trains from scratch.
+    stop_after, time_limit_s: stop early (a rerun resumes).
+    log: progress messages.
+  """
+  if not isinstance(config, FromScratchConfig):
+    raise TypeError(f"config: expected a FromScratchConfig, got {type(config).__name__}")
+  start = time.perf_counter()
+  out_dir = Path(out_dir)
+  if config.num_eval > dataset.x_test.shape[0]:
+    raise ValueError(f"num_eval: {config.num_eval} exceeds the {dataset.x_test.shape[0]} test "
+                     "images")
+  subset = training_subset(dataset.y_train, config.train_per_class, config.subset_seed)
+  init_meta, init_source = None, None
+  if victim_init is not None:
+    if isinstance(victim_init, (str, Path)):
+      init_source = str(victim_init)
+      victim_init = classifier.load_models(victim_init)
+    else:
+      init_source = "given TrainedModels"
+    victim_init = classifier.select(victim_init, 0)
+    if victim_init.config.model != config.victim_config.model:
+      raise ValueError(f"victim_init: a {victim_init.config.model} checkpoint cannot start a "
+                       f"{config.victim_config.model} victim")
+    init_meta = common._pretrained_info(init_source, victim_init, None)
+  surrogates = load_or_train_surrogates(out_dir, config, dataset, subset, log)
+  denoiser, denoiser_meta = common.resolve_denoiser(denoiser, config.sigmas)
+  folder = common.claim_run(out_dir, run_identity(config, dataset=dataset, surrogates=surrogates,
+                                                  denoiser=denoiser_meta, victim_init=init_meta))
+  scenario = _scenario(config)
+  training = _training_label(config, init_source)
+
+  def run_chunk(attack: str, chunk: list[int]) -> list[dict]:
+    chunk_start = time.perf_counter()
+    poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i, surrogates)
+                   for i in chunk]
+    craft_seconds = time.perf_counter() - chunk_start
+    scores = evaluate_trials(config, poison_sets, chunk, dataset=dataset, subset=subset,
+                             denoiser=denoiser, victim_init=victim_init,
+                             pad_to=config.trials_per_step)
+    seconds = time.perf_counter() - chunk_start
+    records = []
+    for i, poison_set, score in zip(chunk, poison_sets, scores):
+      record = {
+          "attack": attack, "scenario": scenario, "bound": bound_label(config.norm, config.epsilon),
+          "finetune": training, "trial": i, "target_index": poison_set.target_index,
+          "target_class": poison_set.target_class, "base_class": poison_set.base_class,
+          "num_poisons": poison_set.num_poisons, "train_size": int(subset.size),
+          "sigmas": list(config.sigmas), "target_prediction": score["target_prediction"],
+          "success": [p == poison_set.base_class for p in score["target_prediction"]],
+          "clean_accuracy": score["clean_accuracy"],
+          "victim": config.victim_config.model,
+          "crafted_on": f"{config.num_surrogates} × {config.surrogate_config.model}",
+          "poison_file": str(poison_path(out_dir, attack, i).relative_to(out_dir)),
+          "seconds": {"craft": craft_seconds / len(chunk), "total": seconds / len(chunk)}}
+      if attack == "sleeper_agent":
+        record["success_measure"] = "the single patched source test image (target_index)"
+        record["source_success"] = score["source_success"]
+      records.append(record)
+    return records
+
+  common.run_trial_loop(folder, config.attacks, config.num_trials, config.trials_per_step,
+                        run_chunk, stop_after=stop_after, time_limit_s=time_limit_s,
+                        started=start, log=log)
+  results = load_results(out_dir, config.attacks)
+  write_scratch_tables(out_dir, results)
+  return results
+
+
+def render_source_table(results: Sequence[dict]) -> str:
+  """Sleeper Agent's own measure: the mean fraction of patched source-class test images
+  classified as the target class, per row and σ (Markdown); "" without such records."""
+  rows: dict[tuple, dict[float, list[float]]] = {}
+  for record in results:
+    if "source_success" not in record:
+      continue
+    key = (record["scenario"], record["bound"], record.get("finetune", ""))
+    for sigma, rate in zip(record["sigmas"], record["source_success"]):
+      rows.setdefault(key, {}).setdefault(float(sigma), []).append(rate)
+  if not rows:
+    return ""
+  sigmas = sorted({s for cells in rows.values() for s in cells})
+  lines = ["Sleeper Agent, patched source-class test images classified as the target class "
+           "(mean over trials):", "",
+           "| scenario | bound | training | trials | "
+           + " | ".join(common._sigma_label(s) for s in sigmas) + " |",
+           "|---|---|---|---:|" + "---:|" * len(sigmas)]
+  for (scenario, bound, training), cells in sorted(rows.items()):
+    trials = max(len(v) for v in cells.values())
+    lines.append(f"| {scenario} | {bound} | {training} | {trials} | "
+                 + " | ".join(f"{100 * np.mean(cells[s]):.1f}%" if s in cells else "—"
+                              for s in sigmas) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_scratch_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
+  """table.md (the success table, single-target success; then Sleeper Agent's source-image
+  rates) and table.csv."""
+  markdown, csv_path = write_tables(out_dir, results)
+  extra = render_source_table(results)
+  if extra:
+    io.atomic_write_text(markdown, markdown.read_text() + "\n" + extra)
+  return markdown, csv_path

@@ -1,0 +1,153 @@
+"""The from-scratch attack benchmark (Tables 2 and 3): the subset, the config, and the harness
+end to end on tiny models, a tiny dataset and a tiny random denoiser, with resume."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpoison import attacks, classifier
+from jaxpoison.benchmarks import common
+from jaxpoison.benchmarks import from_scratch as fs
+from test_poison_benchmark import E2E_SHAPE, E2E_SPEC, _dataset
+
+
+def test_training_subset_is_seeded_balanced_and_sorted():
+  labels = np.arange(200) % 10
+  subset = fs.training_subset(labels, 5, seed=0)
+  assert subset.size == 50 and np.all(np.diff(subset) > 0)
+  assert np.all(np.bincount(labels[subset], minlength=10) == 5)
+  np.testing.assert_array_equal(subset, fs.training_subset(labels, 5, seed=0))
+  assert not np.array_equal(subset, fs.training_subset(labels, 5, seed=1))
+  np.testing.assert_array_equal(fs.training_subset(labels, None), np.arange(200))
+  with pytest.raises(ValueError, match="class 0 has 20"):
+    fs.training_subset(labels, 21)
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(attacks=("poison_frogs",)), "not a from-scratch attack"),
+    (dict(budget=None), "set one"),
+    (dict(budget=1.5), "fraction"),
+    (dict(warm_start_epochs=40), "leaves no epoch"),
+    (dict(sigmas=(0.0, 0.0)), "distinct"),
+    (dict(victim="resnet18"), "TrainConfig"),
+])
+def test_config_errors(changes, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    fs.FromScratchConfig(**changes)
+
+
+def test_other_harnesses_and_craft_refuse_from_scratch_attacks():
+  from jaxpoison.benchmarks import transfer
+  with pytest.raises(ValueError, match="from_scratch"):
+    transfer.BenchmarkConfig(attacks=("witches_brew",))
+  with pytest.raises(TypeError, match="surrogate classifiers.*attacks.witches_brew"):
+    attacks.craft("witches_brew", jax.random.key(0), [], np.zeros((4, 4, 3), np.uint8),
+                  np.zeros((1, 4, 4, 3), np.uint8))
+
+
+def test_config_defaults_are_the_papers():
+  config = fs.FromScratchConfig()
+  assert config.poisons_for(50000) == 500 and config.white_box
+  assert config.victim_config == classifier.conservative_config()
+  wb = config.attack_config("witches_brew")
+  assert (wb.num_steps, wb.restarts, wb.epsilon) == (250, 8, 16 / 255)
+  sa = config.attack_config("sleeper_agent")
+  assert (sa.restarts, sa.retrain_every, sa.patch_size) == (1, 50, 8)
+  black = fs.FromScratchConfig(surrogate=classifier.conservative_config("airbench94"))
+  assert not black.white_box and "black-box (airbench94" in fs._scenario(black)
+
+
+@pytest.fixture(scope="module")
+def scratch():
+  from jaxpoison import diffusion
+  dataset = _dataset(per_class=20, num_test=60, shape=E2E_SHAPE, spec=E2E_SPEC, seed=5)
+  victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE, epochs=2, batch_size=50,
+                                  whitening_images=100, tta_level=0)
+  unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 8), layers_per_block=1,
+                              attention_resolutions=(), norm_num_groups=4, mid_attention=False)
+  rng = np.random.default_rng(7)
+  params = {name: np.asarray(rng.normal(0.0, 0.05, s.shape), s.dtype)
+            for name, s in diffusion.param_shapes(unet).items()}
+  denoiser = diffusion.Denoiser(params=jax.tree.map(jax.numpy.asarray, params), unet=unet,
+                                schedule=diffusion.linear_schedule())
+  config = fs.FromScratchConfig(
+      attacks=("witches_brew", "sleeper_agent"), num_trials=2, sigmas=(0.0, 0.25),
+      num_poisons=4, num_eval=40, victim=victim, craft_steps=4, restarts=1, retrain_every=2,
+      trials_per_step=2, denoise_batch_size=100)
+  return dataset, config, denoiser
+
+
+def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
+  dataset, config, denoiser = scratch
+  logs = []
+  full = fs.run_benchmark(config, dataset, tmp_path / "full", denoiser=denoiser,
+                          log=logs.append)
+  assert [(r["attack"], r["trial"]) for r in full] == [
+      ("witches_brew", 0), ("witches_brew", 1), ("sleeper_agent", 0), ("sleeper_agent", 1)]
+  assert any("trials 0–1 done" in line for line in logs)  # two victims trained at once
+  for record in full:
+    assert record["sigmas"] == [0.0, 0.25] and record["num_poisons"] == 4
+    assert record["train_size"] == 200 and record["scenario"] == "white-box"
+    assert record["success"] == [p == record["base_class"] for p in record["target_prediction"]]
+    poison_set = attacks.load_poisons(tmp_path / "full" / record["poison_file"], dataset)
+    bases = np.asarray(dataset.x_train[poison_set.indices]).astype(int)
+    assert np.abs(poison_set.images.astype(int) - bases).max() <= 16
+    assert np.all(np.asarray(dataset.y_train)[poison_set.indices] == record["base_class"])
+    if record["attack"] == "sleeper_agent":
+      assert len(record["source_success"]) == 2
+      assert all(0 <= rate <= 1 for rate in record["source_success"])
+      # The single patched target is one of the source class's test images.
+      assert dataset.y_test[record["target_index"]] == record["target_class"]
+  table = (tmp_path / "full" / "table.md").read_text()
+  assert "| Witches' Brew | white-box | ℓ∞ 16/255 | 2 |" in table
+  assert "Sleeper Agent, patched source-class test images" in table
+
+  part = fs.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+                          stop_after=1, log=logs.append)
+  assert len(part) == 1
+  resumed = fs.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+                             log=logs.append)
+  strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+  assert strip(resumed) == strip(full)
+  with pytest.raises(common.BenchmarkConfigError, match=r"settings\.sigmas"):
+    fs.run_benchmark(dataclasses.replace(config, sigmas=(0.0, 0.5)), dataset,
+                     tmp_path / "resumed", denoiser=denoiser)
+
+
+def test_sleeper_agent_selects_the_largest_gradients(scratch, tmp_path):
+  dataset, config, _ = scratch
+  subset = fs.training_subset(dataset.y_train, None)
+  surrogates = fs.load_or_train_surrogates(tmp_path, config, dataset, subset, log=lambda _: None)
+  trial = fs.sample_scratch_trial(config, dataset, subset, 0)
+  poison_set = fs.craft_trial(dataclasses.replace(config, retrain_every=0), "sleeper_agent",
+                              dataset, subset, 0, surrogates)
+  candidates = subset[np.asarray(dataset.y_train)[subset] == trial.base_class]
+  norms = np.asarray(attacks.gradient_norms(fs._gradient_models(surrogates),
+                                            np.asarray(dataset.x_train[candidates]),
+                                            np.full(candidates.size, trial.base_class)))
+  assert set(poison_set.indices) == set(candidates[np.argsort(norms)[-4:]])
+
+
+def test_warm_start_trains_first_on_the_tampered_set(scratch, monkeypatch):
+  dataset, config, denoiser = scratch
+  config = dataclasses.replace(config, warm_start_epochs=1, attacks=("no_poison",))
+  calls = []
+  real = fs._train
+
+  def recording(train_config, keys, images, labels, init=None):
+    calls.append((train_config.epochs, np.array(images), init is not None))
+    return real(train_config, keys, images, labels, init)
+
+  monkeypatch.setattr(fs, "_train", recording)
+  subset = fs.training_subset(dataset.y_train, None)
+  poison_set = fs.craft_trial(config, "no_poison", dataset, subset, 0, [])
+  fs.evaluate_trials(config, [poison_set], [0], dataset=dataset, subset=subset,
+                     denoiser=denoiser)
+  (e0, first, init0), (e1, clean, init1), (e2, denoised, init2) = calls
+  assert (e0, e1, e2) == (1, 1, 1) and (init0, init1, init2) == (False, True, True)
+  np.testing.assert_array_equal(first[0], dataset.x_train)  # the tampered set (no poison here)
+  np.testing.assert_array_equal(clean[0], dataset.x_train)  # σ = 0: the tampered set again
+  assert not np.array_equal(denoised[0], dataset.x_train)   # σ = 0.25: denoised
