@@ -374,3 +374,23 @@ def test_gradient_model_of_trained_classifiers():
                              np.asarray(reference.apply_fn(reference.params, x)), atol=1e-5)
   # Two surrogates of one architecture share the apply_fn, so they stack into one vmap.
   assert classifier.gradient_model(models, 0).apply_fn == surrogate.apply_fn
+
+
+@pytest.mark.parametrize("augment,batch_size", [(True, 512), (False, 2)])
+def test_forward_over_reverse_gradient_equals_reverse_over_reverse(augment, batch_size):
+  # The crafting step's explicit gradient (a JVP in parameter space, then reverse mode in the
+  # images) against plain double reverse-mode autodiff of the same loss, ensemble of two (one
+  # stacked group) and three poison batches or one, with and without augmentation.
+  with jax.enable_x64(True):
+    surrogates = [_surrogate(0, jnp.float64), _surrogate(1, jnp.float64)]
+    poisons = jnp.asarray(_images(3, 5), jnp.float64) / 255
+    labels = jnp.array([0, 1, 2, 0, 1])
+    target = jnp.asarray(_images(4, 1), jnp.float64) / 255
+    grads = wb.target_gradients(surrogates, target, jnp.array([2]), batch_size=1)
+    config = _small_config(augment=augment, poison_batch_size=batch_size)
+    key = jax.random.key(5)
+    loss, grad = wb._matching_value_and_grad(surrogates, grads, poisons, labels, key, config)
+    expected_loss, expected_grad = jax.value_and_grad(
+        lambda x: wb._matching_loss(surrogates, grads, x, labels, key, config))(poisons)
+  assert float(loss) == pytest.approx(float(expected_loss), rel=1e-12)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), rtol=1e-9, atol=1e-14)

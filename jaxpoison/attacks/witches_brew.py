@@ -54,30 +54,29 @@ def apply_shift_flip(images, shifts, flips, fill):
   `grid_sample(align_corners=True, padding_mode="zeros")` on a shifted (and x-negated) identity
   grid, with "zeros" meaning `fill` here (zero in the reference's normalized space is the
   dataset mean in [0, 1] pixels).
+
+  A translation is separable, and bilinear weights are the hat function max(0, 1 − |s − h|) of
+  the sampling position s and the pixel h, so each image is two small matrix products,
+  R · (x − fill) · Cᵀ + fill, with no gather (whose transpose, a scatter-add, is what makes the
+  second-order gradient slow).
   """
   _, h, w, _ = images.shape
-  rows = jnp.arange(h, dtype=jnp.float32)[:, None]
-  cols = jnp.arange(w, dtype=jnp.float32)[None, :]
+  shifts = shifts.astype(images.dtype)
+  rows = jnp.arange(h, dtype=images.dtype)
+  cols = jnp.arange(w, dtype=images.dtype)
+  src_r = rows[None, :] + shifts[:, :1]                                   # [B, H]
+  src_c = jnp.where(flips[:, None], (w - 1) - cols[None, :] - shifts[:, 1:],
+                    cols[None, :] + shifts[:, 1:])                         # [B, W]
 
-  def one(image, shift, flip):
-    src_r = jnp.broadcast_to(rows + shift[0], (h, w))
-    src_c = jnp.where(flip, (w - 1) - cols - shift[1], cols + shift[1])
-    src_c = jnp.broadcast_to(src_c, (h, w))
-    r0, c0 = jnp.floor(src_r), jnp.floor(src_c)
-    fr, fc = src_r - r0, src_c - c0
+  def hat(src, n):
+    return jnp.maximum(0.0, 1.0 - jnp.abs(src[:, :, None] - jnp.arange(n, dtype=images.dtype)))
 
-    def tap(r, c):
-      inside = (r >= 0) & (r <= h - 1) & (c >= 0) & (c <= w - 1)
-      ri = jnp.clip(r, 0, h - 1).astype(jnp.int32)
-      ci = jnp.clip(c, 0, w - 1).astype(jnp.int32)
-      return jnp.where(inside[..., None], image[ri, ci], fill)
-
-    return ((1 - fr)[..., None] * (1 - fc)[..., None] * tap(r0, c0)
-            + (1 - fr)[..., None] * fc[..., None] * tap(r0, c0 + 1)
-            + fr[..., None] * (1 - fc)[..., None] * tap(r0 + 1, c0)
-            + fr[..., None] * fc[..., None] * tap(r0 + 1, c0 + 1))
-
-  return jax.vmap(one)(images, shifts.astype(jnp.float32), flips)
+  row_weights, col_weights = hat(src_r, h), hat(src_c, w)                 # [B, H, H], [B, W, W]
+  fill = jnp.asarray(fill, images.dtype)
+  centred = images - fill
+  out = jnp.einsum("bih,bhwc->biwc", row_weights, centred)
+  out = jnp.einsum("bjw,biwc->bijc", col_weights, out)
+  return out + fill
 
 
 def random_shift_flip(images, key, fill, *, max_shift: float = MAX_SHIFT_PIXELS,
@@ -201,18 +200,24 @@ def _groups(models: Sequence[GradientModel]) -> list[core.Group]:
   return core.group_ensemble(wrapped)
 
 
-def _over_members(groups, fn):
-  """[fn(member, i) for every member], vmapped within groups; results in ensemble order."""
+def _over_members(groups, fn, per_member=None):
+  """[fn(member) for every member] (or fn(member, per_member[i]) with a list of per-member
+  pytrees, e.g. target gradients), vmapped within groups; results in ensemble order."""
   out = {}
   for group in groups:
-    def call(pair, g=group):
+    def call(pair, extra=None, g=group):
       params, state = pair
       bound = lambda p, x, s=state, f=g.apply_fn: f(p, s, x)
-      return fn(_Member(bound, params))
+      member = _Member(bound, params)
+      return fn(member) if per_member is None else fn(member, extra)
+    extras = None
+    if per_member is not None:
+      extras = [per_member[i] for i in group.members]
+      extras = extras[0] if group.size == 1 else jax.tree.map(lambda *a: jnp.stack(a), *extras)
     if group.size == 1:
-      results = [call(group.params)]
+      results = [call(group.params, extras)]
     else:
-      stacked = jax.vmap(call)(group.params)
+      stacked = jax.vmap(call)(group.params, extras)
       results = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(group.size)]
     out.update(zip(group.members, results))
   return [out[i] for i in range(len(out))]
@@ -295,12 +300,64 @@ def _matching_loss(surrogates, target_grads, poisons, labels, key, config: Gradi
   return jnp.mean(jax.lax.map(batch_loss, (indices, x_batches, y_batches, weights)))
 
 
+def _loss_and_input_gradient(member, target_grad, x, y, w):
+  """(1 − cos(g_t, g_p(x)), its gradient with respect to the images x) for one network.
+
+  The gradient is the vector–Jacobian product of x ↦ g_p(x) = ∇_θ CE(θ, x) with v = ∂loss/∂g_p,
+  i.e. ∇_x ⟨∇_θ CE(θ, x), v⟩, computed as the x-gradient of CE's directional derivative along v
+  in parameter space (forward mode in θ, reverse in x): the same number as differentiating the
+  loss twice in reverse mode, without transposing each convolution's parameter gradient (which
+  XLA:CPU runs several times slower).
+  """
+  def cross_entropy(params, images):
+    per_image = optax.softmax_cross_entropy_with_integer_labels(member.apply_fn(params, images), y)
+    return jnp.sum(w * per_image) / jnp.maximum(jnp.sum(w), 1e-12)
+
+  poison_grad = jax.grad(cross_entropy)(member.params, x)
+  loss, v = jax.value_and_grad(lambda g: gradient_matching_loss(target_grad, g))(poison_grad)
+  directional = lambda images: jax.jvp(lambda p: cross_entropy(p, images), (member.params,),
+                                       (v,))[1]
+  return loss, jax.grad(directional)(x)
+
+
+def _matching_value_and_grad(surrogates, target_grads, poisons, labels, key, config):
+  """`_matching_loss` (augmented with `key`) and its gradient with respect to the poisons."""
+  groups = _groups(surrogates)
+  num = poisons.shape[0]
+  batch_size = min(config.poison_batch_size, num)
+  x_batches, weights = _batched(poisons, batch_size)
+  y_batches, _ = _batched(labels, batch_size)
+  fill = jnp.asarray(config.input_mean, poisons.dtype)
+
+  def batch(args):
+    index, x, y, w = args
+    augment = lambda images: random_shift_flip(images, jax.random.fold_in(key, index), fill,
+                                               max_shift=config.max_shift)
+    if config.augment:
+      x_aug, augment_vjp = jax.vjp(augment, x)
+    else:
+      x_aug, augment_vjp = x, lambda g: (g,)
+    results = _over_members(
+        groups, lambda m, t: _loss_and_input_gradient(m, t, x_aug, y, w), target_grads)
+    loss = sum(r[0] for r in results) / len(results)
+    grad = sum(r[1] for r in results) / len(results)
+    return loss, augment_vjp(grad)[0]
+
+  if x_batches.shape[0] == 1:  # No loop around the network (see `resolve_loop`).
+    loss, grad = batch((0, x_batches[0], y_batches[0], weights[0]))
+    return loss, grad[:num]
+  indices = jnp.arange(x_batches.shape[0])
+  losses, grads = jax.lax.map(batch, (indices, x_batches, y_batches, weights))
+  # The loss is the batches' mean, so each batch's gradient carries 1 / num_batches.
+  grads = grads.reshape(-1, *poisons.shape[1:])[:num] / x_batches.shape[0]
+  return jnp.mean(losses), grads
+
+
 def _one_step(state, key, surrogates, target_grads, bases, labels, config):
   std = jnp.asarray(config.input_std, bases.dtype)
   step_key = jax.random.fold_in(key, state.step)
-  loss, grad = jax.value_and_grad(
-      lambda d: _matching_loss(surrogates, target_grads, bases + d, labels, step_key, config)
-  )(state.delta)
+  loss, grad = _matching_value_and_grad(surrogates, target_grads, bases + state.delta, labels,
+                                        step_key, config)
   direction, adam_state = optax.scale_by_adam().update(jnp.sign(grad), state.adam)
   lr = _learning_rate(config, state.step, len(surrogates))
   delta = _project_delta(state.delta - lr * std * direction, bases, config)

@@ -81,10 +81,8 @@ def jax_step_fn(weights, target, target_label, bases, labels, config: WitchesBre
   labels = jnp.asarray(labels, jnp.int32)
 
   @jax.jit
-  def step(carry):
-    out, losses = wb.scan_matching_steps(carry, jax.random.key(1), [surrogate], grads, base_float,
-                                         labels, 1, config)
-    return out, losses[0]
+  def step(carry):  # one step, no loop around it (see witches_brew.resolve_loop)
+    return wb._one_step(carry, jax.random.key(1), [surrogate], grads, base_float, labels, config)
 
   return start, step
 
