@@ -10,8 +10,8 @@ backdoors; jaxpoison.benchmarks.transfer), a FromScratchConfig trains victims fr
 (Tables 2–3: Witches' Brew, Sleeper Agent; jaxpoison.benchmarks.from_scratch).
 
     python scripts/poison_benchmark.py --data /tmp/cifar10.npz --out runs/table1
-    python scripts/poison_benchmark.py --config configs/poison_benchmark_from_scratch_cpu.py \
-        --data /tmp/cifar10.npz --out runs/table2_cpu
+    python scripts/poison_benchmark.py --config configs/poison_benchmark_from_scratch.py \
+        --data /tmp/cifar10.npz --out runs/table2
     python scripts/poison_benchmark.py --out runs/table1 --table_only
     python scripts/poison_benchmark.py --tables_from runs/t1_wb_l2,runs/t1_backdoors
 """

@@ -151,3 +151,60 @@ def test_warm_start_trains_first_on_the_tampered_set(scratch, monkeypatch):
   np.testing.assert_array_equal(first[0], dataset.x_train)  # the tampered set (no poison here)
   np.testing.assert_array_equal(clean[0], dataset.x_train)  # σ = 0: the tampered set again
   assert not np.array_equal(denoised[0], dataset.x_train)   # σ = 0.25: denoised
+
+
+def _script_main():
+  import importlib.util
+  from pathlib import Path
+  path = Path(__file__).resolve().parent.parent / "scripts" / "poison_benchmark.py"
+  spec = importlib.util.spec_from_file_location("poison_benchmark_script", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.main
+
+
+@pytest.mark.parametrize("config,flag", [
+    ("configs/poison_benchmark_from_scratch.py", ["--finetune_mode", "linear_probe"]),
+    ("configs/poison_benchmark_from_scratch.py", ["--craft_only"]),
+    ("configs/poison_benchmark.py", ["--warm_start_epochs", "3"]),
+])
+def test_script_refuses_flags_of_the_other_setting(config, flag, capsys):
+  from pathlib import Path
+  from jaxpoison import cli
+  repo = Path(__file__).resolve().parent.parent
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script_main(), ["--config", str(repo / config), "--data", "unused.npz", *flag])
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert flag[0] in err and len(err.strip().splitlines()) == 1
+
+
+def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsys):
+  # The command line's overrides reach the FromScratchConfig the harness gets.
+  from jaxpoison import cli
+  import jaxpoison as jp
+  dataset, config, denoiser = scratch
+  (tmp_path / "config.py").write_text(
+      "def get_config():\n  return CONFIG\n")
+  seen = {}
+
+  def fake_run(config, dataset, out_dir, **kwargs):
+    seen.update(config=config, kwargs=kwargs)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "table.md").write_text("| table |\n")
+    return []
+
+  monkeypatch.setattr(cli, "load_config_file", lambda path: config)
+  monkeypatch.setattr(fs, "run_benchmark", fake_run)
+  monkeypatch.setattr(jp, "load_cifar10", lambda data: dataset)
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--num_surrogates", "3", "--restarts", "2",
+                             "--warm_start_epochs", "1", "--budget", "0.02", "--victim_init",
+                             "ckpt"])
+  assert info.value.code in (None, 0)
+  got = seen["config"]
+  assert (got.num_surrogates, got.restarts, got.warm_start_epochs) == (3, 2, 1)
+  assert got.budget == 0.02 and got.num_poisons is None
+  assert seen["kwargs"]["victim_init"] == "ckpt"
+  assert "| table |" in capsys.readouterr().out
