@@ -11,7 +11,7 @@ import pytest
 from jaxpoison import attacks, classifier
 from jaxpoison.benchmarks import common
 from jaxpoison.benchmarks import from_scratch as fs
-from test_poison_benchmark import E2E_SHAPE, E2E_SPEC, _dataset
+from test_poison_benchmark import E2E_SHAPE, E2E_SPEC, _dataset, tiny_random_denoiser
 
 
 def test_training_subset_is_seeded_balanced_and_sorted():
@@ -62,17 +62,10 @@ def test_config_defaults_are_the_papers():
 
 @pytest.fixture(scope="module")
 def scratch():
-  from jaxpoison import diffusion
   dataset = _dataset(per_class=20, num_test=60, shape=E2E_SHAPE, spec=E2E_SPEC, seed=5)
   victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE, epochs=2, batch_size=50,
                                   whitening_images=100, tta_level=0)
-  unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 8), layers_per_block=1,
-                              attention_resolutions=(), norm_num_groups=4, mid_attention=False)
-  rng = np.random.default_rng(7)
-  params = {name: np.asarray(rng.normal(0.0, 0.05, s.shape), s.dtype)
-            for name, s in diffusion.param_shapes(unet).items()}
-  denoiser = diffusion.Denoiser(params=jax.tree.map(jax.numpy.asarray, params), unet=unet,
-                                schedule=diffusion.linear_schedule())
+  denoiser = tiny_random_denoiser()
   config = fs.FromScratchConfig(
       attacks=("witches_brew", "sleeper_agent"), num_trials=2, sigmas=(0.0, 0.25),
       num_poisons=4, num_eval=40, victim=victim, craft_steps=4, restarts=1, retrain_every=2,

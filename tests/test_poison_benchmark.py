@@ -298,22 +298,27 @@ E2E_SHAPE = (32, 32, 3)
 E2E_SPEC = DatasetSpec("tiny32", E2E_SHAPE, 10)
 
 
+def tiny_random_denoiser(seed: int = 7):
+  """A random 32×32 denoiser (untrained: the tests check the plumbing, not the defense), filled
+  from numpy like attacks.testing's extractors: initializing through jax.random compiles the
+  PRNG for every parameter shape, which costs tens of seconds on a CPU."""
+  from jaxpoison import diffusion
+  unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 8), layers_per_block=1,
+                              attention_resolutions=(), norm_num_groups=4, mid_attention=False)
+  rng = np.random.default_rng(seed)
+  params = {name: np.asarray(rng.normal(0.0, 0.05, s.shape), s.dtype)
+            for name, s in diffusion.param_shapes(unet).items()}
+  return diffusion.Denoiser(params=jax.tree.map(jax.numpy.asarray, params), unet=unet,
+                            schedule=diffusion.linear_schedule())
+
+
 @pytest.fixture(scope="module")
 def e2e():
-  from jaxpoison import classifier, diffusion
+  from jaxpoison import classifier
   dataset = _dataset(per_class=30, num_test=60, shape=E2E_SHAPE, spec=E2E_SPEC, seed=3)
   victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE, epochs=1, batch_size=50,
                                   whitening_images=100, tta_level=0)
-  unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 8), layers_per_block=1,
-                              attention_resolutions=(), norm_num_groups=4, mid_attention=False)
-  # A random denoiser (untrained: the test checks the plumbing, not the defense), filled from
-  # numpy like attacks.testing's extractors: initializing through jax.random compiles the
-  # PRNG for every parameter shape, which costs tens of seconds on a CPU.
-  rng = np.random.default_rng(7)
-  params = {name: np.asarray(rng.normal(0.0, 0.05, s.shape), s.dtype)
-            for name, s in diffusion.param_shapes(unet).items()}
-  denoiser = diffusion.Denoiser(params=jax.tree.map(jax.numpy.asarray, params), unet=unet,
-                                schedule=diffusion.linear_schedule())
+  denoiser = tiny_random_denoiser()
   config = pb.BenchmarkConfig(
       attacks=("bullseye_polytope",), num_trials=2, sigmas=(0.0, 0.25), num_poisons=3,
       finetune_per_class=6, num_eval=40, victim=victim, craft_steps=3,
