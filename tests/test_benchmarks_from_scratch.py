@@ -98,13 +98,17 @@ def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
   assert "| Witches' Brew | white-box | ℓ∞ 16/255 | 2 |" in table
   assert "Sleeper Agent, patched source-class test images" in table
 
-  part = fs.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+  # Interrupted after one trial, then rerun: the same records as the uninterrupted run (where
+  # both trials trained together). Witches' Brew alone: which attacks run is not part of a
+  # run's identity, and Sleeper Agent's retraining would double the test's time.
+  brew_only = dataclasses.replace(config, attacks=("witches_brew",))
+  part = fs.run_benchmark(brew_only, dataset, tmp_path / "resumed", denoiser=denoiser,
                           stop_after=1, log=logs.append)
   assert len(part) == 1
-  resumed = fs.run_benchmark(config, dataset, tmp_path / "resumed", denoiser=denoiser,
+  resumed = fs.run_benchmark(brew_only, dataset, tmp_path / "resumed", denoiser=denoiser,
                              log=logs.append)
   strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
-  assert strip(resumed) == strip(full)
+  assert strip(resumed) == strip(full[:2])
   with pytest.raises(common.BenchmarkConfigError, match=r"settings\.sigmas"):
     fs.run_benchmark(dataclasses.replace(config, sigmas=(0.0, 0.5)), dataset,
                      tmp_path / "resumed", denoiser=denoiser)

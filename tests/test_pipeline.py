@@ -290,7 +290,12 @@ def test_sequential_and_vmap_concurrency_give_the_same_votes(loop):
   x_test = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
   unet = diffusion.UNetConfig(sample_size=32, block_out_channels=(8, 16), layers_per_block=1,
                               attention_resolutions=(16,), norm_num_groups=4)
-  denoiser = diffusion.create_denoiser(unet, diffusion.linear_schedule(), jax.random.key(0))
+  # Random weights from numpy: jax.random initialization compiles the PRNG for every parameter
+  # shape, tens of seconds on a CPU, and any weights serve this comparison.
+  params = {name: np.asarray(rng.normal(0.0, 0.05, s.shape), s.dtype)
+            for name, s in diffusion.param_shapes(unet).items()}
+  denoiser = diffusion.Denoiser(params=jax.tree.map(jax.numpy.asarray, params), unet=unet,
+                                schedule=diffusion.linear_schedule())
   trainer = classifier.tiny_config(epochs=2, batch_size=16, num_classes=10,
                                    image_shape=(32, 32, 3), whitening_images=64, loop=loop)
   mesh = pipeline.models_mesh()
