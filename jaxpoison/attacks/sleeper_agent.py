@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison._checks import check_images
-from jaxpoison.attacks import constraints, core, triggers
+from jaxpoison.attacks import core, triggers
 from jaxpoison.attacks.configs import AttackResult, SleeperAgentConfig
 # By name: the package exports the function `witches_brew`, which shadows the module there.
 from jaxpoison.attacks.witches_brew import (
@@ -44,8 +44,10 @@ from jaxpoison.attacks.witches_brew import (
     _over_members,
     as_gradient_models,
     initial_state,
+    map_poison_batches,
     matching_steps,
     parameter_gradient,
+    quantized_poisons,
     target_gradients,
 )
 
@@ -67,21 +69,15 @@ def _gradient_norms(surrogates, images, labels, batch_size: int):
     grad = parameter_gradient(member.apply_fn, member.params, x[None], y[None])
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grad)))
 
-  def norms(x, y):
+  def norms(batch):
+    _, x, y, _ = batch
     per_member = _over_members(
         _groups(surrogates),
         lambda m: jax.vmap(lambda xi, yi: per_image_norm(m, xi, yi))(x, y))
     return sum(per_member) / len(per_member)
 
-  num = images.shape[0]
-  num_batches = -(-num // batch_size)
-  pad = num_batches * batch_size - num
-  x = jnp.concatenate([core.to_unit_float(images),
-                       jnp.zeros((pad, *images.shape[1:]), jnp.float32)])
-  y = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)])
-  out = jax.lax.map(lambda b: norms(*b), (x.reshape(num_batches, batch_size, *x.shape[1:]),
-                                         y.reshape(num_batches, batch_size)))
-  return out.reshape(-1)[:num]
+  out = map_poison_batches(norms, core.to_unit_float(images), labels, batch_size)
+  return out.reshape(-1)[:images.shape[0]]
 
 
 def gradient_norms(surrogates, images, labels, *, batch_size: int = 64) -> jax.Array:
@@ -183,7 +179,7 @@ def sleeper_agent(key: jax.Array, surrogates, source_images, target_class: int, 
       histories.append(history)
       start = end
       if end < config.num_steps:
-        poisons = _quantized(state.delta, base_images, config)
+        poisons, _ = quantized_poisons(state.delta, base_images, config)
         models = as_gradient_models(
             retrain_fn(jax.random.fold_in(key, 1000 + restart * len(ends) + span), poisons))
         grads = source_gradients(models)
@@ -194,8 +190,3 @@ def sleeper_agent(key: jax.Array, surrogates, source_images, target_class: int, 
   result = _finish(delta, history, models, grads, base_images, labels, config)
   return SleeperAgentResult(result, positions, config.retrain_steps)
 
-
-def _quantized(delta, base_images, config):
-  bases = core.to_unit_float(base_images)
-  return constraints._quantize(jnp.clip(bases + delta, 0.0, 1.0), base_images, config.norm,
-                                  config.epsilon)

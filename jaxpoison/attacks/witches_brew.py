@@ -102,17 +102,23 @@ def parameter_gradient(apply_fn: Callable, params, images, labels, weights=None)
   return jax.grad(loss)(params)
 
 
+def _batched(x, batch_size):
+  """[P, ...] → [num_batches, batch_size, ...] zero-padded, and weights (0 marks padding)."""
+  num = x.shape[0]
+  num_batches = -(-num // batch_size)
+  pad = num_batches * batch_size - num
+  padded = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+  weights = jnp.concatenate([jnp.ones((num,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
+  return (padded.reshape(num_batches, batch_size, *x.shape[1:]),
+          weights.reshape(num_batches, batch_size))
+
+
 def mean_parameter_gradient(apply_fn: Callable, params, images, labels, batch_size: int):
   """The mean-cross-entropy parameter gradient over many images, `batch_size` at a time (equal
   to `parameter_gradient` on all of them at once, in bounded memory)."""
   num = images.shape[0]
-  batch_size = min(batch_size, num)
-  num_batches = -(-num // batch_size)
-  pad = num_batches * batch_size - num
-  weights = jnp.concatenate([jnp.ones((num,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-  padded = jnp.concatenate([images, jnp.zeros((pad, *images.shape[1:]), images.dtype)])
-  labels = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)])
-  shape = lambda a: a.reshape(num_batches, batch_size, *a.shape[1:])
+  x_batches, weights = _batched(images, min(batch_size, num))
+  y_batches, _ = _batched(labels, min(batch_size, num))
 
   def summed(total, batch):
     x, y, w = batch
@@ -120,7 +126,7 @@ def mean_parameter_gradient(apply_fn: Callable, params, images, labels, batch_si
     return jax.tree.map(lambda t, g: t + g * jnp.sum(w), total, grad), None
 
   zero = jax.tree.map(jnp.zeros_like, params)
-  total, _ = jax.lax.scan(summed, zero, (shape(padded), shape(labels), shape(weights)))
+  total, _ = jax.lax.scan(summed, zero, (x_batches, y_batches, weights))
   return jax.tree.map(lambda t: t / num, total)
 
 
@@ -266,24 +272,22 @@ def initial_state(key, bases, config: GradientMatchingConfig) -> MatchingState:
   return MatchingState(delta, optax.scale_by_adam().init(delta), jnp.zeros((), jnp.int32))
 
 
-def _batched(x, batch_size):
-  """[P, ...] → [num_batches, batch_size, ...] zero-padded, and weights (0 marks padding)."""
-  num = x.shape[0]
-  num_batches = -(-num // batch_size)
-  pad = num_batches * batch_size - num
-  padded = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-  weights = jnp.concatenate([jnp.ones((num,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-  return (padded.reshape(num_batches, batch_size, *x.shape[1:]),
-          weights.reshape(num_batches, batch_size))
+def map_poison_batches(batch_fn, poisons, labels, batch_size: int):
+  """`batch_fn((index, x, y, weights))` over the poisons in batches of `batch_size` (the last
+  zero-padded, weights 0 there), its outputs stacked over batches; a single batch runs without
+  a loop around the network (see `resolve_loop`)."""
+  x_batches, weights = _batched(poisons, min(batch_size, poisons.shape[0]))
+  y_batches, _ = _batched(labels, min(batch_size, poisons.shape[0]))
+  if x_batches.shape[0] == 1:
+    return jax.tree.map(lambda a: a[None], batch_fn((0, x_batches[0], y_batches[0], weights[0])))
+  indices = jnp.arange(x_batches.shape[0])
+  return jax.lax.map(batch_fn, (indices, x_batches, y_batches, weights))
 
 
 def _matching_loss(surrogates, target_grads, poisons, labels, key, config: GradientMatchingConfig):
   """Mean over poison batches of the ensemble-mean matching loss (a scalar), augmented with
   `key` (None: no augmentation)."""
   groups = _groups(surrogates)
-  batch_size = min(config.poison_batch_size, poisons.shape[0])
-  x_batches, weights = _batched(poisons, batch_size)
-  y_batches, _ = _batched(labels, batch_size)
   fill = jnp.asarray(config.input_mean, jnp.float32)
 
   def batch_loss(args):
@@ -294,10 +298,7 @@ def _matching_loss(surrogates, target_grads, poisons, labels, key, config: Gradi
     losses = _over_members(groups, lambda m: parameter_gradient(m.apply_fn, m.params, x, y, w))
     return sum(gradient_matching_loss(t, g) for t, g in zip(target_grads, losses)) / len(losses)
 
-  if x_batches.shape[0] == 1:  # No loop around the network (see `resolve_loop`).
-    return batch_loss((0, x_batches[0], y_batches[0], weights[0]))
-  indices = jnp.arange(x_batches.shape[0])
-  return jnp.mean(jax.lax.map(batch_loss, (indices, x_batches, y_batches, weights)))
+  return jnp.mean(map_poison_batches(batch_loss, poisons, labels, config.poison_batch_size))
 
 
 def _loss_and_input_gradient(member, target_grad, x, y, w):
@@ -323,10 +324,6 @@ def _loss_and_input_gradient(member, target_grad, x, y, w):
 def _matching_value_and_grad(surrogates, target_grads, poisons, labels, key, config):
   """`_matching_loss` (augmented with `key`) and its gradient with respect to the poisons."""
   groups = _groups(surrogates)
-  num = poisons.shape[0]
-  batch_size = min(config.poison_batch_size, num)
-  x_batches, weights = _batched(poisons, batch_size)
-  y_batches, _ = _batched(labels, batch_size)
   fill = jnp.asarray(config.input_mean, poisons.dtype)
 
   def batch(args):
@@ -343,13 +340,9 @@ def _matching_value_and_grad(surrogates, target_grads, poisons, labels, key, con
     grad = sum(r[1] for r in results) / len(results)
     return loss, augment_vjp(grad)[0]
 
-  if x_batches.shape[0] == 1:  # No loop around the network (see `resolve_loop`).
-    loss, grad = batch((0, x_batches[0], y_batches[0], weights[0]))
-    return loss, grad[:num]
-  indices = jnp.arange(x_batches.shape[0])
-  losses, grads = jax.lax.map(batch, (indices, x_batches, y_batches, weights))
+  losses, grads = map_poison_batches(batch, poisons, labels, config.poison_batch_size)
   # The loss is the batches' mean, so each batch's gradient carries 1 / num_batches.
-  grads = grads.reshape(-1, *poisons.shape[1:])[:num] / x_batches.shape[0]
+  grads = grads.reshape(-1, *poisons.shape[1:])[:poisons.shape[0]] / losses.shape[0]
   return jnp.mean(losses), grads
 
 
@@ -514,10 +507,16 @@ def _craft_with_restarts(key, surrogates, target_grads, base_images, labels, con
                             config), np.asarray(restart_losses, np.float32), best_index)
 
 
+def quantized_poisons(delta, base_images, config: GradientMatchingConfig):
+  """(uint8 poisons keeping the bound, the float poisons clip(bases + δ, 0, 1))."""
+  poisons_float = jnp.clip(core.to_unit_float(base_images) + delta, 0.0, 1.0)
+  return (constraints._quantize(poisons_float, base_images, config.norm, config.epsilon),
+          poisons_float)
+
+
 def _finish(delta, history, surrogates, target_grads, base_images, labels, config):
   bases = core.to_unit_float(base_images)
-  poisons_float = jnp.clip(bases + delta, 0.0, 1.0)
-  poisons = constraints._quantize(poisons_float, base_images, config.norm, config.epsilon)
+  poisons, poisons_float = quantized_poisons(delta, base_images, config)
   return AttackResult(
       poisons=poisons,
       poisons_float=poisons_float,
