@@ -578,13 +578,13 @@ def test_backdoors_end_to_end_score_the_triggered_target(tmp_path, e2e, monkeypa
   with pytest.raises(ValueError, match="ℓ∞ bound only"):
     dataclasses.replace(config, norm="l2", epsilon=3.0)
   scored = []
-  score = transfer._score
+  score = pb.common.score_victims
 
   def recording_score(models, targets, *rest):
     scored.append(np.asarray(targets))
     return score(models, targets, *rest)
 
-  monkeypatch.setattr(transfer, "_score", recording_score)
+  monkeypatch.setattr(pb.common, "score_victims", recording_score)
   logs = []
   records = pb.run_benchmark(config, dataset, tmp_path, log=logs.append)
   assert [r["attack"] for r in records] == ["label_consistent", "hidden_trigger"]

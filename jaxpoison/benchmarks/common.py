@@ -500,6 +500,32 @@ def poison_path(out_dir: str | Path, attack: str, trial: int) -> Path:
   return Path(out_dir) / "poisons" / attack / f"trial_{trial:03d}.npz"
 
 
+def check_poison_file(path: Path, poison_set: attacks.PoisonSet, attack: str,
+                      expected_config: dict, trial: attacks.Trial, *,
+                      check_bases: bool = True) -> None:
+  """Refuses a poison file that does not belong to this run's trial and attack config (a stale
+  file must not be silently reused); `check_bases=False` where the bases are chosen while
+  crafting (Sleeper Agent's selection) rather than by the trial."""
+  problems = []
+  if poison_set.attack != attack:
+    problems.append(f"attack {poison_set.attack!r}, expected {attack!r}")
+  if poison_set.config != expected_config:
+    problems.append(f"attack config {poison_set.config}, expected {expected_config}")
+  if poison_set.target_index != trial.target_index or (
+      check_bases and not np.array_equal(poison_set.indices, trial.base_indices)):
+    problems.append("target or base images differ from this run's trial")
+  if problems:
+    raise attacks.PoisonFileError(f"{path}: does not belong to this run: " + "; ".join(problems))
+
+
+@jax.jit
+def score_victims(models, targets, eval_images, eval_labels):
+  """(model m's prediction of target m [M], each model's accuracy on the eval images [M])."""
+  # predictions [M, M]: model m's prediction of every trial's target; its own is the diagonal.
+  predictions = jax.numpy.diagonal(classifier.predict(models, targets))
+  return predictions, classifier.evaluate(models, eval_images, eval_labels)
+
+
 def result_path(out_dir: str | Path, attack: str, trial: int) -> Path:
   return Path(out_dir) / "results" / attack / f"trial_{trial:03d}.json"
 

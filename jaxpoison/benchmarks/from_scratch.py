@@ -56,9 +56,9 @@ from jaxpoison.benchmarks.common import (CRAFT, DEFAULT_SIGMAS, FINETUNE, PRETRA
                                          eval_indices, load_results, poison_path,
                                          poisoned_images, trial_key, write_tables)
 from jaxpoison.benchmarks.common import integer as _integer
+from jaxpoison.benchmarks.transfer import NO_POISON, NoPoisonConfig
 
 ATTACK_NAMES = ("witches_brew", "sleeper_agent")
-NO_POISON = "no_poison"
 FORMAT_VERSION = 1
 _CONFIG_TYPES = {"witches_brew": attacks.WitchesBrewConfig,
                  "sleeper_agent": attacks.SleeperAgentConfig}
@@ -183,7 +183,6 @@ class FromScratchConfig:
   def attack_config(self, name: str):
     """The attack's config: its reference defaults with this run's bound and overrides."""
     if name == NO_POISON:
-      from jaxpoison.benchmarks.transfer import NoPoisonConfig
       return NoPoisonConfig(self.norm, self.epsilon)
     overrides = {"norm": self.norm, "epsilon": self.epsilon}
     for field, value in (("num_steps", self.craft_steps), ("restarts", self.restarts)):
@@ -316,15 +315,8 @@ def load_or_craft(out_dir: Path, config: FromScratchConfig, attack: str, dataset
     poison_set = attacks.load_poisons(path, dataset)
     trial = sample_scratch_trial(config, dataset, subset, index)
     expected = config.attack_config(attack).to_dict()
-    problems = []
-    if poison_set.attack != attack:
-      problems.append(f"attack {poison_set.attack!r}, expected {attack!r}")
-    if poison_set.config != expected:
-      problems.append(f"attack config {poison_set.config}, expected {expected}")
-    if poison_set.target_index != trial.target_index:
-      problems.append("the target differs from this run's trial")
-    if problems:
-      raise attacks.PoisonFileError(f"{path}: does not belong to this run: " + "; ".join(problems))
+    # Sleeper Agent's bases are chosen while crafting, so only the target is the trial's.
+    common.check_poison_file(path, poison_set, attack, expected, trial, check_bases=False)
     return poison_set
   poison_set = craft_trial(config, attack, dataset, subset, index, surrogates)
   attacks.save_poisons(path, poison_set)
@@ -332,12 +324,6 @@ def load_or_craft(out_dir: Path, config: FromScratchConfig, attack: str, dataset
 
 
 # --- victims ----------------------------------------------------------------------------------
-
-
-@jax.jit
-def _score(models, targets, eval_images, eval_labels):
-  predictions = jnp.diagonal(classifier.predict(models, targets))
-  return predictions, classifier.evaluate(models, eval_images, eval_labels)
 
 
 def _train(config, keys, images, labels, init=None):
@@ -389,8 +375,8 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     images = np.stack([_denoise(denoiser, tampered[i], sigma, denoise_key(keys[i], s),
                                 config.denoise_batch_size) for i in range(num)])[order]
     models = _train(remaining, train_keys, images, train_labels, init)
-    predictions, accuracy = (np.asarray(a) for a in _score(models, targets, eval_images,
-                                                           eval_labels))
+    predictions, accuracy = (np.asarray(a) for a in common.score_victims(
+        models, targets, eval_images, eval_labels))
     for i in range(num):
       out[i]["target_prediction"].append(int(predictions[i]))
       out[i]["clean_accuracy"].append(float(accuracy[i]))

@@ -434,17 +434,7 @@ def load_or_craft(out_dir, config: BenchmarkConfig, attack: str, dataset, split:
     trial = sample_benchmark_trial(
         config, dataset, split, index,
         _crafting_models(extractors).extractors if config.base_selection == "nearest" else None)
-    problems = []
-    if poison_set.attack != attack:
-      problems.append(f"attack {poison_set.attack!r}, expected {attack!r}")
-    if poison_set.config != expected:
-      problems.append(f"attack config {poison_set.config}, expected {expected}")
-    if (poison_set.target_index != trial.target_index
-        or not np.array_equal(poison_set.indices, trial.base_indices)):
-      problems.append("target or base images differ from this run's trial")
-    if problems:
-      raise attacks.PoisonFileError(f"{path}: does not belong to this run: "
-                                    + "; ".join(problems))
+    common.check_poison_file(path, poison_set, attack, expected, trial)
     return poison_set, False
   poison_set = craft_poisons(config, attack, dataset, split, index, extractors)
   attacks.save_poisons(path, poison_set)
@@ -473,13 +463,6 @@ def finetune_train_config(victim, finetune: FineTuneConfig):
 
 
 
-@jax.jit
-def _score(models, targets, eval_images, eval_labels):
-  # predictions [M, M]: model m's prediction of every trial's target; its own is the diagonal.
-  predictions = jnp.diagonal(classifier.predict(models, targets))
-  return predictions, classifier.evaluate(models, eval_images, eval_labels)
-
-
 def _finetune_and_score(train_config, keys, images, labels, init, targets, eval_images,
                         eval_labels):
   """Fine-tunes M victims (`train_models`: compiled once per shape, and on the CPU with the
@@ -488,7 +471,7 @@ def _finetune_and_score(train_config, keys, images, labels, init, targets, eval_
   # given per model, [M, N], like the images.
   labels = np.broadcast_to(labels, images.shape[:2])
   models = classifier.train_models(keys, images, labels, train_config, init=init)
-  return _score(models, targets, eval_images, eval_labels)
+  return common.score_victims(models, targets, eval_images, eval_labels)
 
 
 
