@@ -8,12 +8,15 @@ from typing import Any
 
 import jax
 
+from jaxpoison.attacks.configs import MATCHING_LR_DROP_DIVISORS
+
 MODELS = ("airbench94", "resnet18")
 TRAINABLE = ("all", "head")
 SCHEDULES = ("airbench", "cosine", "multistep")
 # The "multistep" schedule: ×0.1 from epoch E // d for each d, as the gradient-matching code's
-# MultiStepLR (forest/victims/optimization_strategy.py; 14, 24 and 35 for 40 epochs).
-MULTISTEP_DIVISORS = (2.667, 1.6, 1.142)
+# MultiStepLR (forest/victims/optimization_strategy.py; 14, 24 and 35 for 40 epochs); its
+# crafting loop drops the attack's rate at the same fractions of its steps.
+MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
 FLIPS = ("alternating", "random", "none")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LOOPS = ("auto", "scan", "host")
