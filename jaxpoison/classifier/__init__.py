@@ -43,6 +43,7 @@ from jaxpoison.classifier.train import (
     lr_factor,
     make_train_fn,
     make_train_parts,
+    privatize_gradients,
     total_steps,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "estimate_bytes", "evaluate", "feature_extractor", "features", "head_lr_scale_for",
     "load_models", "logits", "logits_extractor", "gradient_model",
     "lr_factor", "make_train_fn", "make_train_parts", "plan_models_per_step", "predict",
+    "privatize_gradients",
     "resnet18_config", "resolve_compute_dtype", "resolve_loop",
     "save_models", "select", "stack", "tiny_config", "total_steps", "train_models",
     "whitening_kernel",

@@ -18,6 +18,7 @@ SCHEDULES = ("airbench", "cosine", "multistep")
 # crafting loop drops the attack's rate at the same fractions of its steps.
 MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
 FLIPS = ("alternating", "random", "none")
+NORMS = ("batch", "group")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LOOPS = ("auto", "scan", "host")
 
@@ -93,6 +94,16 @@ class TrainConfig:
     adversarial_steps: PGD steps per training step (>= 1 when adversarial_epsilon > 0).
     adversarial_step_size: the step of each sign-gradient ascent, in [0, 1] pixel units.
     adversarial_random_start: start PGD from a uniform point of the ε-ball (Madry et al.).
+    norm: "batch" (batch norm) or "group": group norm with min(32, C) groups of the same
+      channels (scale and bias as the batch norm it replaces, epsilon 1e-5), the substitution
+      Opacus makes (`ModuleValidator.fix`) so that examples do not interact and per-example
+      gradients exist (DP-SGD).
+    dp_clip_norm: DP-SGD (Abadi et al. 2016): 0 (the default) is standard training; when > 0
+      every example's gradient is clipped to this global ℓ2 norm (`privatize_gradients`),
+      Gaussian noise of std dp_noise_multiplier · dp_clip_norm is added to their sum, and the
+      step uses that sum divided by the batch size (by 1 with `decoupled`, whose loss is a
+      sum). Needs norm="group" (or trainable="head", whose features run in inference mode).
+    dp_noise_multiplier: z, the noise's std in units of dp_clip_norm (>= 0).
   """
   model: str = "airbench94"
   widths: tuple[int, ...] = (64, 256, 256)
@@ -128,6 +139,9 @@ class TrainConfig:
   adversarial_steps: int = 7
   adversarial_step_size: float = 2 / 255
   adversarial_random_start: bool = True
+  norm: str = "batch"
+  dp_clip_norm: float = 0.0
+  dp_noise_multiplier: float = 0.0
 
   def __post_init__(self):
     checks = (
@@ -167,6 +181,15 @@ class TrainConfig:
         (self.adversarial_steps >= 1 or self.adversarial_epsilon == 0,
          f"adversarial_steps: expected >= 1 PGD steps when adversarial_epsilon > 0, got "
          f"{self.adversarial_steps}"),
+        (self.norm in NORMS, f"norm: expected one of {NORMS}, got {self.norm!r}"),
+        (self.dp_clip_norm >= 0,
+         f"dp_clip_norm: expected a clipping norm >= 0 (0 = no DP-SGD), got {self.dp_clip_norm}"),
+        (self.dp_noise_multiplier >= 0,
+         f"dp_noise_multiplier: expected >= 0, got {self.dp_noise_multiplier}"),
+        (self.dp_clip_norm == 0 or self.norm == "group" or self.trainable == "head",
+         "dp_clip_norm: DP-SGD needs per-example gradients, which batch norm in training mode "
+         "does not have (it mixes the batch's examples); set norm='group' (or train the head "
+         "alone, trainable='head')"),
         (self.adversarial_step_size > 0,
          f"adversarial_step_size: expected a positive step in [0, 1] pixel units, got "
          f"{self.adversarial_step_size}"),

@@ -64,6 +64,29 @@ class BatchNorm(nnx.BatchNorm):
     return super().__call__(x, use_running_average, **kwargs).astype(self.out_dtype)
 
 
+class GroupNorm(nnx.GroupNorm):
+  """nnx.GroupNorm in float32 whose output is cast to `out_dtype`; it takes (and ignores)
+  batch norm's `use_running_average`, so that either norm fits the same call sites."""
+
+  def __init__(self, num_features: int, *, out_dtype=jnp.float32, **kwargs):
+    super().__init__(num_features, num_groups=min(32, num_features), epsilon=1e-5,
+                     dtype=jnp.float32, **kwargs)
+    self.out_dtype = out_dtype
+
+  def __call__(self, x, use_running_average: bool | None = None, **kwargs):
+    del use_running_average  # no running statistics
+    return super().__call__(x, **kwargs).astype(self.out_dtype)
+
+
+def make_norm(config: TrainConfig, channels: int, out_dtype, rngs: nnx.Rngs, *,
+              use_scale: bool = True) -> nnx.Module:
+  """The config's normalization layer (`TrainConfig.norm`) over `channels` channels."""
+  if config.norm == "group":
+    return GroupNorm(channels, use_scale=use_scale, out_dtype=out_dtype, rngs=rngs)
+  return BatchNorm(channels, use_scale=use_scale, momentum=config.bn_momentum,
+                   epsilon=config.bn_epsilon, out_dtype=out_dtype, rngs=rngs)
+
+
 class ConvGroup(nnx.Module):
   """conv 3×3 → max-pool 2 → batch norm → GELU → conv 3×3 → batch norm → GELU."""
 
@@ -76,8 +99,7 @@ class ConvGroup(nnx.Module):
 
     def norm(c):
       # airbench freezes the batch-norm scale at 1 and trains only the bias.
-      return BatchNorm(c, use_scale=False, momentum=config.bn_momentum,
-                       epsilon=config.bn_epsilon, out_dtype=dtype, rngs=rngs)
+      return make_norm(config, c, dtype, rngs, use_scale=False)
 
     self.conv1 = conv(cin, cout)
     self.norm1 = norm(cout)
@@ -139,8 +161,7 @@ class BasicBlock(nnx.Module):
                       kernel_init=nnx.initializers.kaiming_normal())
 
     def norm(c):
-      return BatchNorm(c, momentum=config.bn_momentum, epsilon=config.bn_epsilon,
-                       out_dtype=dtype, rngs=rngs)
+      return make_norm(config, c, dtype, rngs)
 
     self.conv1 = conv(cin, cout, 3, stride)
     self.norm1 = norm(cout)
@@ -169,8 +190,7 @@ class ResNet18(nnx.Module):
     w = config.widths
     self.stem = nnx.Conv(self.channels, w[0], (3, 3), padding="SAME", use_bias=False, dtype=dtype,
                          kernel_init=nnx.initializers.kaiming_normal(), rngs=rngs)
-    self.stem_norm = BatchNorm(w[0], momentum=config.bn_momentum, epsilon=config.bn_epsilon,
-                               out_dtype=dtype, rngs=rngs)
+    self.stem_norm = make_norm(config, w[0], dtype, rngs)
     blocks, cin = [], w[0]
     for stage, cout in enumerate(w):
       for b in range(2):

@@ -29,7 +29,7 @@ from jaxpoison.classifier.models import Whitening, create_model, init_head, whit
 
 # fold_in tags of a model's key, one stream per use (new streams go at the end, so that the
 # others' draws stay as they were).
-_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV = range(6)
+_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV, _DP = range(7)
 _LOOKAHEAD_EVERY = 5
 TRACES: collections.Counter = collections.Counter()
 
@@ -144,6 +144,23 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
     images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
         padded, offsets)
   return images
+
+
+def privatize_gradients(per_example_grads, key, clip_norm, noise_multiplier):
+  """DP-SGD's gradient sum (Abadi et al. 2016): every example's gradient clipped to global ℓ2
+  norm `clip_norm` (each pytree of [B, ...] leaves is one example's), summed, plus Gaussian
+  noise of std noise_multiplier · clip_norm on every coordinate (drawn from `key`).
+
+  Returns (the noisy sum, shaped as one example's gradient, float32; how many of the B
+  examples were clipped). The clipping is optax's `per_example_global_norm_clip`.
+  """
+  leaves, treedef = jax.tree.flatten(per_example_grads)
+  leaves = [g.astype(jnp.float32) for g in leaves]
+  summed, num_clipped = optax.per_example_global_norm_clip(leaves, clip_norm)
+  keys = jax.random.split(key, len(summed))
+  std = noise_multiplier * clip_norm
+  noisy = [g + std * jax.random.normal(k, g.shape, jnp.float32) for g, k in zip(summed, keys)]
+  return jax.tree.unflatten(treedef, noisy), num_clipped
 
 
 class TrainParts(NamedTuple):
@@ -266,8 +283,27 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
       loss = losses.sum() if config.decoupled else losses.mean()
       return loss, new_r
 
-    def single_step(p, r, buf, x, y, factor, whiten_on):
-      grads, new_r = jax.grad(loss_fn, has_aux=True)(p, r, x, y)
+    def private_grads(p, r, x, y, key, step):
+      """DP-SGD: per-example gradients of the trained leaves, clipped, summed and noised."""
+      def example_loss(q, xi, yi):
+        return loss_fn(q, r, xi[None], yi[None])[0]
+
+      per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(p, x, y)
+      # Leaves that never train do not enter the clipping norm.
+      per_example = jax.tree.map(lambda t, g: g if t else jnp.zeros_like(g), trainable,
+                                 per_example)
+      key = jax.random.fold_in(jax.random.fold_in(key, _DP), step)
+      total, _ = privatize_gradients(per_example, key, config.dp_clip_norm,
+                                     config.dp_noise_multiplier)
+      scale = 1.0 if config.decoupled else 1.0 / x.shape[0]  # the loss's sum or mean
+      # Group norm (or the head on frozen features) keeps no batch statistics: r unchanged.
+      return jax.tree.map(lambda g: g * scale, total), r
+
+    def single_step(p, r, buf, x, y, factor, whiten_on, key, step):
+      if config.dp_clip_norm > 0:  # static: standard training's program is unchanged
+        grads, new_r = private_grads(p, r, x, y, key, step)
+      else:
+        grads, new_r = jax.grad(loss_fn, has_aux=True)(p, r, x, y)
 
       def update(train, scale, wb, w, g, b):
         if not train:
@@ -327,8 +363,8 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     if config.adversarial_epsilon > 0:  # static: standard training's program is unchanged
       x = jax.vmap(adversarial_batch, in_axes=(0, 0, 0, 0, 0, None))(p, r, keys, x, y, step)
     factor = lr_factor(config, step, num_steps)
-    p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None))(
-        p, r, buf, x, y, factor, step < whiten_steps)
+    p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None, 0, None))(
+        p, r, buf, x, y, factor, step < whiten_steps, keys, step)
     if config.lookahead:
       t = step + 1
       # decay ≤ 0.95⁵ for t ≤ T, so the clamp changes no value; it ends the product, so that

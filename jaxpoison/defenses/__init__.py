@@ -1,10 +1,32 @@
-"""Baseline defenses against poisoning. Each either filters the training set before training or
-plugs into the many-model trainer (`jaxpoison.classifier.TrainConfig`).
+"""Baseline defenses against poisoning (Hong et al. Tables 4 and 5). Each either filters the
+training set before training or plugs into the many-model trainer
+(`jaxpoison.classifier.TrainConfig`).
 
 * `adversarial_training`: Madry-style ℓ∞ PGD adversarial training (`adversarial_config`), the
   attack itself (`pgd_linf`) and the robust accuracy of trained models (`robust_accuracy`).
+* `deep_knn`: Deep k-NN filtering of the training set in feature space (`deep_knn_filter`,
+  `removal_report`: Table 4's true and false positives).
+* `dp_sgd`: DP-SGD (per-example clipping and Gaussian noise in the trainer, group norm in
+  place of batch norm; `dp_sgd_config`) and its privacy accounting (`privacy_spent`,
+  `noise_multiplier_for_epsilon`, with dp-accounting).
+* `dpa`: Deep Partition Aggregation over a hash partition (`train_partition_models`: one base
+  classifier per part, trained together) with plain DPA's and the run-off election's
+  certificates (`dpa_certify`, `roe_certify`).
 """
 
 from jaxpoison.defenses.adversarial_training import adversarial_config, pgd_linf, robust_accuracy
+from jaxpoison.defenses.deep_knn import (DeepKnnResult, deep_knn_filter, neighbour_label_counts,
+                                         removal_report)
+from jaxpoison.defenses.dp_sgd import dp_sgd_config, noise_multiplier_for_epsilon, privacy_spent
+from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet, dpa_certify,
+                                    hash_partition, partition_training_sets,
+                                    partitioned_certified_accuracy, roe_certify,
+                                    train_partition_models)
 
-__all__ = ["adversarial_config", "pgd_linf", "robust_accuracy"]
+__all__ = [
+    "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
+    "deep_knn_filter", "dp_sgd_config", "dpa_certify", "hash_partition",
+    "neighbour_label_counts", "noise_multiplier_for_epsilon", "partition_training_sets",
+    "partitioned_certified_accuracy", "pgd_linf", "privacy_spent", "removal_report",
+    "robust_accuracy", "roe_certify", "train_partition_models",
+]

@@ -1,0 +1,135 @@
+"""DP-SGD: clipping, noise scale, the trainer's private step, group norm, accounting."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxpoison import classifier
+from jaxpoison.classifier.train import model_graphdef
+from jaxpoison.defenses import dp_sgd
+
+
+def test_privatize_clips_each_example_and_sums():
+  # Orthogonal examples: each clipped contribution is readable in the sum.
+  grads = {"w": jnp.array([[3.0, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, -4.0, 0]]),
+           "b": jnp.array([[0.0], [0.0], [3.0]])}
+  total, clipped = classifier.privatize_gradients(grads, jax.random.key(0), 2.0, 0.0)
+  # Norms 3, 0.5, 5 → scaled by 2/3, 1, 2/5.
+  np.testing.assert_allclose(total["w"], [2.0, 0.5, -1.6, 0], rtol=1e-6)
+  np.testing.assert_allclose(total["b"], [1.2], rtol=1e-6)
+  assert int(clipped) == 2
+
+
+def test_privatize_noise_has_the_stated_std():
+  n = 200_000
+  grads = {"w": jnp.zeros((4, n))}
+  total, _ = classifier.privatize_gradients(grads, jax.random.key(1), 0.5, 3.0)
+  noise = np.asarray(total["w"])
+  # std 1.5; the sample std of n normals is within 4·(1.5/√(2n)) ≈ 0.0095 of it.
+  assert abs(noise.std() - 1.5) < 4 * 1.5 / np.sqrt(2 * n)
+  assert abs(noise.mean()) < 4 * 1.5 / np.sqrt(n)
+  again, _ = classifier.privatize_gradients(grads, jax.random.key(1), 0.5, 3.0)
+  np.testing.assert_array_equal(again["w"], total["w"])
+
+
+def _data(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 3, n)
+
+
+def _one_step_config(**changes):
+  # One plain SGD step on one batch (cosine factor 1 at step 0, no momentum, decay or
+  # label smoothing, the loss a mean): Δθ = −lr · g.
+  settings = dict(num_classes=3, epochs=1, batch_size=16, momentum=0.0, weight_decay=0.0,
+                  lr=0.5, norm="group", schedule="cosine", decoupled=False, lookahead=False,
+                  label_smoothing=0.0, whiten_bias_epochs=0, bias_scaler=1.0,
+                  whitening_images=16)
+  settings.update(changes)
+  return classifier.tiny_config(**settings)
+
+
+def _flat(params):
+  return np.concatenate([np.ravel(x) for x in jax.tree.leaves(params)])
+
+
+def _params(models):
+  return _flat(nnx.split_state(models.state, nnx.Param, ...)[0])
+
+
+def test_private_step_is_bounded_by_the_clip_and_noised_at_the_stated_scale():
+  images, labels = _data(16)
+  keys = jax.random.split(jax.random.key(0), 1)
+  config = _one_step_config(dp_clip_norm=0.01)
+  start = _flat(classifier.make_train_parts(config).start(keys, images, labels).params)
+  step = _params(classifier.train_models(keys, images, labels, config)) - start
+  # The mean of 16 clipped gradients has norm ≤ 0.01; the step is lr times it.
+  assert 0 < np.linalg.norm(step) <= 0.5 * 0.01 * (1 + 1e-5)
+  noisy = _params(classifier.train_models(
+      keys, images, labels, config.replace(dp_noise_multiplier=2.0))) - start
+  # The noise is drawn from its own key stream: the difference is the noise alone on the
+  # trained parameters (the whitening bias is frozen in this recipe), lr · z · C / B per
+  # coordinate: std 0.5 · 2 · 0.01 / 16.
+  noise = (noisy - step)[noisy != step]
+  expected = 0.5 * 2.0 * 0.01 / 16
+  assert noise.size > 1000
+  assert abs(noise.std() / expected - 1) < 4 / np.sqrt(2 * noise.size)
+
+
+def test_without_clipping_or_noise_dp_sgd_is_standard_training():
+  images, labels = _data(32)
+  keys = jax.random.split(jax.random.key(3), 1)
+  config = classifier.tiny_config(num_classes=3, epochs=1, batch_size=16,
+                                  whitening_images=16, norm="group", lookahead=False)
+  plain = classifier.train_models(keys, images, labels, config)
+  private = classifier.train_models(keys, images, labels,
+                                    config.replace(dp_clip_norm=1e9, dp_noise_multiplier=0.0))
+  # The sum of per-example gradients is the batch gradient, up to float32 summation order.
+  np.testing.assert_allclose(classifier.logits(private, images[:8]),
+                             classifier.logits(plain, images[:8]), atol=1e-5)
+
+
+def test_group_norm_examples_do_not_interact():
+  config = classifier.tiny_config(num_classes=3, norm="group")
+  model = nnx.merge(model_graphdef(config), nnx.state(classifier.create_model(
+      config, jax.random.key(0))))
+  x = jax.random.uniform(jax.random.key(1), (6, 32, 32, 3))
+  forward = jax.jit(lambda z: model(z, train=True))
+  together = forward(x)
+  alone = jax.vmap(lambda z: forward(z[None])[0])(x)
+  np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="per-example gradients.*norm='group'"):
+    classifier.tiny_config(dp_clip_norm=1.0)
+  with pytest.raises(ValueError, match="norm: expected one of"):
+    classifier.tiny_config(norm="layer")
+  with pytest.raises(ValueError, match="dp_noise_multiplier"):
+    classifier.tiny_config(norm="group", dp_clip_norm=1.0, dp_noise_multiplier=-1.0)
+  classifier.tiny_config(dp_clip_norm=1.0, trainable="head")  # frozen features: allowed
+  assert dp_sgd.dp_sgd_config(classifier.tiny_config()).norm == "group"
+
+
+def test_accounting():
+  import dp_accounting
+  config = dp_sgd.dp_sgd_config(classifier.tiny_config(epochs=10, batch_size=100), 1.0, 1.1)
+  eps = dp_sgd.privacy_spent(config, 10_000, 1e-5)
+  # The event: 10 epochs × 100 steps of the Gaussian mechanism at q = 0.01.
+  acc = dp_accounting.rdp.RdpAccountant()
+  acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+      0.01, dp_accounting.GaussianDpEvent(1.1)), 1000))
+  assert eps == pytest.approx(acc.get_epsilon(1e-5))
+  # PLD is the tighter accountant; more noise spends less.
+  assert dp_sgd.privacy_spent(config, 10_000, 1e-5, accountant="pld") <= eps
+  assert dp_sgd.privacy_spent(config.replace(dp_noise_multiplier=2.0), 10_000, 1e-5) < eps
+  assert dp_sgd.privacy_spent(config.replace(dp_noise_multiplier=0.0), 10_000, 1e-5) == np.inf
+  # The (ε = 1, δ = 0.05) reading: the calibrated z meets ε and 1% less noise does not.
+  z = dp_sgd.noise_multiplier_for_epsilon(1.0, 0.05, config, 10_000)
+  assert dp_sgd.privacy_spent(config.replace(dp_noise_multiplier=z), 10_000, 0.05) <= 1.0
+  assert dp_sgd.privacy_spent(config.replace(dp_noise_multiplier=0.99 * z), 10_000, 0.05) > 1.0
+  with pytest.raises(ValueError, match="not a DP-SGD config"):
+    dp_sgd.privacy_spent(classifier.tiny_config(), 100, 1e-5)
+  with pytest.raises(ValueError, match="delta"):
+    dp_sgd.privacy_spent(config, 10_000, 0.0)
