@@ -13,7 +13,8 @@ Public API, re-exported from the submodules:
   `label_consistent_backdoor`, `hidden_trigger_backdoor`, `sample_trial`, `PoisonSet`,
   `save_poisons`, `load_poisons`, `apply_poisons`.
 * defenses: the subpackage `defenses` (adversarial training, also the backdoor's surrogate; Deep
-  k-NN; DP-SGD and its accounting; DPA with the run-off election and their certificates).
+  k-NN; DP-SGD and its accounting; FrieNDs; DPA with the run-off election and their
+  certificates).
 * denoising: the subpackage `diffusion` (DDPM schedules, the Flax UNet, checkpoint conversion,
   training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
 * attack benchmarks (the paper's Table 1): the subpackage `benchmarks` (`common`: trial loop,

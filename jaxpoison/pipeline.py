@@ -719,6 +719,10 @@ class ChunkComputer:
       self._train_vote = shard(train_vote_local, (spec_models, spec_all, spec_all, spec_models))
     else:
       parts = classifier.make_train_parts(train_config)
+      if parts.switch is not None:
+        raise ValueError("train config: friendly noise (friendly_epoch >= 0) changes the "
+                         "training images mid-run, which the certification pipeline's step "
+                         "loop does not do; use friendly_epoch=-1")
       self.num_steps = classifier.total_steps(train_config, num_train)
 
       def select(denoised, indices, slot):

@@ -19,6 +19,7 @@ SCHEDULES = ("airbench", "cosine", "multistep")
 MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
 FLIPS = ("alternating", "random", "none")
 NORMS = ("batch", "group")
+NOISES = ("none", "bernoulli", "uniform", "gaussian")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LOOPS = ("auto", "scan", "host")
 
@@ -104,6 +105,20 @@ class TrainConfig:
       step uses that sum divided by the batch size (by 1 with `decoupled`, whose loss is a
       sum). Needs norm="group" (or trainable="head", whose features run in inference mode).
     dp_noise_multiplier: z, the noise's std in units of dp_clip_norm (>= 0).
+    noise, noise_scale: random noise added to every training batch after flip and
+      translation, fresh at every step, in [0, 1] pixel units and not clipped (FrieNDs'
+      Bernoulli noise, as its reference adds it): "none", "bernoulli" (±noise_scale, each
+      pixel a fair coin), "uniform" (U(±noise_scale)) or "gaussian" (std noise_scale).
+    friendly_epoch: FrieNDs' friendly noise (`classifier.friendly.friendly_perturbation`):
+      -1 (the default) for none; K >= 0: after K epochs each model computes friendly noise for
+      every training image with its current weights (inference mode), and trains the rest of
+      the run, with the same optimizer state and schedule, on its images plus that noise
+      (rounded to uint8). The reference computes it at epoch 0 by default and at 5 in its
+      README's example.
+    friendly_steps, friendly_lr, friendly_mu, friendly_clamp, friendly_init: the friendly
+      noise's optimization (30 steps, lr 100 per 128-image batch, μ = 1, |δ| ≤ 16/255, from
+      U(±8/255): the reference's defaults).
+    friendly_batch_size: images per friendly-noise pass (memory only: images are independent).
   """
   model: str = "airbench94"
   widths: tuple[int, ...] = (64, 256, 256)
@@ -142,6 +157,15 @@ class TrainConfig:
   norm: str = "batch"
   dp_clip_norm: float = 0.0
   dp_noise_multiplier: float = 0.0
+  noise: str = "none"
+  noise_scale: float = 0.0
+  friendly_epoch: int = -1
+  friendly_steps: int = 30
+  friendly_lr: float = 100.0
+  friendly_mu: float = 1.0
+  friendly_clamp: float = 16 / 255
+  friendly_init: float = 8 / 255
+  friendly_batch_size: int = 512
 
   def __post_init__(self):
     checks = (
@@ -190,6 +214,21 @@ class TrainConfig:
          "dp_clip_norm: DP-SGD needs per-example gradients, which batch norm in training mode "
          "does not have (it mixes the batch's examples); set norm='group' (or train the head "
          "alone, trainable='head')"),
+        (self.noise in NOISES, f"noise: expected one of {NOISES}, got {self.noise!r}"),
+        (0 <= self.noise_scale <= 1 and (self.noise == "none") == (self.noise_scale == 0),
+         f"noise_scale: expected a scale in (0, 1] pixel units with noise={self.noise!r} (0 "
+         f"with noise='none'), got {self.noise_scale}"),
+        (self.friendly_epoch >= -1 and (self.friendly_epoch < self.epochs
+                                        or self.friendly_epoch == -1),
+         f"friendly_epoch: expected -1 (no friendly noise) or an epoch in [0, epochs = "
+         f"{self.epochs}), got {self.friendly_epoch}"),
+        (self.friendly_steps >= 1 and self.friendly_lr > 0 and self.friendly_mu >= 0
+         and 0 < self.friendly_clamp <= 1 and 0 <= self.friendly_init <= 1
+         and self.friendly_batch_size >= 1,
+         f"friendly_*: expected steps >= 1, lr > 0, mu >= 0, clamp in (0, 1], init in [0, 1] "
+         f"and batch_size >= 1, got {self.friendly_steps}, {self.friendly_lr}, "
+         f"{self.friendly_mu}, {self.friendly_clamp}, {self.friendly_init}, "
+         f"{self.friendly_batch_size}"),
         (self.adversarial_step_size > 0,
          f"adversarial_step_size: expected a positive step in [0, 1] pixel units, got "
          f"{self.adversarial_step_size}"),

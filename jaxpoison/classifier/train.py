@@ -24,12 +24,13 @@ from flax import nnx, struct
 
 from jaxpoison._checks import check_images
 from jaxpoison.classifier.adversarial import pgd_linf
+from jaxpoison.classifier.friendly import friendly_perturbation
 from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
 from jaxpoison.classifier.models import Whitening, create_model, init_head, whitening_kernel
 
 # fold_in tags of a model's key, one stream per use (new streams go at the end, so that the
 # others' draws stay as they were).
-_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV, _DP = range(7)
+_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV, _DP, _NOISE, _FRIENDLY = range(9)
 _LOOKAHEAD_EVERY = 5
 TRACES: collections.Counter = collections.Counter()
 
@@ -163,6 +164,16 @@ def privatize_gradients(per_example_grads, key, clip_norm, noise_multiplier):
   return jax.tree.unflatten(treedef, noisy), num_clipped
 
 
+def _train_noise(config: TrainConfig, key, shape) -> jax.Array:
+  """One model's batch of `TrainConfig.noise` (float32, [0, 1] pixel units)."""
+  scale = config.noise_scale
+  if config.noise == "bernoulli":
+    return scale * (2.0 * jax.random.bernoulli(key, 0.5, shape).astype(jnp.float32) - 1.0)
+  if config.noise == "uniform":
+    return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
+  return scale * jax.random.normal(key, shape, jnp.float32)
+
+
 class TrainParts(NamedTuple):
   """The training loop in pieces, for callers that run the steps themselves.
 
@@ -171,10 +182,16 @@ class TrainParts(NamedTuple):
   TrainedModels. All traceable; `make_train_fn` is start, a `lax.scan` of body, finish. The
   carry (a TrainCarry) is a pytree whose every leaf has the models on axis 0; body has no
   data-dependent control flow (no conditional inside the loop).
+
+  With friendly noise (config.friendly_epoch >= 0) the images change once, before step
+  switch_step(num_train): images = switch(carry, keys, images) (per model, [M, N, H, W, C]);
+  callers running the steps themselves must do the same (None: no switch).
   """
   start: Callable
   body: Callable
   finish: Callable
+  switch: Callable | None = None
+  switch_step: Callable | None = None
 
 
 class TrainCarry(NamedTuple):
@@ -360,6 +377,10 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     y = gather(labels, idx, labels.ndim == 1)
     x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
         keys, x, idx)
+    if config.noise != "none":  # static
+      noise = jax.vmap(lambda k: _train_noise(
+          config, jax.random.fold_in(jax.random.fold_in(k, _NOISE), step), x.shape[1:]))(keys)
+      x = x.astype(jnp.float32) / 255.0 + noise
     if config.adversarial_epsilon > 0:  # static: standard training's program is unchanged
       x = jax.vmap(adversarial_batch, in_axes=(0, 0, 0, 0, 0, None))(p, r, keys, x, y, step)
     factor = lr_factor(config, step, num_steps)
@@ -388,7 +409,40 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
       params, rest = carry.ema  # airbench returns the lookahead EMA.
     return TrainedModels(graphdef, nnx.merge_state(params, rest), config)
 
-  return TrainParts(start, body, finish)
+  if config.friendly_epoch < 0:
+    return TrainParts(start, body, finish)
+
+  def switch_step(num_train: int) -> int:
+    return min(config.friendly_epoch * steps_per_epoch(config, num_train),
+               total_steps(config, num_train))
+
+  def switch(carry, keys, images):
+    """Each model's images plus its friendly noise (current weights), uint8 [M, N, H, W, C]."""
+    num_train = images.shape[-4]
+    chunk = min(config.friendly_batch_size, num_train)
+    num_chunks = -(-num_train // chunk)
+
+    def one_model(p, r, key, model_images):
+      model = nnx.merge(graphdef, p, r, copy=True)
+      logits_fn = lambda z: model(z, train=False)
+      padded = jnp.pad(model_images, ((0, num_chunks * chunk - num_train),) + ((0, 0),) * 3)
+
+      def one_chunk(i):
+        x = jax.lax.dynamic_slice_in_dim(padded, i * chunk, chunk).astype(jnp.float32) / 255.0
+        delta = friendly_perturbation(
+            logits_fn, x, jax.random.fold_in(jax.random.fold_in(key, _FRIENDLY), i),
+            steps=config.friendly_steps, lr=config.friendly_lr, mu=config.friendly_mu,
+            clamp=config.friendly_clamp, init=config.friendly_init)
+        return jnp.round(jnp.clip(x + delta, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+      out = jax.lax.map(one_chunk, jnp.arange(num_chunks))
+      return out.reshape(num_chunks * chunk, *images.shape[-3:])[:num_train]
+
+    in_images = None if images.ndim == 4 else 0
+    return jax.vmap(one_model, in_axes=(0, 0, 0, in_images))(carry.params, carry.rest, keys,
+                                                            images)
+
+  return TrainParts(start, body, finish, switch, switch_step)
 
 
 def make_train_fn(config: TrainConfig):
@@ -411,10 +465,19 @@ def make_train_fn(config: TrainConfig):
   def train_fn(keys, images, labels, init: TrainedModels | None = None):
     carry = parts.start(keys, images, labels, init)
     num_steps = total_steps(config, images.shape[-4])
-    if num_steps > 0:
+    begin = num_steps if parts.switch is None else parts.switch_step(images.shape[-4])
+
+    def run(carry, first, last, images):
+      if last <= first:
+        return carry
       carry, _ = jax.lax.scan(
           lambda c, step: (parts.body(c, step, keys, images, labels), None), carry,
-          jnp.arange(num_steps, dtype=jnp.int32))
+          jnp.arange(first, last, dtype=jnp.int32))
+      return carry
+
+    carry = run(carry, 0, begin, images)
+    if parts.switch is not None:
+      carry = run(carry, begin, num_steps, parts.switch(carry, keys, images))
     return parts.finish(carry, num_steps)
 
   return train_fn

@@ -9,6 +9,8 @@ training set before training or plugs into the many-model trainer
 * `dp_sgd`: DP-SGD (per-example clipping and Gaussian noise in the trainer, group norm in
   place of batch norm; `dp_sgd_config`) and its privacy accounting (`privacy_spent`,
   `noise_multiplier_for_epsilon`, with dp-accounting).
+* `friends`: FrieNDs (friendly noise computed mid-run by the trainer, then random noise on
+  every batch; `friends_config`, `friendly_noise`).
 * `dpa`: Deep Partition Aggregation over a hash partition (`train_partition_models`: one base
   classifier per part, trained together) with plain DPA's and the run-off election's
   certificates (`dpa_certify`, `roe_certify`).
@@ -18,6 +20,7 @@ from jaxpoison.defenses.adversarial_training import adversarial_config, pgd_linf
 from jaxpoison.defenses.deep_knn import (DeepKnnResult, deep_knn_filter, neighbour_label_counts,
                                          removal_report)
 from jaxpoison.defenses.dp_sgd import dp_sgd_config, noise_multiplier_for_epsilon, privacy_spent
+from jaxpoison.defenses.friends import friendly_noise, friends_config
 from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet, dpa_certify,
                                     hash_partition, partition_training_sets,
                                     partitioned_certified_accuracy, roe_certify,
@@ -25,7 +28,8 @@ from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet
 
 __all__ = [
     "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
-    "deep_knn_filter", "dp_sgd_config", "dpa_certify", "hash_partition",
+    "deep_knn_filter", "dp_sgd_config", "dpa_certify", "friendly_noise", "friends_config",
+    "hash_partition",
     "neighbour_label_counts", "noise_multiplier_for_epsilon", "partition_training_sets",
     "partitioned_certified_accuracy", "pgd_linf", "privacy_spent", "removal_report",
     "robust_accuracy", "roe_certify", "train_partition_models",
