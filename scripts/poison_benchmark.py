@@ -12,6 +12,8 @@ backdoors; jaxpoison.benchmarks.transfer), a FromScratchConfig trains victims fr
     python scripts/poison_benchmark.py --data /tmp/cifar10.npz --out runs/table1
     python scripts/poison_benchmark.py --config configs/poison_benchmark_from_scratch.py \
         --data /tmp/cifar10.npz --out runs/table2
+    python scripts/poison_benchmark.py --config configs/poison_benchmark_from_scratch.py \
+        --data /tmp/cifar10.npz --out runs/table2 --sigmas 0 --defense deep_knn
     python scripts/poison_benchmark.py --out runs/table1 --table_only
     python scripts/poison_benchmark.py --tables_from runs/t1_wb_l2,runs/t1_backdoors
 """
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 
 from jaxpoison import cli
+from jaxpoison.defenses.config import DEFENSES as DEFENSE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,13 +94,23 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="Table 3: train this many epochs on the tampered set first")
   scratch.add_argument("--victim_init",
                        help="Table 3 out-of-domain: start every victim from this checkpoint")
+  scratch.add_argument("--defense", choices=DEFENSE_NAMES,
+                       help="Tables 4 and 5: train the victims under this baseline defense, on "
+                            "the run's poisons (results beside the undefended ones)")
+  scratch.add_argument("--knn_k", type=int, help="Deep k-NN's neighbours (default 500)")
+  scratch.add_argument("--dpa_partitions", type=int, help="DPA's partitions (default 250)")
+  scratch.add_argument("--dp_clip_norm", type=float, help="DP-SGD's clip (default 1.0)")
+  scratch.add_argument("--dp_noise_multiplier", type=float,
+                       help="DP-SGD's noise multiplier (default 0.05)")
   return p.parse_args(argv)
 
 
 TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "finetune_mode",
                  "augment", "pretrained", "craft_pretrained", "finetune_epochs")
 SCRATCH_ONLY = ("train_per_class", "num_surrogates", "restarts", "warm_start_epochs",
-                "victim_init")
+                "victim_init", "defense", "knn_k", "dpa_partitions", "dp_clip_norm",
+                "dp_noise_multiplier")
+DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier")
 
 
 def _from_scratch(args, config):
@@ -124,6 +137,12 @@ def _from_scratch(args, config):
       changes["surrogate"] = dataclasses.replace(base, **widths)
     elif args.craft_widths is not None:
       raise ValueError("--craft_widths: give --craft_model too")
+    defense_changes = {name: getattr(args, name) for name in DEFENSE_FLAGS
+                       if getattr(args, name) is not None}
+    if args.defense is not None or defense_changes:
+      changes["defense"] = dataclasses.replace(
+          config.defense, **({} if args.defense is None else {"name": args.defense}),
+          **defense_changes)
     config = dataclasses.replace(config, **changes)
   import jaxpoison as jp
   dataset = jp.load_cifar10(args.data)

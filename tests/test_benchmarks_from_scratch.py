@@ -114,6 +114,43 @@ def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
                      tmp_path / "resumed", denoiser=denoiser)
 
 
+def test_defenses_share_the_runs_poisons(tmp_path, scratch):
+  # Tables 4 and 5: each defense's trials sit beside the undefended ones, on the same poisons.
+  from jaxpoison import defenses
+  dataset, config, denoiser = scratch
+  base = dataclasses.replace(config, attacks=("witches_brew",), num_trials=1, sigmas=(0.0,),
+                             trials_per_step=1)
+  out = tmp_path / "run"
+  fs.run_benchmark(base, dataset, out, denoiser=denoiser, log=lambda _: None)
+  poison_file = out / "poisons" / "witches_brew" / "trial_000.npz"
+  crafted = poison_file.stat().st_mtime_ns
+  # The training-time defenses only change the victim's recipe (DefenseConfig.training_config,
+  # tested in test_defenses_config.py): the two with their own paths run here.
+  settings = {"deep_knn": dict(knn_k=5), "dpa_roe": dict(dpa_partitions=3)}
+  for name, changes in settings.items():
+    defended = dataclasses.replace(base, defense=defenses.DefenseConfig(name, **changes))
+    records = fs.run_benchmark(defended, dataset, out, denoiser=denoiser, log=lambda _: None)
+    record = [r for r in records if r.get("defense_settings", {}).get("name") == name][0]
+    assert record["defense"] == defended.defense.label()
+    assert (out / "results" / f"witches_brew+{name}" / "trial_000.json").is_file()
+    if name == "deep_knn":
+      (details,) = record["defense_details"]
+      assert details["poisons"] == 4 and details["removed"] + details["kept"] == 200
+      assert 0 <= details["true_positives"] <= 4
+    if name == "dpa_roe":
+      (details,) = record["defense_details"]
+      assert 0 <= details["certified_poisons"] <= 1  # k = 3 base classifiers: at most ⌊3/2⌋
+  assert poison_file.stat().st_mtime_ns == crafted  # crafted once, reused by every defense
+  table = (out / "table.md").read_text()
+  assert "| defense |" in table and "Deep k-NN (k = 5)" in table and "DPA + ROE (k = 3)" in table
+  assert "| Witches' Brew | white-box | ℓ∞ 16/255 | none | 1 |" in table
+  assert "removed" in table and "target certified against" in table
+  with pytest.raises(ValueError, match="other|defense settings"):
+    fs.run_benchmark(dataclasses.replace(base, defense=defenses.DefenseConfig("deep_knn",
+                                                                              knn_k=7)),
+                     dataset, out, denoiser=denoiser, log=lambda _: None)
+
+
 def test_sleeper_agent_selects_the_largest_gradients(scratch, tmp_path):
   dataset, config, _ = scratch
   subset = fs.training_subset(dataset.y_train, None)
@@ -164,6 +201,7 @@ def _script_main():
     ("configs/poison_benchmark_from_scratch.py", ["--finetune_mode", "linear_probe"]),
     ("configs/poison_benchmark_from_scratch.py", ["--craft_only"]),
     ("configs/poison_benchmark.py", ["--warm_start_epochs", "3"]),
+    ("configs/poison_benchmark.py", ["--defense", "deep_knn"]),
 ])
 def test_script_refuses_flags_of_the_other_setting(config, flag, capsys):
   from pathlib import Path
@@ -205,3 +243,14 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
   assert got.budget == 0.02 and got.num_poisons is None
   assert seen["kwargs"]["victim_init"] == "ckpt"
   assert "| table |" in capsys.readouterr().out
+  assert not got.defense.active
+  with pytest.raises(SystemExit):
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--defense", "deep_knn", "--knn_k", "7"])
+  assert seen["config"].defense.settings() == {"name": "deep_knn", "knn_k": 7,
+                                               "knn_rule": "plurality"}
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--defense", "dpa_roe",
+                             "--dpa_partitions", "0"])
+  assert info.value.code == 2 and "dpa_partitions" in capsys.readouterr().err

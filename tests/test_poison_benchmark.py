@@ -108,7 +108,7 @@ def test_success_interval_matches_beta_quantiles():
 
 def test_render_table_csv_on_hand_made_results():
   rows = list(csv.reader(io.StringIO(pb.render_table(HAND_MADE, format="csv"))))
-  assert rows[0] == ["attack", "scenario", "bound", "finetune", "trials",
+  assert rows[0] == ["attack", "scenario", "bound", "finetune", "defense", "trials",
                      "success % σ=0", "success low % σ=0", "success high % σ=0",
                      "clean accuracy % σ=0", "success % σ=0.1", "success low % σ=0.1",
                      "success high % σ=0.1", "clean accuracy % σ=0.1"]
@@ -117,7 +117,7 @@ def test_render_table_csv_on_hand_made_results():
     low, high = _clopper_pearson(k, n)
     return [f"{100 * k / n:.1f}", f"{100 * low:.1f}", f"{100 * high:.1f}", accuracy]
 
-  head = ["ℓ∞ 16/255", "linear_probe, augment none"]
+  head = ["ℓ∞ 16/255", "linear_probe, augment none", "none"]
   assert rows[1] == ["poison_frogs", "white-box", *head, "2", *cell(1, 2, "93.0"),
                      *cell(0, 2, "92.0")]
   assert rows[2] == ["bullseye_polytope", "white-box", *head, "2", *cell(2, 2, "85.0"),

@@ -241,13 +241,16 @@ DEFAULT_BOUND = "ℓ∞ 16/255"  # Records written before the bound was recorded
 DEFAULT_FINETUNE = "linear_probe, augment none"
 
 
+NO_DEFENSE = "none"
+
+
 def _row_key(record) -> tuple:
   """Rows white-box first, then by attack (the paper's order), bound and fine-tuning."""
   attack = record["attack"]
   order = ROW_ORDER.index(attack) if attack in ROW_ORDER else len(ROW_ORDER)
   scenario = record.get("scenario", "white-box")
   return (scenario != "white-box", scenario, order, attack, record.get("bound", DEFAULT_BOUND),
-          record.get("finetune", DEFAULT_FINETUNE))
+          record.get("finetune", DEFAULT_FINETUNE), record.get("defense", NO_DEFENSE))
 
 
 def success_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -260,16 +263,16 @@ def success_interval(successes: int, trials: int, confidence: float = 0.95) -> t
 
 
 def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
-  """Mean attack success and clean accuracy per row (attack, scenario, bound, fine-tuning)
-  and σ.
+  """Mean attack success and clean accuracy per row (attack, scenario, bound, fine-tuning,
+  defense) and σ.
 
   Args:
     results: trial records (as written to results/<attack>/trial_XXX.json), each with
       `attack`, `scenario`, `sigmas` [S], `success` [S] (bool) and `clean_accuracy` [S], and
-      optionally `bound` and `finetune`.
+      optionally `bound`, `finetune` and `defense` (a baseline defense's label).
 
   Returns:
-    One dict per row: attack, scenario, bound, finetune, trials, and `cells`, a dict σ ->
+    One dict per row: attack, scenario, bound, finetune, defense, trials, and `cells`, a dict σ ->
     (success rate, mean clean accuracy, trials at that σ, (low, high) the 95% Clopper–Pearson
     interval of the success rate), fractions in [0, 1].
   """
@@ -293,7 +296,7 @@ def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
       cells[sigma] = (float(np.mean(hits)), float(np.mean([a for _, a in values])), len(values),
                       success_interval(int(sum(hits)), len(hits)))
     summary.append({"attack": key[3], "scenario": key[1], "bound": key[4], "finetune": key[5],
-                    "trials": counts[key], "cells": cells})
+                    "defense": key[6], "trials": counts[key], "cells": cells})
   return summary
 
 
@@ -301,13 +304,14 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
   """The paper's Table 1 layout: a row per attack, scenario and bound, a column per σ.
 
   Each cell is "success% [95% interval] (clean accuracy%)" over the row's trials; "—" where no
-  trial has that σ. A fine-tuning column appears when the records mix fine-tuning recipes.
+  trial has that σ. A fine-tuning column appears when the records mix fine-tuning recipes, a
+  defense column when any record ran under a baseline defense (Hong et al. Tables 4 and 5).
   Pure: depends only on `results` (trial records, see `summarize`).
 
   Args:
     results: trial records.
     format: "markdown" (a GitHub table) or "csv" (columns attack, scenario, bound, finetune,
-      trials, then per σ "success % σ=…", its interval's ends and "clean accuracy % σ=…",
+      defense, trials, then per σ "success % σ=…", its interval's ends and "clean accuracy % σ=…",
       numbers with one decimal).
   """
   if format not in ("markdown", "csv"):
@@ -317,7 +321,7 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
   if format == "csv":
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["attack", "scenario", "bound", "finetune", "trials"]
+    writer.writerow(["attack", "scenario", "bound", "finetune", "defense", "trials"]
                     + [f"{name} σ={sigma:g}" for sigma in sigmas
                        for name in ("success %", "success low %", "success high %",
                                     "clean accuracy %")])
@@ -328,12 +332,15 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
         values += (["", "", "", ""] if cell is None else
                    [f"{100 * v:.1f}" for v in (cell[0], cell[3][0], cell[3][1], cell[1])])
       writer.writerow([row["attack"], row["scenario"], row["bound"], row["finetune"],
-                       row["trials"]] + values)
+                       row["defense"], row["trials"]] + values)
     return buffer.getvalue()
   mixed = len({row["finetune"] for row in summary}) > 1
-  lines = ["| attack | scenario | bound | " + ("fine-tuning | " if mixed else "") + "trials | "
+  defended = any(row["defense"] != NO_DEFENSE for row in summary)
+  lines = ["| attack | scenario | bound | " + ("fine-tuning | " if mixed else "")
+           + ("defense | " if defended else "") + "trials | "
            + " | ".join(map(_sigma_label, sigmas)) + " |",
-           "|---|---|---|" + ("---|" if mixed else "") + "---:|" + "---:|" * len(sigmas)]
+           "|---|---|---|" + ("---|" if mixed else "") + ("---|" if defended else "") + "---:|"
+           + "---:|" * len(sigmas)]
   for row in summary:
     cells = []
     for sigma in sigmas:
@@ -343,7 +350,8 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
                    f"({100 * cell[1]:.1f}%)")
     title = ATTACK_TITLES.get(row["attack"], row["attack"])
     lines.append(f"| {title} | {row['scenario']} | {row['bound']} | "
-                 + (f"{row['finetune']} | " if mixed else "") + f"{row['trials']} | "
+                 + (f"{row['finetune']} | " if mixed else "")
+                 + (f"{row['defense']} | " if defended else "") + f"{row['trials']} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison import attacks, classifier, io
+from jaxpoison import attacks, classifier, defenses, io, runs
 from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.configs import L2_EPSILON, LINF_EPSILON
@@ -89,6 +89,8 @@ class FromScratchConfig:
       and 8 for Witches' Brew, 250 and 1 for Sleeper Agent).
     retrain_every: Sleeper Agent's surrogate retraining interval (None: 50; 0: never).
     warm_start_epochs: Table 3's in-domain warm start (0: off), see the module docstring.
+    defense: a `defenses.DefenseConfig` (None: no defense besides the σ grid), see "Defenses"
+      in the module docstring.
     trials_per_step: victims trained at once (speed and memory only).
     denoise_batch_size: images per denoiser call (speed and memory only).
   """
@@ -110,6 +112,7 @@ class FromScratchConfig:
   restarts: int | None = None
   retrain_every: int | None = None
   warm_start_epochs: int = 0
+  defense: Any = None
   trials_per_step: int = 1
   denoise_batch_size: int = 256
 
@@ -160,6 +163,14 @@ class FromScratchConfig:
     if self.warm_start_epochs and self.warm_start_epochs >= self.victim_config.epochs:
       raise ValueError(f"warm_start_epochs: {self.warm_start_epochs} leaves no epoch of the "
                        f"victim's {self.victim_config.epochs} for the denoised data")
+    if self.defense is None:
+      _store(self, "defense", defenses.DefenseConfig())
+    if not isinstance(self.defense, defenses.DefenseConfig):
+      raise TypeError(f"defense: expected a jaxpoison.defenses.DefenseConfig or None, got "
+                      f"{type(self.defense).__name__}")
+    if self.defense.active and self.warm_start_epochs:
+      raise ValueError(f"defense: {self.defense.name} with a warm start is not a setting of the "
+                       "paper's; run them separately")
     _store(self, "trials_per_step", _integer("trials_per_step", self.trials_per_step))
     _store(self, "denoise_batch_size", _integer("denoise_batch_size", self.denoise_batch_size))
 
@@ -179,6 +190,11 @@ class FromScratchConfig:
     if self.num_poisons is not None:
       return self.num_poisons
     return max(1, int(round(self.budget * train_size)))
+
+  def unit(self, attack: str) -> str:
+    """The results folder of `attack` under this run's defense: the attack's name, or
+    "<attack>+<defense>" (the poisons are the attack's either way)."""
+    return attack if not self.defense.active else f"{attack}+{self.defense.name}"
 
   def attack_config(self, name: str):
     """The attack's config: its reference defaults with this run's bound and overrides."""
@@ -331,14 +347,58 @@ def _train(config, keys, images, labels, init=None):
   return classifier.train_models(keys, images, labels, config, init=init)
 
 
+def _source_success(predictions, base_class) -> float:
+  return float((np.asarray(predictions) == base_class).mean())
+
+
+def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels, positions,
+                    target, sources, base_class, eval_images, eval_labels) -> dict:
+  """One trial's victim under a filtering defense (Deep k-NN) or DPA + ROE, scored: the
+  target's prediction, clean accuracy, source success (Sleeper Agent) and the defense's own
+  numbers (`details`)."""
+  queries = np.concatenate([target[None], eval_images] + ([sources] if sources is not None
+                                                          else []))
+  num_eval = eval_images.shape[0]
+  if defense.name == "deep_knn":
+    # The feature extractor: a network of the victim's recipe trained on the tampered set.
+    extractor = _train(victim, jax.random.fold_in(key, 1)[None], images[None], labels)
+    features = classifier.features(extractor, images)[0]
+    result = defenses.deep_knn_filter(features, labels, defense.knn_k, rule=defense.knn_rule,
+                                      num_classes=victim.num_classes)
+    kept = np.flatnonzero(result.keep)
+    model = _train(victim, key[None], images[kept][None], labels[kept])
+    predictions = np.asarray(classifier.predict(model, queries))[0]
+    details = defenses.removal_report(result, positions)
+  else:  # dpa_roe
+    models, parts = defenses.train_partition_models(key, images, labels,
+                                                    defense.dpa_partitions, victim)
+    scores = np.asarray(classifier.logits(models, queries))
+    roe, plain = defenses.roe_certify(scores), defenses.dpa_certify(scores)
+    predictions = roe.prediction
+    details = {"certified_poisons": int(roe.radius[0]),
+               "dpa_target_prediction": int(plain.prediction[0]),
+               "dpa_certified_poisons": int(plain.radius[0]),
+               "dpa_clean_accuracy": float((plain.prediction[1:1 + num_eval]
+                                            == eval_labels).mean()),
+               "partition_sizes": [int(parts.sizes.min()), int(parts.sizes.max())]}
+  out = {"target_prediction": int(predictions[0]),
+         "clean_accuracy": float((predictions[1:1 + num_eval] == eval_labels).mean()),
+         "details": details}
+  if sources is not None:
+    out["source_success"] = _source_success(predictions[1 + num_eval:], base_class)
+  return out
+
+
 def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.PoisonSet],
                     trials: Sequence[int], *, dataset, subset: np.ndarray, denoiser,
                     victim_init: classifier.TrainedModels | None = None,
                     pad_to: int | None = None) -> list[dict[str, list]]:
   """Trains one victim per trial and σ from scratch (or from `victim_init`, or warm-started on
-  the tampered set) and scores it; per trial: target_prediction, clean_accuracy and, for
-  Sleeper Agent, source_success, one entry per σ."""
-  victim = config.victim_config
+  the tampered set) under the config's defense, and scores it; per trial: target_prediction,
+  clean_accuracy, for Sleeper Agent source_success, and with Deep k-NN or DPA + ROE the
+  defense's numbers (defense_details), one entry per σ."""
+  defense = config.defense
+  victim = defense.training_config(config.victim_config)
   num = len(poison_sets)
   width = max(num, pad_to or num)
   order = list(range(num)) + [num - 1] * (width - num)
@@ -369,11 +429,26 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     init = _train(first, train_keys, np.stack(tampered)[order], train_labels, victim_init)
     remaining = victim.replace(epochs=victim.epochs - config.warm_start_epochs, reinit_head=False)
     train_keys = jnp.stack([jax.random.fold_in(k, 1) for k in train_keys])
-  out = [{"target_prediction": [], "clean_accuracy": [], "source_success": []}
-         for _ in range(num)]
+  out = [{"target_prediction": [], "clean_accuracy": [], "source_success": [],
+          "defense_details": []} for _ in range(num)]
   for s, sigma in enumerate(config.sigmas):
-    images = np.stack([_denoise(denoiser, tampered[i], sigma, denoise_key(keys[i], s),
-                                config.denoise_batch_size) for i in range(num)])[order]
+    denoised = [_denoise(denoiser, tampered[i], sigma, denoise_key(keys[i], s),
+                         config.denoise_batch_size) for i in range(num)]
+    if defense.name in ("deep_knn", "dpa_roe"):
+      # Per trial: the filtered sets differ in size, and DPA trains k models per trial.
+      for i in range(num):
+        positions = np.searchsorted(subset, poison_sets[i].indices)
+        score = _defended_trial(defense, remaining, train_keys[i], np.asarray(denoised[i]),
+                                train_labels, positions, targets[i], sources[i],
+                                poison_sets[i].base_class, np.asarray(eval_images),
+                                np.asarray(eval_labels))
+        out[i]["target_prediction"].append(score["target_prediction"])
+        out[i]["clean_accuracy"].append(score["clean_accuracy"])
+        out[i]["defense_details"].append(score["details"])
+        if "source_success" in score:
+          out[i]["source_success"].append(score["source_success"])
+      continue
+    images = np.stack(denoised)[order]
     models = _train(remaining, train_keys, images, train_labels, init)
     predictions, accuracy = (np.asarray(a) for a in common.score_victims(
         models, targets, eval_images, eval_labels))
@@ -382,8 +457,8 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
       out[i]["clean_accuracy"].append(float(accuracy[i]))
       if sources[i] is not None:
         one = classifier.select(models, i)
-        hits = np.asarray(classifier.predict(one, sources[i]))[0] == poison_sets[i].base_class
-        out[i]["source_success"].append(float(hits.mean()))
+        out[i]["source_success"].append(_source_success(
+            np.asarray(classifier.predict(one, sources[i]))[0], poison_sets[i].base_class))
   return out
 
 
@@ -392,7 +467,7 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
 
 def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, victim_init):
   settings = _config_dict(config)
-  for name in EXECUTION_FIELDS + ("type",):
+  for name in EXECUTION_FIELDS + ("type", "defense"):
     settings.pop(name)
   settings["victim"] = _config_dict(config.victim_config)
   settings["surrogate"] = _config_dict(config.surrogate_config)
@@ -468,7 +543,13 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   scenario = _scenario(config)
   training = _training_label(config, init_source)
 
-  def run_chunk(attack: str, chunk: list[int]) -> list[dict]:
+  defense = config.defense
+  units = [config.unit(attack) for attack in config.attacks]
+  for unit in units:
+    _check_defense_records(out_dir, unit, defense)
+
+  def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
+    attack = unit.split("+")[0]
     chunk_start = time.perf_counter()
     poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i, surrogates)
                    for i in chunk]
@@ -494,15 +575,45 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
       if attack == "sleeper_agent":
         record["success_measure"] = "the single patched source test image (target_index)"
         record["source_success"] = score["source_success"]
+      if defense.active:
+        record["defense"] = defense.label()
+        record["defense_settings"] = defense.settings()
+        if defense.name == "dp_sgd":
+          record["defense_settings"]["epsilon_at_delta"] = defenses.privacy_spent(
+              defense.training_config(config.victim_config), int(subset.size),
+              defense.dp_delta)
+        if any(score["defense_details"]):
+          record["defense_details"] = score["defense_details"]
       records.append(record)
     return records
 
-  common.run_trial_loop(folder, config.attacks, config.num_trials, config.trials_per_step,
+  common.run_trial_loop(folder, units, config.num_trials, config.trials_per_step,
                         run_chunk, stop_after=stop_after, time_limit_s=time_limit_s,
                         started=start, log=log)
-  results = load_results(out_dir, config.attacks)
+  # This run's units first (in the config's order), then the folder's other defenses' trials,
+  # so that the tables show every defense run on these poisons.
+  root = out_dir / "results"
+  others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in units)
+  results = load_results(out_dir, units + others)
   write_scratch_tables(out_dir, results)
   return results
+
+
+def _check_defense_records(out_dir: Path, unit: str, defense: defenses.DefenseConfig) -> None:
+  """Refuses to add trials to a results folder whose records used other defense settings."""
+  folder = out_dir / "results" / unit
+  if not defense.active or not folder.is_dir():
+    return
+  for record in load_results(out_dir, [unit])[:1]:
+    if record.get("defense_settings", {}).get("name") != defense.name:
+      continue
+    recorded = dict(record["defense_settings"])
+    recorded.pop("epsilon_at_delta", None)
+    if recorded != runs.jsonable(defense.settings()):
+      raise ValueError(
+          f"{folder}: its trials ran with defense settings {runs.short_json(recorded)}, this "
+          f"run asks for {runs.short_json(runs.jsonable(defense.settings()))}; use another "
+          "--out (or the same settings)")
 
 
 def render_source_table(results: Sequence[dict]) -> str:
@@ -512,7 +623,8 @@ def render_source_table(results: Sequence[dict]) -> str:
   for record in results:
     if "source_success" not in record:
       continue
-    key = (record["scenario"], record["bound"], record.get("finetune", ""))
+    key = (record["scenario"], record["bound"], record.get("finetune", ""),
+           record.get("defense", common.NO_DEFENSE))
     for sigma, rate in zip(record["sigmas"], record["source_success"]):
       rows.setdefault(key, {}).setdefault(float(sigma), []).append(rate)
   if not rows:
@@ -520,22 +632,57 @@ def render_source_table(results: Sequence[dict]) -> str:
   sigmas = sorted({s for cells in rows.values() for s in cells})
   lines = ["Sleeper Agent, patched source-class test images classified as the target class "
            "(mean over trials):", "",
-           "| scenario | bound | training | trials | "
+           "| scenario | bound | training | defense | trials | "
            + " | ".join(common._sigma_label(s) for s in sigmas) + " |",
-           "|---|---|---|---:|" + "---:|" * len(sigmas)]
-  for (scenario, bound, training), cells in sorted(rows.items()):
+           "|---|---|---|---|---:|" + "---:|" * len(sigmas)]
+  for (scenario, bound, training, defense), cells in sorted(rows.items()):
     trials = max(len(v) for v in cells.values())
-    lines.append(f"| {scenario} | {bound} | {training} | {trials} | "
+    lines.append(f"| {scenario} | {bound} | {training} | {defense} | {trials} | "
                  + " | ".join(f"{100 * np.mean(cells[s]):.1f}%" if s in cells else "—"
                               for s in sigmas) + " |")
   return "\n".join(lines) + "\n"
 
 
+def render_defense_table(results: Sequence[dict]) -> str:
+  """The defenses' own numbers per row and σ (Markdown; "" without them): Deep k-NN's poisons
+  and clean images removed (Hong et al. Table 4, means per trial), and DPA + ROE's certified
+  number of poisons for the target with plain DPA's beside it (means over trials)."""
+  rows: dict[tuple, dict[float, list[dict]]] = {}
+  for record in results:
+    for sigma, details in zip(record["sigmas"], record.get("defense_details", [])):
+      key = (attacks_title(record["attack"]), record["scenario"], record["bound"],
+             record["defense"], record["num_poisons"])
+      rows.setdefault(key, {}).setdefault(float(sigma), []).append(details)
+  if not rows:
+    return ""
+  lines = ["Defenses' own numbers (means over trials):", "",
+           "| attack | scenario | bound | defense | σ | trials | result |",
+           "|---|---|---|---|---:|---:|---|"]
+  for (title, scenario, bound, defense, poisons), cells in sorted(rows.items()):
+    for sigma, details in sorted(cells.items()):
+      if "true_positives" in details[0]:
+        tp = np.mean([d["true_positives"] for d in details])
+        fp = np.mean([d["false_positives"] for d in details])
+        text = f"removed {tp:.1f} of {poisons} poisons and {fp:.1f} clean images"
+      else:
+        roe = np.mean([d["certified_poisons"] for d in details])
+        dpa = np.mean([d["dpa_certified_poisons"] for d in details])
+        text = f"target certified against {roe:.2f} poisons (plain DPA: {dpa:.2f})"
+      lines.append(f"| {title} | {scenario} | {bound} | {defense} | {sigma:g} | {len(details)} "
+                   f"| {text} |")
+  return "\n".join(lines) + "\n"
+
+
+def attacks_title(name: str) -> str:
+  return common.ATTACK_TITLES.get(name, name)
+
+
 def write_scratch_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
   """table.md (the success table, single-target success; then Sleeper Agent's source-image
-  rates) and table.csv."""
+  rates and the defenses' own numbers) and table.csv."""
   markdown, csv_path = write_tables(out_dir, results)
-  extra = render_source_table(results)
+  extra = "\n".join(t for t in (render_source_table(results), render_defense_table(results))
+                    if t)
   if extra:
     io.atomic_write_text(markdown, markdown.read_text() + "\n" + extra)
   return markdown, csv_path

@@ -1,6 +1,7 @@
 """Baseline defenses against poisoning (Hong et al. Tables 4 and 5). Each either filters the
 training set before training or plugs into the many-model trainer
-(`jaxpoison.classifier.TrainConfig`).
+(`jaxpoison.classifier.TrainConfig`); `DefenseConfig` names one with its settings, as the attack
+benchmarks apply it (`--defense`).
 
 * `adversarial_training`: Madry-style ℓ∞ PGD adversarial training (`adversarial_config`), the
   attack itself (`pgd_linf`) and the robust accuracy of trained models (`robust_accuracy`).
@@ -17,6 +18,7 @@ training set before training or plugs into the many-model trainer
 """
 
 from jaxpoison.defenses.adversarial_training import adversarial_config, pgd_linf, robust_accuracy
+from jaxpoison.defenses.config import DEFENSES, TRAINING_DEFENSES, DefenseConfig
 from jaxpoison.defenses.deep_knn import (DeepKnnResult, deep_knn_filter, neighbour_label_counts,
                                          removal_report)
 from jaxpoison.defenses.dp_sgd import dp_sgd_config, noise_multiplier_for_epsilon, privacy_spent
@@ -27,7 +29,7 @@ from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet
                                     train_partition_models)
 
 __all__ = [
-    "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
+    "DEFENSES", "DefenseConfig", "TRAINING_DEFENSES", "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
     "deep_knn_filter", "dp_sgd_config", "dpa_certify", "friendly_noise", "friends_config",
     "hash_partition",
     "neighbour_label_counts", "noise_multiplier_for_epsilon", "partition_training_sets",

@@ -1,0 +1,42 @@
+"""DefenseConfig: each defense's recipe, settings and label, and its checks."""
+
+import pytest
+
+from jaxpoison import classifier
+from jaxpoison.defenses import DefenseConfig
+
+
+def test_training_configs_are_the_defenses_recipes():
+  victim = classifier.conservative_config("airbench94", widths=(16, 32, 64))
+  dp = DefenseConfig("dp_sgd").training_config(victim)
+  assert (dp.dp_clip_norm, dp.dp_noise_multiplier, dp.norm) == (1.0, 0.05, "group")
+  at = DefenseConfig("adversarial_training").training_config(victim)
+  assert (at.adversarial_epsilon, at.adversarial_steps, at.adversarial_step_size) == (
+      4 / 255, 7, 1 / 255)
+  fr = DefenseConfig("friends").training_config(victim)
+  assert (fr.friendly_epoch, fr.noise, fr.noise_scale) == (0, "bernoulli", 8 / 255)
+  for name in ("none", "deep_knn", "dpa_roe"):
+    assert DefenseConfig(name).training_config(victim) == victim
+  # Everything else about the victim stays.
+  assert dp.replace(dp_clip_norm=0.0, dp_noise_multiplier=0.0, norm="batch") == victim
+
+
+def test_settings_and_labels():
+  assert DefenseConfig("deep_knn").settings() == {"name": "deep_knn", "knn_k": 500,
+                                                  "knn_rule": "plurality"}
+  assert DefenseConfig("dpa_roe").settings() == {"name": "dpa_roe", "dpa_partitions": 250}
+  assert DefenseConfig().settings() == {"name": "none"} and not DefenseConfig().active
+  assert DefenseConfig("adversarial_training").label() == "AT (PGD-7, ε = 4/255)"
+  assert DefenseConfig("dp_sgd").label() == "DP-SGD (C = 1, z = 0.05)"
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(name="bagging"), "defense: expected one of"),
+    (dict(name="deep_knn", knn_k=0), "knn_k"),
+    (dict(name="deep_knn", knn_rule="vote"), "knn_rule"),
+    (dict(name="dp_sgd", dp_delta=0.0), "dp_delta"),
+    (dict(name="dp_sgd", dp_noise_multiplier=-1.0), "dp_noise_multiplier"),
+])
+def test_errors(changes, match):
+  with pytest.raises(ValueError, match=match):
+    DefenseConfig(**changes)
