@@ -146,3 +146,18 @@ def test_bench_witches_brew_times_both_and_reports_the_ratio(capsys):
   with pytest.raises(SystemExit) as info:
     cli.run(_script("bench_witches_brew").main, ["--num_poisons", "0"])
   assert info.value.code == 2 and "--num_poisons" in capsys.readouterr().err
+
+
+def test_bench_dpa_times_both_ways_and_they_train_the_same_models(tmp_path, capsys):
+  import json
+  out = _main_output(capsys, "bench_dpa", [
+      "--data", str(_tiny_cifar(tmp_path)), "--num_partitions", "2", "--num_models", "2",
+      "--widths", "4,8,8", "--epochs", "1", "--batch_size", "8"])
+  line = json.loads(out.strip().splitlines()[-1])
+  assert line["num_models"] == 2 and line["together_s"] > 0 and line["one_at_a_time_s"] > 0
+  assert line["speedup"] == pytest.approx(line["one_at_a_time_s"] / line["together_s"],
+                                          rel=0.02)
+  assert line["max_logit_difference"] < 1e-4
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script("bench_dpa").main, ["--num_partitions", "2", "--num_models", "3"])
+  assert info.value.code == 2 and "--num_models" in capsys.readouterr().err

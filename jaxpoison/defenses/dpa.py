@@ -107,12 +107,17 @@ def train_partition_models(key, images, labels, num_partitions: int,
 
   Base classifier j is model j, trained from key fold_in(key, j) on part j (padded as
   `partition_training_sets` says); `config.models_per_step` (or the memory planner) sets how
-  many train at once. Returns (the k models, the partition).
+  many train at once. On the CPU, where XLA runs the models' vmapped convolutions as grouped
+  convolutions several times slower than one model's (scripts/bench_dpa.py: 8 base classifiers
+  3.6× slower together than one after another), models_per_step = 0 means one at a time.
+  Returns (the k models, the partition).
   """
   if not isinstance(config, TrainConfig):
     raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
   check_images(images, name="images", image_shape=config.image_shape, dtypes=("uint8",))
   parts = partition_training_sets(images, labels, num_partitions)
+  if config.models_per_step == 0 and jax.default_backend() == "cpu":
+    config = config.replace(models_per_step=1)
   keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(np.arange(num_partitions))
   images = np.asarray(images)
   labels = np.asarray(labels, np.int32)
