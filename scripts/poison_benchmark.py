@@ -94,13 +94,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="Table 3: train this many epochs on the tampered set first")
   scratch.add_argument("--victim_init",
                        help="Table 3 out-of-domain: start every victim from this checkpoint")
-  scratch.add_argument("--defense", choices=DEFENSE_NAMES,
-                       help="Tables 4 and 5: train the victims under this baseline defense, on "
-                            "the run's poisons (results beside the undefended ones)")
-  scratch.add_argument("--knn_k", type=int, help="Deep k-NN's neighbours (default 500)")
-  scratch.add_argument("--dpa_partitions", type=int, help="DPA's partitions (default 250)")
-  scratch.add_argument("--dp_clip_norm", type=float, help="DP-SGD's clip (default 1.0)")
-  scratch.add_argument("--dp_noise_multiplier", type=float,
+  defense = p.add_argument_group("baseline defenses (Tables 4 and 5)")
+  defense.add_argument("--defense", choices=DEFENSE_NAMES,
+                       help="train the victims under this baseline defense, on the run's "
+                            "poisons (results beside the undefended ones)")
+  defense.add_argument("--knn_k", type=int, help="Deep k-NN's neighbours (default 500)")
+  defense.add_argument("--dpa_partitions", type=int,
+                       help="DPA's partitions (default 250; from scratch only)")
+  defense.add_argument("--dp_clip_norm", type=float, help="DP-SGD's clip (default 1.0)")
+  defense.add_argument("--dp_noise_multiplier", type=float,
                        help="DP-SGD's noise multiplier (default 0.05)")
   return p.parse_args(argv)
 
@@ -108,9 +110,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "finetune_mode",
                  "augment", "pretrained", "craft_pretrained", "finetune_epochs")
 SCRATCH_ONLY = ("train_per_class", "num_surrogates", "restarts", "warm_start_epochs",
-                "victim_init", "defense", "knn_k", "dpa_partitions", "dp_clip_norm",
-                "dp_noise_multiplier")
+                "victim_init")
 DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier")
+
+
+def _defense_changes(args, config) -> dict:
+  """{"defense": the config's DefenseConfig with the flags' changes}, or {} without flags."""
+  changes = {name: getattr(args, name) for name in DEFENSE_FLAGS
+             if getattr(args, name) is not None}
+  if args.defense is not None:
+    changes["name"] = args.defense
+  return {"defense": dataclasses.replace(config.defense, **changes)} if changes else {}
 
 
 def _from_scratch(args, config):
@@ -137,12 +147,7 @@ def _from_scratch(args, config):
       changes["surrogate"] = dataclasses.replace(base, **widths)
     elif args.craft_widths is not None:
       raise ValueError("--craft_widths: give --craft_model too")
-    defense_changes = {name: getattr(args, name) for name in DEFENSE_FLAGS
-                       if getattr(args, name) is not None}
-    if args.defense is not None or defense_changes:
-      changes["defense"] = dataclasses.replace(
-          config.defense, **({} if args.defense is None else {"name": args.defense}),
-          **defense_changes)
+    changes.update(_defense_changes(args, config))
     config = dataclasses.replace(config, **changes)
   import jaxpoison as jp
   dataset = jp.load_cifar10(args.data)
@@ -214,6 +219,7 @@ def main(argv=None) -> None:
         ("augment", args.augment)) if value is not None}
     if finetune_changes:
       changes["finetune"] = dataclasses.replace(config.finetune, **finetune_changes)
+    changes.update(_defense_changes(args, config))
     config = dataclasses.replace(config, **changes)
 
   dataset = jp.load_cifar10(args.data)

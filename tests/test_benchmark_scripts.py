@@ -155,8 +155,9 @@ def test_bench_dpa_times_both_ways_and_they_train_the_same_models(tmp_path, caps
       "--widths", "4,8,8", "--epochs", "1", "--batch_size", "8"])
   line = json.loads(out.strip().splitlines()[-1])
   assert line["num_models"] == 2 and line["together_s"] > 0 and line["one_at_a_time_s"] > 0
+  # speedup is rounded to 2 decimals, the times to 4.
   assert line["speedup"] == pytest.approx(line["one_at_a_time_s"] / line["together_s"],
-                                          rel=0.02)
+                                          abs=0.006)
   assert line["max_logit_difference"] < 1e-4
   with pytest.raises(SystemExit) as info:
     cli.run(_script("bench_dpa").main, ["--num_partitions", "2", "--num_models", "3"])

@@ -201,7 +201,6 @@ def _script_main():
     ("configs/poison_benchmark_from_scratch.py", ["--finetune_mode", "linear_probe"]),
     ("configs/poison_benchmark_from_scratch.py", ["--craft_only"]),
     ("configs/poison_benchmark.py", ["--warm_start_epochs", "3"]),
-    ("configs/poison_benchmark.py", ["--defense", "deep_knn"]),
 ])
 def test_script_refuses_flags_of_the_other_setting(config, flag, capsys):
   from pathlib import Path
@@ -212,6 +211,17 @@ def test_script_refuses_flags_of_the_other_setting(config, flag, capsys):
   assert info.value.code == 2
   err = capsys.readouterr().err
   assert flag[0] in err and len(err.strip().splitlines()) == 1
+
+
+def test_script_refuses_dpa_for_transfer_learning(capsys):
+  from pathlib import Path
+  from jaxpoison import cli
+  repo = Path(__file__).resolve().parent.parent
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script_main(), ["--config", str(repo / "configs/poison_benchmark.py"), "--data",
+                             "unused.npz", "--defense", "dpa_roe"])
+  err = capsys.readouterr().err
+  assert info.value.code == 2 and "DPA + ROE" in err and len(err.strip().splitlines()) == 1
 
 
 def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsys):

@@ -418,6 +418,20 @@ def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
   with pytest.raises(pb.BenchmarkConfigError, match=r"settings\.sigmas"):
     pb.run_benchmark(dataclasses.replace(config, sigmas=(0.0, 0.5)), dataset,
                      tmp_path / "resumed", denoiser=denoiser, pretrained=pretrained)
+
+  # Deep k-NN (Table 4) on the same folder: the same poisons, filtered in the pretrained
+  # extractor's features, its trials beside the undefended ones.
+  from jaxpoison import defenses
+  knn = dataclasses.replace(config, defense=defenses.DefenseConfig("deep_knn", knn_k=5))
+  records = pb.run_benchmark(knn, dataset, tmp_path / "resumed", denoiser=denoiser,
+                             pretrained=pretrained, log=logs.append)
+  defended = [r for r in records if "defense" in r]
+  assert [r["trial"] for r in defended] == [0, 1] and len(records) == 4
+  for record, plain in zip(defended, resumed):
+    assert record["poison_file"] == plain["poison_file"]
+    assert [d["poisons"] for d in record["defense_details"]] == [3, 3]
+    assert all(d["removed"] + d["kept"] == 60 for d in record["defense_details"])
+  assert "Deep k-NN (k = 5)" in (tmp_path / "resumed" / "table.md").read_text()
   other_denoiser = dataclasses.replace(denoiser, params=jax.tree.map(lambda p: p + 1,
                                                                      denoiser.params))
   with pytest.raises(pb.BenchmarkConfigError, match=r"denoiser\.params_sha256"):

@@ -244,6 +244,56 @@ DEFAULT_FINETUNE = "linear_probe, augment none"
 NO_DEFENSE = "none"
 
 
+def defense_unit(attack: str, defense) -> str:
+  """The results folder of `attack`'s trials under `defense` (a defenses.DefenseConfig): the
+  attack's name, or "<attack>+<defense>"; the poisons are the attack's either way."""
+  return attack if not defense.active else f"{attack}+{defense.name}"
+
+
+def attack_of_unit(unit: str) -> str:
+  return unit.split("+")[0]
+
+
+def check_defense_records(out_dir: str | Path, unit: str, defense) -> None:
+  """Refuses to add trials to a results folder whose records used other defense settings."""
+  folder = Path(out_dir) / "results" / unit
+  if not defense.active or not folder.is_dir():
+    return
+  wanted = runs.jsonable(defense.settings())
+  for record in load_results(out_dir, [unit])[:1]:
+    recorded = dict(record.get("defense_settings", {}))
+    recorded.pop("epsilon_at_delta", None)
+    if recorded != wanted:
+      raise ValueError(
+          f"{folder}: its trials ran with defense settings {runs.short_json(recorded)}, this "
+          f"run asks for {runs.short_json(wanted)}; use another --out (or the same settings)")
+
+
+def defense_fields(defense, details: list, *, train_config=None, num_train: int = 0) -> dict:
+  """A trial record's defense fields: its label and settings (DP-SGD: ε at δ of the victim's
+  run), and the defense's own numbers per σ where it has them."""
+  if not defense.active:
+    return {}
+  settings = defense.settings()
+  if defense.name == "dp_sgd" and train_config is not None:
+    from jaxpoison import defenses
+    settings["epsilon_at_delta"] = defenses.privacy_spent(train_config, num_train,
+                                                          defense.dp_delta)
+  out = {"defense": defense.label(), "defense_settings": settings}
+  if any(details):
+    out["defense_details"] = list(details)
+  return out
+
+
+def ordered_units(out_dir: str | Path, units: Sequence[str]) -> list[str]:
+  """This run's result units first (in order), then the folder's others (other defenses'
+  trials on the same poisons), so that the tables show them together."""
+  root = Path(out_dir) / "results"
+  others = sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and p.name not in units) if root.is_dir() else []
+  return list(units) + others
+
+
 def _row_key(record) -> tuple:
   """Rows white-box first, then by attack (the paper's order), bound and fine-tuning."""
   attack = record["attack"]
@@ -369,10 +419,43 @@ def load_results(out_dir: str | Path, attack_names: Sequence[str] | None = None)
   return records
 
 
-def write_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
-  """Writes table.md and table.csv under out_dir (atomically)."""
+def render_defense_table(results: Sequence[dict]) -> str:
+  """The defenses' own numbers per row and σ (Markdown; "" without them): Deep k-NN's poisons
+  and clean images removed (Hong et al. Table 4, means per trial), and DPA + ROE's certified
+  number of poisons for the target with plain DPA's beside it (means over trials)."""
+  rows: dict[tuple, dict[float, list[dict]]] = {}
+  for record in results:
+    for sigma, details in zip(record["sigmas"], record.get("defense_details", [])):
+      key = (ATTACK_TITLES.get(record["attack"], record["attack"]), record["scenario"], record["bound"],
+             record["defense"], record["num_poisons"])
+      rows.setdefault(key, {}).setdefault(float(sigma), []).append(details)
+  if not rows:
+    return ""
+  lines = ["Defenses' own numbers (means over trials):", "",
+           "| attack | scenario | bound | defense | σ | trials | result |",
+           "|---|---|---|---|---:|---:|---|"]
+  for (title, scenario, bound, defense, poisons), cells in sorted(rows.items()):
+    for sigma, details in sorted(cells.items()):
+      if "true_positives" in details[0]:
+        tp = np.mean([d["true_positives"] for d in details])
+        fp = np.mean([d["false_positives"] for d in details])
+        text = f"removed {tp:.1f} of {poisons} poisons and {fp:.1f} clean images"
+      else:
+        roe = np.mean([d["certified_poisons"] for d in details])
+        dpa = np.mean([d["dpa_certified_poisons"] for d in details])
+        text = f"target certified against {roe:.2f} poisons (plain DPA: {dpa:.2f})"
+      lines.append(f"| {title} | {scenario} | {bound} | {defense} | {sigma:g} | {len(details)} "
+                   f"| {text} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(out_dir: str | Path, results: Sequence[dict],
+                 sections: Sequence[str] = ()) -> tuple[Path, Path]:
+  """Writes table.md (the success table, then `sections` and the defenses' own numbers, each
+  where non-empty) and table.csv under out_dir (atomically)."""
   out_dir = Path(out_dir)
-  return (io.atomic_write_text(out_dir / "table.md", render_table(results)),
+  parts = [render_table(results)] + [t for t in (*sections, render_defense_table(results)) if t]
+  return (io.atomic_write_text(out_dir / "table.md", "\n".join(parts)),
           io.atomic_write_text(out_dir / "table.csv", render_table(results, format="csv")))
 
 

@@ -65,7 +65,7 @@ def measure(images, labels, config: classifier.TrainConfig, *, num_partitions: i
       "part_sizes": [int(parts.sizes.min()), int(parts.sizes.max())],
       "padded_size": int(parts.indices.shape[1]), "num_models": num_models,
       "models_per_step": together.models_per_step,
-      "together_s": round(together_s, 2), "one_at_a_time_s": round(alone_s, 2),
+      "together_s": round(together_s, 4), "one_at_a_time_s": round(alone_s, 4),
       "together_models_per_hour": round(3600 * num_models / together_s, 1),
       "one_at_a_time_models_per_hour": round(3600 * num_models / alone_s, 1),
       "speedup": round(alone_s / together_s, 2),

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison import attacks, classifier, defenses, io, runs
+from jaxpoison import attacks, classifier, defenses, io
 from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.configs import L2_EPSILON, LINF_EPSILON
@@ -190,11 +190,6 @@ class FromScratchConfig:
     if self.num_poisons is not None:
       return self.num_poisons
     return max(1, int(round(self.budget * train_size)))
-
-  def unit(self, attack: str) -> str:
-    """The results folder of `attack` under this run's defense: the attack's name, or
-    "<attack>+<defense>" (the poisons are the attack's either way)."""
-    return attack if not self.defense.active else f"{attack}+{self.defense.name}"
 
   def attack_config(self, name: str):
     """The attack's config: its reference defaults with this run's bound and overrides."""
@@ -544,12 +539,12 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   training = _training_label(config, init_source)
 
   defense = config.defense
-  units = [config.unit(attack) for attack in config.attacks]
+  units = [common.defense_unit(attack, defense) for attack in config.attacks]
   for unit in units:
-    _check_defense_records(out_dir, unit, defense)
+    common.check_defense_records(out_dir, unit, defense)
 
   def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
-    attack = unit.split("+")[0]
+    attack = common.attack_of_unit(unit)
     chunk_start = time.perf_counter()
     poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i, surrogates)
                    for i in chunk]
@@ -575,45 +570,19 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
       if attack == "sleeper_agent":
         record["success_measure"] = "the single patched source test image (target_index)"
         record["source_success"] = score["source_success"]
-      if defense.active:
-        record["defense"] = defense.label()
-        record["defense_settings"] = defense.settings()
-        if defense.name == "dp_sgd":
-          record["defense_settings"]["epsilon_at_delta"] = defenses.privacy_spent(
-              defense.training_config(config.victim_config), int(subset.size),
-              defense.dp_delta)
-        if any(score["defense_details"]):
-          record["defense_details"] = score["defense_details"]
+      record.update(common.defense_fields(
+          defense, score["defense_details"],
+          train_config=defense.training_config(config.victim_config),
+          num_train=int(subset.size)))
       records.append(record)
     return records
 
   common.run_trial_loop(folder, units, config.num_trials, config.trials_per_step,
                         run_chunk, stop_after=stop_after, time_limit_s=time_limit_s,
                         started=start, log=log)
-  # This run's units first (in the config's order), then the folder's other defenses' trials,
-  # so that the tables show every defense run on these poisons.
-  root = out_dir / "results"
-  others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in units)
-  results = load_results(out_dir, units + others)
+  results = load_results(out_dir, common.ordered_units(out_dir, units))
   write_scratch_tables(out_dir, results)
   return results
-
-
-def _check_defense_records(out_dir: Path, unit: str, defense: defenses.DefenseConfig) -> None:
-  """Refuses to add trials to a results folder whose records used other defense settings."""
-  folder = out_dir / "results" / unit
-  if not defense.active or not folder.is_dir():
-    return
-  for record in load_results(out_dir, [unit])[:1]:
-    if record.get("defense_settings", {}).get("name") != defense.name:
-      continue
-    recorded = dict(record["defense_settings"])
-    recorded.pop("epsilon_at_delta", None)
-    if recorded != runs.jsonable(defense.settings()):
-      raise ValueError(
-          f"{folder}: its trials ran with defense settings {runs.short_json(recorded)}, this "
-          f"run asks for {runs.short_json(runs.jsonable(defense.settings()))}; use another "
-          "--out (or the same settings)")
 
 
 def render_source_table(results: Sequence[dict]) -> str:
@@ -643,46 +612,7 @@ def render_source_table(results: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def render_defense_table(results: Sequence[dict]) -> str:
-  """The defenses' own numbers per row and σ (Markdown; "" without them): Deep k-NN's poisons
-  and clean images removed (Hong et al. Table 4, means per trial), and DPA + ROE's certified
-  number of poisons for the target with plain DPA's beside it (means over trials)."""
-  rows: dict[tuple, dict[float, list[dict]]] = {}
-  for record in results:
-    for sigma, details in zip(record["sigmas"], record.get("defense_details", [])):
-      key = (attacks_title(record["attack"]), record["scenario"], record["bound"],
-             record["defense"], record["num_poisons"])
-      rows.setdefault(key, {}).setdefault(float(sigma), []).append(details)
-  if not rows:
-    return ""
-  lines = ["Defenses' own numbers (means over trials):", "",
-           "| attack | scenario | bound | defense | σ | trials | result |",
-           "|---|---|---|---|---:|---:|---|"]
-  for (title, scenario, bound, defense, poisons), cells in sorted(rows.items()):
-    for sigma, details in sorted(cells.items()):
-      if "true_positives" in details[0]:
-        tp = np.mean([d["true_positives"] for d in details])
-        fp = np.mean([d["false_positives"] for d in details])
-        text = f"removed {tp:.1f} of {poisons} poisons and {fp:.1f} clean images"
-      else:
-        roe = np.mean([d["certified_poisons"] for d in details])
-        dpa = np.mean([d["dpa_certified_poisons"] for d in details])
-        text = f"target certified against {roe:.2f} poisons (plain DPA: {dpa:.2f})"
-      lines.append(f"| {title} | {scenario} | {bound} | {defense} | {sigma:g} | {len(details)} "
-                   f"| {text} |")
-  return "\n".join(lines) + "\n"
-
-
-def attacks_title(name: str) -> str:
-  return common.ATTACK_TITLES.get(name, name)
-
-
 def write_scratch_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
   """table.md (the success table, single-target success; then Sleeper Agent's source-image
   rates and the defenses' own numbers) and table.csv."""
-  markdown, csv_path = write_tables(out_dir, results)
-  extra = "\n".join(t for t in (render_source_table(results), render_defense_table(results))
-                    if t)
-  if extra:
-    io.atomic_write_text(markdown, markdown.read_text() + "\n" + extra)
-  return markdown, csv_path
+  return write_tables(out_dir, results, sections=(render_source_table(results),))

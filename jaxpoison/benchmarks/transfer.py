@@ -65,7 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison import attacks, classifier
+from jaxpoison import attacks, classifier, defenses
 from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.configs import BENCHMARK_NUM_POISONS, LINF_EPSILON
@@ -193,6 +193,11 @@ class BenchmarkConfig:
       bases' true label); None: the crafting model's recipe with Madry PGD adversarial training
       (ℓ∞ 8/255, 7 steps of 2/255), the benchmark's surrogate being an adversarially trained
       ResNet-18 of unpublished recipe.
+    defense: a `defenses.DefenseConfig` (None: none besides the σ grid). Deep k-NN filters
+      the fine-tune set in the pretrained extractor's features; DP-SGD, adversarial training
+      and FrieNDs change the fine-tuning recipe; DPA + ROE needs its base classifiers trained
+      from scratch and does not apply here (as the paper notes). The trials sit in
+      results/<attack>+<defense>/, on the run's own poisons.
     trials_per_step: trials fine-tuned at once (the classifier's model axis); does not change
       the results, only speed and memory.
     denoise_batch_size: images per denoiser call; does not change the results.
@@ -215,6 +220,7 @@ class BenchmarkConfig:
   base_selection: str = "random"
   finetune: FineTuneConfig = FineTuneConfig()
   surrogate: Any = None
+  defense: Any = None
   trials_per_step: int = 1
   denoise_batch_size: int = 256
 
@@ -279,6 +285,15 @@ class BenchmarkConfig:
       if value is not None and not dataclasses.is_dataclass(value):
         raise TypeError(f"{name}: expected a jaxpoison.classifier.TrainConfig or None, got "
                         f"{type(value).__name__}")
+    if self.defense is None:
+      _store(self, "defense", defenses.DefenseConfig())
+    if not isinstance(self.defense, defenses.DefenseConfig):
+      raise TypeError(f"defense: expected a jaxpoison.defenses.DefenseConfig or None, got "
+                      f"{type(self.defense).__name__}")
+    if self.defense.name == "dpa_roe":
+      raise ValueError("defense: DPA + ROE trains its base classifiers from scratch on the "
+                       "partitions, which the transfer-learning setting does not (Hong et al. "
+                       "leave its cell N/A); use a FromScratchConfig")
     _store(self, "trials_per_step", _integer("trials_per_step", self.trials_per_step))
     _store(self, "denoise_batch_size", _integer("denoise_batch_size", self.denoise_batch_size))
 
@@ -312,7 +327,7 @@ class BenchmarkConfig:
 
 
 EXECUTION_FIELDS = ("attacks", "num_trials", "trials_per_step", "denoise_batch_size",
-                    "surrogate")
+                    "surrogate", "defense")
 
 
 def run_identity(config: BenchmarkConfig, *, dataset, victim: dict, crafter: dict | None,
@@ -486,7 +501,8 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
   `pad_to`, the batch is padded to that many models by repeating the last trial, so that a
   short last batch reuses the compiled program.
   """
-  train_config = finetune_train_config(victim.config, config.finetune)
+  defense = config.defense
+  train_config = defense.training_config(finetune_train_config(victim.config, config.finetune))
   num = len(poison_sets)
   width = max(num, pad_to or num)
   order = list(range(num)) + [num - 1] * (width - num)
@@ -497,10 +513,29 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
                        pool=eval_pool)
   eval_images = dataset.x_test[subset]
   eval_labels = dataset.y_test[subset]
-  out = [{"target_prediction": [], "clean_accuracy": []} for _ in range(num)]
+  out = [{"target_prediction": [], "clean_accuracy": [], "defense_details": []}
+         for _ in range(num)]
   for s, sigma in enumerate(config.sigmas):
     images = np.stack([_denoise(denoiser, poisoned[i], sigma, denoise_key(keys[i], s),
                                 config.denoise_batch_size) for i in range(num)])[order]
+    if defense.name == "deep_knn":
+      # Deep k-NN in the pretrained extractor's features (Hong et al.'s choice for BP); the
+      # kept sets differ in size, so each trial fine-tunes on its own.
+      for i in range(num):
+        features = classifier.features(victim, images[i])[0]
+        result = defenses.deep_knn_filter(features, finetune_labels, defense.knn_k,
+                                          rule=defense.knn_rule,
+                                          num_classes=victim.config.num_classes)
+        kept = np.flatnonzero(result.keep)
+        predictions, accuracy = _finetune_and_score(
+            train_config, train_keys[i:i + 1], images[i][kept][None],
+            np.asarray(finetune_labels)[kept], victim, targets[i:i + 1], eval_images,
+            eval_labels)
+        out[i]["target_prediction"].append(int(np.asarray(predictions)[0]))
+        out[i]["clean_accuracy"].append(float(np.asarray(accuracy)[0]))
+        out[i]["defense_details"].append(defenses.removal_report(
+            result, np.searchsorted(finetune_indices, poison_sets[i].indices)))
+      continue
     predictions, accuracy = _finetune_and_score(train_config, train_keys, images,
                                                 finetune_labels, victim, targets, eval_images,
                                                 eval_labels)
@@ -645,7 +680,14 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
   surrogate_label = (f"{config.surrogate_config().model} (adversarially trained surrogate)"
                      if "label_consistent" in config.attacks else None)
 
-  def run_chunk(attack: str, chunk: list[int]) -> list[dict]:
+  defense = config.defense
+  units = [common.defense_unit(attack, defense) for attack in config.attacks]
+  for unit in units:
+    common.check_defense_records(out_dir, unit, defense)
+  train_config = defense.training_config(finetune_train_config(victim.config, config.finetune))
+
+  def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
+    attack = common.attack_of_unit(unit)
     chunk_start = time.perf_counter()
     poison_sets = [load_or_craft(out_dir, config, attack, dataset, split, i, craft_on)[0]
                    for i in chunk]
@@ -676,11 +718,13 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
         "pretraining": victim_meta.get("pretraining", victim_meta["source"]),
         "poison_file": str(poison_path(out_dir, attack, i).relative_to(out_dir)),
         "seconds": {"craft": craft_seconds / len(chunk), "total": seconds / len(chunk)},
+        **common.defense_fields(defense, score["defense_details"], train_config=train_config,
+                                num_train=int(split.finetune.size)),
     } for i, poison_set, score in zip(chunk, poison_sets, scores)]
 
-  common.run_trial_loop(folder, config.attacks, config.num_trials, config.trials_per_step,
+  common.run_trial_loop(folder, units, config.num_trials, config.trials_per_step,
                         run_chunk, stop_after=stop_after, time_limit_s=time_limit_s,
                         started=start, log=log)
-  results = load_results(out_dir, config.attacks)
+  results = load_results(out_dir, common.ordered_units(out_dir, units))
   write_tables(out_dir, results)
   return results
