@@ -69,12 +69,30 @@ def jsonable(obj) -> Any:
 
 # --- the settings and their differences ---------------------------------------------------------
 
+def added_settings() -> dict[str, Any]:
+  """Settings added to the configs after run folders were written with them, each with the
+  value that reproduces what the earlier version did (TrainConfig's `ADDED_FIELDS`, the UNet's
+  patch_size): a folder without the key was written before it existed."""
+  from jaxpoison.classifier.config import ADDED_FIELDS, TrainConfig
+  defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+  added = {name: defaults[name] for name in ADDED_FIELDS}
+  added["patch_size"] = 1  # diffusion.UNetConfig: no space-to-depth
+  return jsonable(added)
+
+
 def differences(folder, given, prefix: str = "") -> list[str]:
   """One line per setting that differs between the folder's settings and the given ones:
-  "a.b: folder has X, this run has Y" (a key on one side only shows as None on the other)."""
+  "a.b: folder has X, this run has Y" (a key on one side only shows as None on the other). A
+  key the folder lacks is no difference when it is one of `added_settings()` and this run
+  gives the value that reproduces the folder's (written before the setting existed)."""
   if isinstance(folder, dict) and isinstance(given, dict):
     out = []
+    added = None
     for key in sorted(set(folder) | set(given), key=str):
+      if key not in folder:
+        added = added_settings() if added is None else added
+        if key in added and given[key] == added[key]:
+          continue
       out += differences(folder.get(key), given.get(key), f"{prefix}{key}.")
     return out
   if folder == given:

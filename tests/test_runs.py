@@ -30,6 +30,23 @@ def test_claim_writes_then_resumes_then_refuses_naming_every_difference(tmp_path
   assert (out / "settings.json").read_bytes() == before  # Nothing touched.
 
 
+def test_settings_added_later_resume_folders_written_without_them(tmp_path):
+  # A folder written before TrainConfig had norm / dp_clip_norm: a run giving the values that
+  # reproduce the old training resumes it; another value is a difference.
+  from jaxpoison import classifier
+  config = runs.jsonable(classifier.tiny_config().to_json())
+  old = {k: v for k, v in config.items() if k not in ("norm", "dp_clip_norm")}
+  out = tmp_path / "run"
+  runs.claim(out, {"victim": old, "seed": 0})
+  runs.claim(out, {"victim": config, "seed": 0})
+  with pytest.raises(runs.RunMismatch, match=r"victim\.norm: folder has null, this run has "
+                                             r"\"group\""):
+    runs.claim(out, {"victim": {**config, "norm": "group"}, "seed": 0})
+  # Settings the folder has still compare as before.
+  with pytest.raises(runs.RunMismatch, match="victim.lr"):
+    runs.claim(out, {"victim": {**config, "lr": 0.5}, "seed": 0})
+
+
 def test_claim_refuses_foreign_and_unreadable_folders(tmp_path):
   foreign = tmp_path / "foreign"
   foreign.mkdir()

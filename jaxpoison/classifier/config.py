@@ -20,6 +20,13 @@ MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
 FLIPS = ("alternating", "random", "none")
 NORMS = ("batch", "group")
 NOISES = ("none", "bernoulli", "uniform", "gaussian")
+# TrainConfig fields added after run folders were written with it; each default reproduces the
+# training before the field existed (jaxpoison.runs lets a run with that value resume a folder
+# written without the field).
+ADDED_FIELDS = ("adversarial_epsilon", "adversarial_steps", "adversarial_step_size",
+                "adversarial_random_start", "norm", "dp_clip_norm", "dp_noise_multiplier",
+                "noise", "noise_scale", "friendly_epoch", "friendly_steps", "friendly_lr",
+                "friendly_mu", "friendly_clamp", "friendly_init", "friendly_batch_size")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LOOPS = ("auto", "scan", "host")
 
