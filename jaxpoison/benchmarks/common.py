@@ -295,7 +295,8 @@ def ordered_units(out_dir: str | Path, units: Sequence[str]) -> list[str]:
 
 
 def _row_key(record) -> tuple:
-  """Rows white-box first, then by attack (the paper's order), bound and fine-tuning."""
+  """Rows white-box first, then by attack (the paper's order), bound, fine-tuning, and the
+  undefended row before the defenses'."""
   attack = record["attack"]
   order = ROW_ORDER.index(attack) if attack in ROW_ORDER else len(ROW_ORDER)
   scenario = record.get("scenario", "white-box")
@@ -339,7 +340,7 @@ def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
     for sigma, hit, acc in zip(sigmas, success, accuracy):
       cells.setdefault(float(sigma), []).append((float(bool(hit)), float(acc)))
   summary = []
-  for key in sorted(rows):
+  for key in sorted(rows, key=lambda k: (*k[:6], k[6] != NO_DEFENSE, k[6])):
     cells = {}
     for sigma, values in sorted(rows[key].items()):
       hits = [h for h, _ in values]
