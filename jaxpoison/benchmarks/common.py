@@ -244,6 +244,17 @@ DEFAULT_FINETUNE = "linear_probe, augment none"
 NO_DEFENSE = "none"
 
 
+def checked_defense(value):
+  """A config's `defense` field: a defenses.DefenseConfig (None: no defense)."""
+  from jaxpoison import defenses
+  if value is None:
+    return defenses.DefenseConfig()
+  if not isinstance(value, defenses.DefenseConfig):
+    raise TypeError(f"defense: expected a jaxpoison.defenses.DefenseConfig or None, got "
+                    f"{type(value).__name__}")
+  return value
+
+
 def defense_unit(attack: str, defense) -> str:
   """The results folder of `attack`'s trials under `defense` (a defenses.DefenseConfig): the
   attack's name, or "<attack>+<defense>"; the poisons are the attack's either way."""

@@ -28,6 +28,14 @@ trained from scratch (Witches' Brew, Sleeper Agent), with and without the denois
   `save_models` checkpoint, e.g. a network pretrained on another dataset) starts every victim
   from those weights with a fresh head instead (the out-of-domain row).
 
+Defenses (Hong et al. Tables 4 and 5, `defense`): DP-SGD, adversarial training and FrieNDs
+change the victim's recipe (`DefenseConfig.training_config`); Deep k-NN trains a network of the
+victim's recipe on the tampered (denoised) set, filters the set in its features and trains the
+victim on what is kept; DPA + ROE trains one base classifier per hash partition and predicts by
+the run-off election. The trials go to results/<attack>+<defense>/ on the run's own poisons (the
+defense is not part of the run's identity; other settings of the same defense are refused), and
+the tables show every defense run in the folder.
+
 Keys and files follow the transfer benchmark (`jaxpoison.benchmarks.transfer`): run.json (the
 identity), pretrained/, poisons/<attack>/trial_XXX.npz, results/<attack>/trial_XXX.json,
 table.md and table.csv; a rerun resumes.
@@ -45,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison import attacks, classifier, defenses, io
+from jaxpoison import attacks, classifier, defenses
 from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.configs import L2_EPSILON, LINF_EPSILON
@@ -163,11 +171,7 @@ class FromScratchConfig:
     if self.warm_start_epochs and self.warm_start_epochs >= self.victim_config.epochs:
       raise ValueError(f"warm_start_epochs: {self.warm_start_epochs} leaves no epoch of the "
                        f"victim's {self.victim_config.epochs} for the denoised data")
-    if self.defense is None:
-      _store(self, "defense", defenses.DefenseConfig())
-    if not isinstance(self.defense, defenses.DefenseConfig):
-      raise TypeError(f"defense: expected a jaxpoison.defenses.DefenseConfig or None, got "
-                      f"{type(self.defense).__name__}")
+    _store(self, "defense", common.checked_defense(self.defense))
     if self.defense.active and self.warm_start_epochs:
       raise ValueError(f"defense: {self.defense.name} with a warm start is not a setting of the "
                        "paper's; run them separately")
@@ -542,6 +546,7 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   units = [common.defense_unit(attack, defense) for attack in config.attacks]
   for unit in units:
     common.check_defense_records(out_dir, unit, defense)
+  victim_config = defense.training_config(config.victim_config)
 
   def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
     attack = common.attack_of_unit(unit)
@@ -570,10 +575,9 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
       if attack == "sleeper_agent":
         record["success_measure"] = "the single patched source test image (target_index)"
         record["source_success"] = score["source_success"]
-      record.update(common.defense_fields(
-          defense, score["defense_details"],
-          train_config=defense.training_config(config.victim_config),
-          num_train=int(subset.size)))
+      record.update(common.defense_fields(defense, score["defense_details"],
+                                          train_config=victim_config,
+                                          num_train=int(subset.size)))
       records.append(record)
     return records
 

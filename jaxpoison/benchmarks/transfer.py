@@ -285,11 +285,7 @@ class BenchmarkConfig:
       if value is not None and not dataclasses.is_dataclass(value):
         raise TypeError(f"{name}: expected a jaxpoison.classifier.TrainConfig or None, got "
                         f"{type(value).__name__}")
-    if self.defense is None:
-      _store(self, "defense", defenses.DefenseConfig())
-    if not isinstance(self.defense, defenses.DefenseConfig):
-      raise TypeError(f"defense: expected a jaxpoison.defenses.DefenseConfig or None, got "
-                      f"{type(self.defense).__name__}")
+    _store(self, "defense", common.checked_defense(self.defense))
     if self.defense.name == "dpa_roe":
       raise ValueError("defense: DPA + ROE trains its base classifiers from scratch on the "
                        "partitions, which the transfer-learning setting does not (Hong et al. "

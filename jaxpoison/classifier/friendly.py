@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["friendly_perturbation"]
+__all__ = ["chunked_friendly_noise", "friendly_perturbation"]
 
 
 def friendly_perturbation(logits_fn: Callable, images: jax.Array, key: jax.Array, *,
@@ -58,3 +58,30 @@ def friendly_perturbation(logits_fn: Callable, images: jax.Array, key: jax.Array
   delta = jax.random.uniform(key, images.shape, jnp.float32, -init, init)
   (delta, _), _ = jax.lax.scan(step, (delta, jnp.zeros_like(delta)), None, length=steps)
   return jnp.clip(delta, -clamp, clamp)
+
+
+def chunked_friendly_noise(logits_fn: Callable, images: jax.Array, key: jax.Array, *,
+                           chunk: int, finish: Callable | None = None,
+                           **options) -> jax.Array:
+  """`friendly_perturbation` over many images, `chunk` at a time (a `lax.map`; images are
+  independent, so the chunking changes only memory), chunk i from fold_in(key, i).
+
+  Args:
+    images: [N, H, W, C], uint8 or float in [0, 1] (converted a chunk at a time).
+    finish: finish(x, δ) -> what to keep of each chunk (x float in [0, 1]); default δ.
+    options: friendly_perturbation's keyword arguments.
+  """
+  count = images.shape[0]
+  chunk = min(chunk, count)
+  num_chunks = -(-count // chunk)
+  padded = jnp.pad(images, ((0, num_chunks * chunk - count),) + ((0, 0),) * (images.ndim - 1))
+  finish = finish or (lambda x, delta: delta)
+
+  def one_chunk(i):
+    x = jax.lax.dynamic_slice_in_dim(padded, i * chunk, chunk)
+    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+    return finish(x, friendly_perturbation(logits_fn, x, jax.random.fold_in(key, i),
+                                           **options))
+
+  out = jax.lax.map(one_chunk, jnp.arange(num_chunks))
+  return out.reshape(num_chunks * chunk, *out.shape[2:])[:count]

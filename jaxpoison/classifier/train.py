@@ -24,7 +24,7 @@ from flax import nnx, struct
 
 from jaxpoison._checks import check_images
 from jaxpoison.classifier.adversarial import pgd_linf
-from jaxpoison.classifier.friendly import friendly_perturbation
+from jaxpoison.classifier.friendly import chunked_friendly_noise
 from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
 from jaxpoison.classifier.models import Whitening, create_model, init_head, whitening_kernel
 
@@ -418,25 +418,16 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
 
   def switch(carry, keys, images):
     """Each model's images plus its friendly noise (current weights), uint8 [M, N, H, W, C]."""
-    num_train = images.shape[-4]
-    chunk = min(config.friendly_batch_size, num_train)
-    num_chunks = -(-num_train // chunk)
+    def perturbed(x, delta):
+      return jnp.round(jnp.clip(x + delta, 0.0, 1.0) * 255.0).astype(jnp.uint8)
 
     def one_model(p, r, key, model_images):
       model = nnx.merge(graphdef, p, r, copy=True)
-      logits_fn = lambda z: model(z, train=False)
-      padded = jnp.pad(model_images, ((0, num_chunks * chunk - num_train),) + ((0, 0),) * 3)
-
-      def one_chunk(i):
-        x = jax.lax.dynamic_slice_in_dim(padded, i * chunk, chunk).astype(jnp.float32) / 255.0
-        delta = friendly_perturbation(
-            logits_fn, x, jax.random.fold_in(jax.random.fold_in(key, _FRIENDLY), i),
-            steps=config.friendly_steps, lr=config.friendly_lr, mu=config.friendly_mu,
-            clamp=config.friendly_clamp, init=config.friendly_init)
-        return jnp.round(jnp.clip(x + delta, 0.0, 1.0) * 255.0).astype(jnp.uint8)
-
-      out = jax.lax.map(one_chunk, jnp.arange(num_chunks))
-      return out.reshape(num_chunks * chunk, *images.shape[-3:])[:num_train]
+      return chunked_friendly_noise(
+          lambda z: model(z, train=False), model_images, jax.random.fold_in(key, _FRIENDLY),
+          chunk=config.friendly_batch_size, finish=perturbed, steps=config.friendly_steps,
+          lr=config.friendly_lr, mu=config.friendly_mu, clamp=config.friendly_clamp,
+          init=config.friendly_init)
 
     in_images = None if images.ndim == 4 else 0
     return jax.vmap(one_model, in_axes=(0, 0, 0, in_images))(carry.params, carry.rest, keys,

@@ -27,7 +27,7 @@ from flax import nnx
 from jaxpoison._checks import check_images
 from jaxpoison.classifier.api import _as_unit
 from jaxpoison.classifier.config import TrainConfig
-from jaxpoison.classifier.friendly import friendly_perturbation
+from jaxpoison.classifier.friendly import chunked_friendly_noise, friendly_perturbation
 from jaxpoison.classifier.train import TrainedModels
 
 __all__ = ["friendly_noise", "friendly_perturbation", "friends_config"]
@@ -57,31 +57,20 @@ def friendly_noise(models: TrainedModels, images, key, *, steps: int = 30, lr: f
   if not isinstance(models, TrainedModels):
     raise TypeError(f"models: expected TrainedModels, got {type(models).__name__}")
   check_images(images, name="images", image_shape=models.config.image_shape)
-  x = _as_unit(images)
-  count = x.shape[0]
-  batch = max(1, min(batch_size, count))
-  num_batches = -(-count // batch)
-  padded = jnp.pad(x, ((0, num_batches * batch - count),) + ((0, 0),) * 3)
-  return _friendly_noise(models, padded, key, steps=steps, lr=lr, mu=mu, clamp=clamp,
-                         init=init, batch=batch)[:, :count]
+  return _friendly_noise(models, _as_unit(images), key, steps=steps, lr=lr, mu=mu,
+                         clamp=clamp, init=init, batch=max(1, batch_size))
 
 
-def _friendly_noise(models, padded, key, *, steps, lr, mu, clamp, init, batch):
+def _friendly_noise(models, images, key, *, steps, lr, mu, clamp, init, batch):
   @jax.jit
-  def run(state, key, padded):
+  def run(state, key, images):
     keys = jax.vmap(lambda m: jax.random.fold_in(key, m))(jnp.arange(models.num_models))
 
     def one_model(state, model_key):
       model = nnx.merge(models.graphdef, state, copy=True)
-      chunks = padded.reshape(-1, batch, *padded.shape[1:])
-
-      def one(args):
-        i, chunk = args
-        return friendly_perturbation(lambda z: model(z, train=False), chunk,
-                                     jax.random.fold_in(model_key, i), steps=steps, lr=lr,
-                                     mu=mu, clamp=clamp, init=init)
-      out = jax.lax.map(one, (jnp.arange(chunks.shape[0]), chunks))
-      return out.reshape(padded.shape)
+      return chunked_friendly_noise(lambda z: model(z, train=False), images, model_key,
+                                    chunk=batch, steps=steps, lr=lr, mu=mu, clamp=clamp,
+                                    init=init)
     return jax.vmap(one_model)(state, keys)
 
-  return run(models.state, key, padded)
+  return run(models.state, key, images)
