@@ -24,7 +24,8 @@ Public API, re-exported from the submodules:
   per-unit records, resume, progress), under both the certification pipeline and the
   benchmarks.
 * certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
-  folder and chunk helpers behind scripts/certify.py).
+  folder and chunk helpers behind scripts/certify.py), and `multihost` (its launch over several
+  processes with `jax.distributed`, and the steps at which they agree).
 * classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
   `classifier.predict`, `classifier.evaluate`, checkpoints), and `train_models`, `TrainConfig`,
   `airbench94_config`, `resnet18_config`. `predict` is not re-exported: use
@@ -85,7 +86,7 @@ from jaxpoison.benchmarks import (
     render_table,
     run_benchmark,
 )
-from jaxpoison import pipeline
+from jaxpoison import multihost, pipeline
 from jaxpoison.pipeline import CertifyConfig, run_certification
 
 try:

@@ -146,3 +146,38 @@ def run(main: Callable[[Sequence[str] | None], int | None],
   with user_errors():
     code = main(argv)
   sys.exit(code)
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+  """The flags of a multi-process launch (`initialize_distributed`)."""
+  from jaxpoison import multihost
+  group = parser.add_argument_group(
+      "several processes (jax.distributed)",
+      "each flag falls back to its environment variable, then to the cluster JAX detects")
+  group.add_argument("--distributed", action="store_true",
+                     help="run as one of several processes (implied by the flags below)")
+  group.add_argument("--coordinator_address", metavar="HOST:PORT",
+                     help=f"process 0's host and a free port (${multihost.COORDINATOR_ENV})")
+  group.add_argument("--num_processes", type=int,
+                     help=f"how many processes in all (${multihost.NUM_PROCESSES_ENV})")
+  group.add_argument("--process_id", type=int,
+                     help=f"this process, 0 to N-1; 0 writes the results "
+                     f"(${multihost.PROCESS_ID_ENV})")
+  group.add_argument("--coordinator_timeout", type=float, default=multihost.DEFAULT_TIMEOUT_S,
+                     metavar="SECONDS", help="how long to wait for the coordinator and for "
+                     "every process to join")
+
+
+def initialize_distributed(args: argparse.Namespace) -> str | None:
+  """Starts jax.distributed when the flags ask for it (user errors exit 2 with one line);
+  prints and returns the line naming this process and its devices, or None for one process."""
+  if not (args.distributed or args.coordinator_address is not None
+          or args.num_processes is not None or args.process_id is not None):
+    return None
+  from jaxpoison import multihost
+  with user_errors(multihost.LaunchError):
+    launch = multihost.resolve_launch(args.coordinator_address, args.num_processes,
+                                      args.process_id, timeout_s=args.coordinator_timeout)
+    line = multihost.initialize(launch)
+  print(line, flush=True)
+  return line

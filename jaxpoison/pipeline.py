@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scipy import stats
 
 from jaxpoison import certify as certify_lib
-from jaxpoison import classifier, diffusion, runs
+from jaxpoison import classifier, diffusion, multihost, runs
 from jaxpoison._checks import check_alpha, check_sigma
 from jaxpoison.data import DataError, Dataset, load_cifar10
 from jaxpoison.io import (_json_default, atomic_save_npz, atomic_write_bytes, atomic_write_json,
@@ -300,9 +300,14 @@ def finished_models(votes_dir: Path) -> np.ndarray:
   return done
 
 
-def pending_chunks(votes_dir: Path, num_models: int, models_per_step: int) -> list[range]:
-  """Contiguous runs of unfinished model indices below num_models, cut at models_per_step."""
-  done = finished_models(votes_dir)
+def pending_chunks(votes_dir: Path | None, num_models: int, models_per_step: int, *,
+                   done: np.ndarray | None = None) -> list[range]:
+  """Contiguous runs of unfinished model indices below num_models, cut at models_per_step.
+
+  `done` (bool, by model index) replaces reading `votes_dir` (on processes other than 0, which
+  take it from process 0).
+  """
+  done = finished_models(votes_dir) if done is None else np.asarray(done, bool)
   done = np.concatenate([done, np.zeros(max(0, num_models - len(done)), bool)])[:num_models]
   chunks = []
   start = None
@@ -799,7 +804,13 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
   """Computes and stores the votes of every model index below num_models not yet on disk."""
   from tqdm.auto import tqdm
 
-  chunks = pending_chunks(votes_dir, num_models, models_per_step)
+  # Process 0's view of the folder on every process: all must run the same chunks.
+  done = np.zeros(num_models, np.uint8)
+  if is_writer:
+    finished = finished_models(votes_dir)[:num_models]
+    done[:len(finished)] = finished
+  done = multihost.broadcast_from_writer(done).astype(bool)
+  chunks = pending_chunks(None, num_models, models_per_step, done=done)
   done = num_models - sum(len(c) for c in chunks)
   timing = {"chunks": 0, "models": 0, "denoise_s": 0.0, "train_vote_s": 0.0, "chunk_s": 0.0,
             "first_chunk_s": None}
@@ -881,8 +892,12 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
       diffusion.check_trained_sigma(denoiser, sigma)
   train_config = resolve_trainer(config.trainer, dataset)
   settings = run_settings(config, dataset, test_indices, denoiser, train_config)
-  out = claim_results_dir(out, settings,
-                          allow_environment_change=config.allow_environment_change)
+  multihost.check_same_everywhere("run settings", settings)
+  # Only process 0 touches the folder; a refusal there stops every process.
+  out = multihost.run_on_writer(
+      lambda: claim_results_dir(out, settings,
+                                allow_environment_change=config.allow_environment_change),
+      stopped=ResultsMismatch) or Path(out)
 
   mesh = models_mesh()
   num_devices = mesh.devices.size
@@ -903,7 +918,7 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
   x_test = dataset.x_test[test_indices]
   y_test = dataset.y_test[test_indices]
   arrays = replicate((denoiser, dataset.x_train, dataset.y_train.astype(np.int32), x_test), mesh)
-  is_writer = jax.process_index() == 0
+  is_writer = multihost.is_writer()
 
   summaries, curves, timings = {}, {}, {}
   for sigma in config.sigmas:

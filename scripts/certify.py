@@ -3,10 +3,13 @@
     python scripts/certify.py --num_models 10000
     python scripts/certify.py --sigma 0.1 0.25 --num_models 2000 --data cifar10.npz --out runs/c
 
-Rerunning the same command resumes; a folder written with other settings is refused. Multi-host:
-start the same command on every host with --distributed (jax.distributed.initialize reads the
-coordinator from the environment, e.g. JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-JAX_PROCESS_ID, or a Slurm/Cloud TPU launcher); all hosts must see the same data and --out.
+Rerunning the same command resumes; a folder written with other settings is refused.
+
+Several processes (hosts): start the same command in each with --distributed and, unless a
+cluster (Slurm, Open MPI, Kubernetes, Cloud TPU) supplies them, --coordinator_address HOST:PORT
+(process 0's host), --num_processes N and --process_id i, or the environment variables
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. Every process needs the same data and
+denoiser; process 0 alone reads and writes --out.
 """
 
 import dataclasses
@@ -52,7 +55,7 @@ def parse_args(argv):
                       help="XLA devices to split the host CPU into (default: one per core; "
                       "unless XLA_FLAGS sets it)")
   parser.add_argument("--out", default="runs/certify_cifar10", help="results folder")
-  parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize")
+  cli.add_distributed_flags(parser)
   parser.add_argument("--no_progress", action="store_true", help="no progress bar")
   return parser.parse_args(argv)
 
@@ -65,9 +68,7 @@ def main(argv=None):
   from jaxpoison import pipeline
   with cli.user_errors(ValueError):
     pipeline.configure_cpu_devices(args.cpu_devices)
-  import jax
-  if args.distributed:
-    jax.distributed.initialize()
+  launched = cli.initialize_distributed(args)
 
   config = cli.load_config_file(args.config)
   overrides = {name: getattr(args, name) for name in (
@@ -80,6 +81,8 @@ def main(argv=None):
   with cli.user_errors(ValueError, TypeError):  # Bad flag values, before any slow work.
     config = dataclasses.replace(config, **overrides).validate()
   summary = pipeline.run_certification(config, args.out, progress=not args.no_progress)
+  if launched and not summary:
+    print(f"{launched}: done; process 0 wrote the results")
   for sigma, result in summary.get("sigmas", {}).items():
     print(f"σ={sigma}: smoothed accuracy (PREDICT) {result['smoothed_accuracy']:.3f}, "
           f"majority vote {result['majority_vote_accuracy']:.3f}, CERTIFY abstention "

@@ -2,12 +2,15 @@
 
 Checks the outputs' structure, that radii agree with the stored counts, that a run killed with
 SIGKILL and resumed gives the votes of an uninterrupted run bit for bit, that another config is
-refused, and that four (virtual) devices give the votes of one.
+refused, that four (virtual) devices give the votes of one, and that two real processes
+(jax.distributed on localhost) give them too, with process 0 the only writer, resuming after a
+kill; and that bad multi-process launches end in one line with exit code 2.
 """
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -243,3 +246,117 @@ def test_denoiser_downstream_pairs_the_same_noise_draws(inputs, tmp_path):
   difference = float(rows[1].split(" | ")[2].split()[0])
   assert abs(difference) <= 10.0, out
   assert sorted(p.name for p in (tmp_path / "ds").iterdir())[1] == "1_none"
+
+
+def _free_port(low=None, high=None):
+  if low is None:
+    with socket.socket() as sock:
+      sock.bind(("127.0.0.1", 0))
+      return sock.getsockname()[1]
+  for port in np.random.default_rng().permutation(np.arange(low, high + 1)):
+    with socket.socket() as sock:
+      try:
+        sock.bind(("127.0.0.1", int(port)))
+        return int(port)
+      except OSError:
+        continue
+  raise RuntimeError(f"no free port in [{low}, {high}]")
+
+
+# JAX's Slurm detection puts the coordinator on the job's first node at port
+# 61440 + SLURM_JOB_ID mod 4096.
+SLURM_PORTS = (61440, 65535)
+
+
+def _launch_two(inputs, outs, *extra, port, launchers):
+  """Both processes of a two-process run (one CPU device each). Each launched by "flags", by
+  "env" (the README's plain-cluster variables) or by "slurm" (the variables srun sets, from
+  which JAX finds the rest; port in SLURM_PORTS)."""
+  processes = []
+  for process_id, (out, launcher) in enumerate(zip(outs, launchers)):
+    command = _command(inputs, out, *extra, sigmas=("0.25",))
+    env = _env(devices=1)
+    if launcher == "flags":
+      command += ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                  "--process_id", str(process_id)]
+    elif launcher == "env":
+      command.append("--distributed")
+      env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                 JAX_PROCESS_ID=str(process_id))
+    else:
+      command.append("--distributed")
+      env.update(SLURM_JOB_ID=str(port - SLURM_PORTS[0]), SLURM_STEP_NODELIST="localhost",
+                 SLURM_NTASKS="2", SLURM_PROCID=str(process_id),
+                 SLURM_LOCALID=str(process_id), SLURM_STEP_NUM_NODES="1")
+    processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+  return processes
+
+
+def test_two_processes_give_the_votes_of_one_and_resume_after_a_kill(inputs, uninterrupted,
+                                                                        tmp_path):
+  out = tmp_path / "two_processes"
+  # Process 1 is given its own --out: it must neither read nor write one (process 0 tells it
+  # which models are missing), so that folder must never appear.
+  other_out = tmp_path / "process_1_out"
+  # Two models per chunk (one per device), so that the kill comes between chunks.
+  processes = _launch_two(inputs, (out, other_out), "--models_per_step", "2", port=_free_port(),
+                          launchers=("flags", "flags"))
+  votes_dir = out / "sigma_0.25" / "votes"
+  deadline = time.time() + 300
+  while (time.time() < deadline and not list(votes_dir.glob("models_*.npz"))
+         and all(p.poll() is None for p in processes)):
+    time.sleep(0.05)
+  for process in reversed(processes):  # Process 1 dies mid-run; then its partner is stopped.
+    process.send_signal(signal.SIGKILL)
+  logs = [process.communicate() for process in processes]
+  assert not (out / "summary.json").exists(), f"finished before the kill: {logs}"
+  finished_before = pipeline.finished_models(votes_dir).sum()
+  assert 0 < finished_before < NUM_MODELS, logs
+
+  # Relaunched the two other documented ways at once: process 0 by the environment
+  # variables, process 1 as srun starts it (Slurm's variables; JAX derives the coordinator);
+  # the chunk size left to the planner, which looks at this process's own devices.
+  processes = _launch_two(inputs, (out, other_out), port=_free_port(*SLURM_PORTS),
+                          launchers=("env", "slurm"))
+  logs = [process.communicate(timeout=600) for process in processes]
+  assert [p.returncode for p in processes] == [0, 0], logs
+  (stdout_0, stderr_0), (stdout_1, _) = logs
+  assert "process 0 of 2: 1 local cpu device(s), 2 in all" in stdout_0
+  assert "process 1 of 2: 1 local cpu device(s), 2 in all" in stdout_1
+  assert "σ=0.25: smoothed accuracy" in stdout_0 and "σ=0.25" not in stdout_1
+  assert "models 0-1 done" not in stderr_0  # Resumed: only the missing models computed.
+  assert not other_out.exists()
+  summary = json.loads((out / "summary.json").read_text())
+  assert (summary["device"]["processes"], summary["device"]["count"]) == (2, 2)
+  np.testing.assert_array_equal(_votes(out, "0.25"), _votes(uninterrupted[0], "0.25"))
+  assert ((out / "sigma_0.25" / "certify.tsv").read_text()
+          == (uninterrupted[0] / "sigma_0.25" / "certify.tsv").read_text())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator_address", "127.0.0.1:1234", "--num_processes", "2", "--process_id", "2"],
+     "process id 2 with 2 processes: ids run from 0 to 1"),
+    (["--coordinator_address", "localhost", "--num_processes", "2", "--process_id", "1"],
+     "expected HOST:PORT"),
+    (["--num_processes", "2", "--process_id", "1"],
+     "no cluster (Slurm, Open MPI, Kubernetes, Cloud TPU) was detected to supply "
+     "--coordinator_address (or JAX_COORDINATOR_ADDRESS)"),
+    (["--coordinator_address", "127.0.0.1:{free}", "--num_processes", "2", "--process_id", "1",
+      "--coordinator_timeout", "1"], "could not be reached within 1 s"),
+    (["--coordinator_address", "127.0.0.1:{busy}", "--num_processes", "2", "--process_id", "0"],
+     "is in use on this host"),
+])
+def test_bad_launches_end_in_one_line(flags, message, tmp_path):
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    ports = {"free": _free_port(), "busy": busy.getsockname()[1]}
+    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "out"),
+               *[flag.format(**ports) for flag in flags]]
+    started = time.time()
+    result = _run(command, check=False)
+  assert result.returncode == 2, result
+  assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+  assert time.time() - started < 60
+  assert not (tmp_path / "out").exists()

@@ -136,7 +136,7 @@ def device_memory_limit(config: TrainConfig) -> int | None:
   """config.memory_limit_bytes, else the accelerator's own limit; None on a CPU without one."""
   if config.memory_limit_bytes:
     return int(config.memory_limit_bytes)
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   limit = stats.get("bytes_limit")
   return int(limit) if limit else None
 

@@ -271,7 +271,7 @@ def attention_implementation(requested: str, head_dim: int, dtype) -> str:
   if jax.default_backend() != "gpu":
     problems.append(f"the backend is {jax.default_backend()}, not a CUDA GPU")
   else:
-    capability = getattr(jax.devices()[0], "compute_capability", "0.0")
+    capability = getattr(jax.local_devices()[0], "compute_capability", "0.0")
     hopper = tuple(int(v) for v in str(capability).split(".")[:2]) >= (9, 0)
     limit = 256 if hopper else 128
     if head_dim % 8 or head_dim > limit:
