@@ -103,7 +103,7 @@ def load_config_file(path: str | os.PathLike, *, flag: str = "--config") -> Any:
 def user_error_types() -> tuple[type[BaseException], ...]:
   """The exception types that always mean a user error, wherever they are raised."""
   # Imported on use: this module itself depends on none of the heavy submodules.
-  from jaxpoison import classifier, diffusion, runs
+  from jaxpoison import classifier, diffusion, multihost, runs
   from jaxpoison.attacks import PoisonFileError
   from jaxpoison.data import DataError
   # runs.RunMismatch: both harnesses' refusals (pipeline.ResultsMismatch,
@@ -111,7 +111,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   return (UsageError, DataError, runs.RunMismatch,
           PoisonFileError, diffusion.CheckpointMismatchError, diffusion.UntrainedSigmaError,
           classifier.CheckpointMismatchError, classifier.InsufficientMemoryError,
-          FileNotFoundError)
+          multihost.LaunchError, FileNotFoundError)
 
 
 def _describe(error: BaseException) -> str:
@@ -175,7 +175,7 @@ def initialize_distributed(args: argparse.Namespace) -> str | None:
           or args.num_processes is not None or args.process_id is not None):
     return None
   from jaxpoison import multihost
-  with user_errors(multihost.LaunchError):
+  with user_errors():
     launch = multihost.resolve_launch(args.coordinator_address, args.num_processes,
                                       args.process_id, timeout_s=args.coordinator_timeout)
     line = multihost.initialize(launch)

@@ -268,13 +268,14 @@ def _free_port(low=None, high=None):
 SLURM_PORTS = (61440, 65535)
 
 
-def _launch_two(inputs, outs, *extra, port, launchers):
+def _launch_two(inputs, outs, *extra, port, launchers, extra_1=()):
   """Both processes of a two-process run (one CPU device each). Each launched by "flags", by
   "env" (the README's plain-cluster variables) or by "slurm" (the variables srun sets, from
   which JAX finds the rest; port in SLURM_PORTS)."""
   processes = []
   for process_id, (out, launcher) in enumerate(zip(outs, launchers)):
-    command = _command(inputs, out, *extra, sigmas=("0.25",))
+    command = _command(inputs, out, *extra, *(extra_1 if process_id == 1 else ()),
+                       sigmas=("0.25",))
     env = _env(devices=1)
     if launcher == "flags":
       command += ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
@@ -332,6 +333,18 @@ def test_two_processes_give_the_votes_of_one_and_resume_after_a_kill(inputs, uni
   np.testing.assert_array_equal(_votes(out, "0.25"), _votes(uninterrupted[0], "0.25"))
   assert ((out / "sigma_0.25" / "certify.tsv").read_text()
           == (uninterrupted[0] / "sigma_0.25" / "certify.tsv").read_text())
+
+
+def test_processes_with_other_settings_stop_with_one_line(inputs, tmp_path):
+  # Process 1 certifies other test points than process 0: both stop before computing anything.
+  processes = _launch_two(inputs, (tmp_path / "out", tmp_path / "out"), port=_free_port(),
+                          launchers=("flags", "flags"), extra_1=("--num_test", "20"))
+  logs = [process.communicate(timeout=300) for process in processes]
+  assert [p.returncode for p in processes] == [2, 2], logs
+  for _, stderr in logs:
+    assert ("error: process(es) 1 have other run settings than process 0: every host needs the "
+            "same data, denoiser, config and flags") in stderr, stderr
+  assert not list((tmp_path / "out").rglob("models_*.npz"))
 
 
 @pytest.mark.parametrize("flags, message", [
