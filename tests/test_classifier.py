@@ -584,3 +584,74 @@ def test_bfloat16_networks_keep_activations_in_bfloat16(model):
   print(f"{model}: bfloat16 vs float32 logits, max |Δ| / max |logit| = {diff / scale:.3g} "
         f"(bound {2 * num_layers * BF16_EPS:.3g})")
   assert diff <= 2 * num_layers * BF16_EPS * scale
+
+
+# ----------------------------------------------------------------------------- ECLIPSE's compensation
+
+
+def _compensation(**changes):
+  settings = dict(flip="none", translate=0, grayscale_prob=0.4, noise="gaussian",
+                  noise_scale=0.05, noise_quantize=True)
+  return dataclasses.replace(classifier.tiny_config("resnet18"), **{**settings, **changes})
+
+
+def test_grayscale_is_pils_convert_L():
+  from PIL import Image
+  images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+  ours = np.asarray(train_lib.pil_grayscale(jnp.asarray(images)))
+  for image, gray in zip(images, ours):
+    reference = np.asarray(Image.fromarray(image).convert("L"))
+    np.testing.assert_array_equal(gray, np.repeat(reference[..., None], 3, axis=-1))
+
+
+def test_compensation_statistics():
+  # ECLIPSE's training augmentation: grayscale with p = 0.4, then N(0, 0.05²), clipped and
+  # truncated to grey levels, fresh at every step.
+  config = _compensation()
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+  images[..., 0] = np.maximum(images[..., 0], 1)
+  images[..., 1] = 0  # No image is grey already: grey outputs are the grayscale draws.
+  gray_share, draws = [], 0
+  for step in range(60):
+    key = jax.random.fold_in(jax.random.key(2), step)
+    seen = np.asarray(train_lib._augment(config, key, 0, step, jnp.asarray(images),
+                                         jnp.arange(64), 64))
+    grey = (seen[..., 0] == seen[..., 1]).all(axis=(1, 2)) & (seen[..., 1] == seen[..., 2]).all(
+        axis=(1, 2))
+    converted = np.asarray(train_lib.pil_grayscale(jnp.asarray(images)))
+    np.testing.assert_array_equal(seen[grey], converted[grey])
+    np.testing.assert_array_equal(seen[~grey], images[~grey])
+    gray_share.append(grey.mean())
+    draws += len(grey)
+  # Four standard errors of a Bernoulli(0.4) share over 3,840 draws: 0.032.
+  assert abs(np.mean(gray_share) - 0.4) < 4 * np.sqrt(0.4 * 0.6 / draws)
+
+  flat = np.full((64, 32, 32, 3), 128, np.uint8)  # Far from 0 and 255: clipping is negligible.
+  x = np.asarray(train_lib.add_train_noise(config, jax.random.key(3), 7, jnp.asarray(flat)))
+  levels = x * 255.0
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)  # Truncated to grey levels.
+  difference = levels - 128  # floor(128 + 12.75 z): mean −½, variance 12.75² + 1/12.
+  n = difference.size
+  assert abs(difference.mean() + 0.5) < 4 * 12.75 / np.sqrt(n)
+  assert abs(difference.std() / np.sqrt(12.75 ** 2 + 1 / 12) - 1) < 4 * np.sqrt(2 / n)
+  other = np.asarray(train_lib.add_train_noise(config, jax.random.key(3), 8, jnp.asarray(flat)))
+  assert not np.array_equal(x, other)  # Fresh at every step.
+
+
+def test_zero_padded_crop_and_constant_schedule():
+  white = jnp.full((32, 8, 8, 3), 255, jnp.uint8)
+  zeros = _compensation(translate=4, pad_mode="zeros", grayscale_prob=0.0)
+  reflect = dataclasses.replace(zeros, pad_mode="reflect")
+  seen = np.asarray(train_lib._augment(zeros, jax.random.key(4), 0, 0, white, jnp.arange(32), 32))
+  assert (seen == 0).any() and set(np.unique(seen)) == {0, 255}
+  assert (np.asarray(train_lib._augment(reflect, jax.random.key(4), 0, 0, white,
+                                        jnp.arange(32), 32)) == 255).all()
+  constant = dataclasses.replace(zeros, schedule="constant")
+  np.testing.assert_array_equal(train_lib.lr_factor(constant, jnp.arange(10), 10), np.ones(10))
+  with pytest.raises(ValueError, match="pad_mode: expected one of"):
+    dataclasses.replace(zeros, pad_mode="edge")
+  with pytest.raises(ValueError, match="grayscale_prob: expected a probability"):
+    dataclasses.replace(zeros, grayscale_prob=1.5)
+  with pytest.raises(ValueError, match="noise_quantize: needs noise"):
+    dataclasses.replace(zeros, noise="none", noise_scale=0.0)

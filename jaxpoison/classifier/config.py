@@ -12,12 +12,13 @@ from jaxpoison.attacks.configs import MATCHING_LR_DROP_DIVISORS
 
 MODELS = ("airbench94", "resnet18")
 TRAINABLE = ("all", "head")
-SCHEDULES = ("airbench", "cosine", "multistep")
+SCHEDULES = ("airbench", "cosine", "multistep", "constant")
 # The "multistep" schedule: ×0.1 from epoch E // d for each d, as the gradient-matching code's
 # MultiStepLR (forest/victims/optimization_strategy.py; 14, 24 and 35 for 40 epochs); its
 # crafting loop drops the attack's rate at the same fractions of its steps.
 MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
 FLIPS = ("alternating", "random", "none")
+PAD_MODES = ("reflect", "zeros")
 NORMS = ("batch", "group")
 NOISES = ("none", "bernoulli", "uniform", "gaussian")
 # TrainConfig fields added after run folders were written with it; each default reproduces the
@@ -26,7 +27,8 @@ NOISES = ("none", "bernoulli", "uniform", "gaussian")
 ADDED_FIELDS = ("adversarial_epsilon", "adversarial_steps", "adversarial_step_size",
                 "adversarial_random_start", "norm", "dp_clip_norm", "dp_noise_multiplier",
                 "noise", "noise_scale", "friendly_epoch", "friendly_steps", "friendly_lr",
-                "friendly_mu", "friendly_clamp", "friendly_init", "friendly_batch_size")
+                "friendly_mu", "friendly_clamp", "friendly_init", "friendly_batch_size",
+                "pad_mode", "grayscale_prob", "noise_quantize")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 LOOPS = ("auto", "scan", "host")
 
@@ -61,14 +63,18 @@ class TrainConfig:
       the weight decay).
     schedule: "airbench" (linear warm-up over warmup_fraction of the steps from 0.2 to 1, then
       linear decay to 0.07), "cosine" (cosine decay to 0 over the run) or "multistep" (×0.1
-      from epochs E // 2.667, E // 1.6 and E // 1.142 of E: the gradient-matching code's).
+      from epochs E // 2.667, E // 1.6 and E // 1.142 of E: the gradient-matching code's) or
+      "constant" (no schedule: ECLIPSE's victim training).
     label_smoothing: in [0, 1).
     lookahead: airbench's lookahead EMA (every 5 steps, the weights are pulled back to an EMA
       whose decay rises as 0.95**5 (t / T)**3; the EMA is returned at the end).
     whiten_bias_epochs: airbench: epochs during which the whitening conv's bias trains.
     flip: "alternating" (airbench: a random flip fixed at the first epoch, all images flipped
       on odd epochs), "random" (fresh coin per image per epoch) or "none".
-    translate: random translation by up to this many pixels (reflection padding).
+    translate: random translation by up to this many pixels (a random crop of the image
+      padded by as many pixels on each side).
+    pad_mode: the padding of that crop: "reflect" (airbench) or "zeros" (torchvision's
+      RandomCrop(padding=4), as ECLIPSE's training).
     bn_momentum, bn_epsilon: running-average decay (Flax convention: new = m old + (1-m) batch)
       and epsilon of batch norm.
     tta_level: test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel translations.
@@ -112,10 +118,15 @@ class TrainConfig:
       step uses that sum divided by the batch size (by 1 with `decoupled`, whose loss is a
       sum). Needs norm="group" (or trainable="head", whose features run in inference mode).
     dp_noise_multiplier: z, the noise's std in units of dp_clip_norm (>= 0).
-    noise, noise_scale: random noise added to every training batch after flip and
-      translation, fresh at every step, in [0, 1] pixel units and not clipped (FrieNDs'
+    grayscale_prob: each image of each batch turned grayscale with this probability, after
+      flip and translation (torchvision's RandomGrayscale: PIL's L = 0.299 R + 0.587 G +
+      0.114 B, rounded, in all three channels); ECLIPSE's compensation uses 0.4.
+    noise, noise_scale: random noise added to every training batch after flip, translation
+      and grayscale, fresh at every step, in [0, 1] pixel units and not clipped (FrieNDs'
       Bernoulli noise, as its reference adds it): "none", "bernoulli" (±noise_scale, each
       pixel a fair coin), "uniform" (U(±noise_scale)) or "gaussian" (std noise_scale).
+    noise_quantize: after the noise, clip to [0, 1] and truncate to the 256 grey levels
+      (ECLIPSE's clamp then ToPILImage: x·255 truncated, /255).
     friendly_epoch: FrieNDs' friendly noise (`classifier.friendly.friendly_perturbation`):
       -1 (the default) for none; K >= 0: after K epochs each model computes friendly noise for
       every training image with its current weights (inference mode), and trains the rest of
@@ -173,6 +184,9 @@ class TrainConfig:
   friendly_clamp: float = 16 / 255
   friendly_init: float = 8 / 255
   friendly_batch_size: int = 512
+  pad_mode: str = "reflect"
+  grayscale_prob: float = 0.0
+  noise_quantize: bool = False
 
   def __post_init__(self):
     checks = (
@@ -222,6 +236,13 @@ class TrainConfig:
          "does not have (it mixes the batch's examples); set norm='group' (or train the head "
          "alone, trainable='head')"),
         (self.noise in NOISES, f"noise: expected one of {NOISES}, got {self.noise!r}"),
+        (self.pad_mode in PAD_MODES,
+         f"pad_mode: expected one of {PAD_MODES}, got {self.pad_mode!r}"),
+        (0 <= self.grayscale_prob <= 1 and (self.grayscale_prob == 0 or self.image_shape[-1] == 3),
+         f"grayscale_prob: expected a probability in [0, 1] (and RGB images), got "
+         f"{self.grayscale_prob}"),
+        (not self.noise_quantize or self.noise != "none",
+         "noise_quantize: needs noise (it re-quantizes the noisy batch)"),
         (0 <= self.noise_scale <= 1 and (self.noise == "none") == (self.noise_scale == 0),
          f"noise_scale: expected a scale in (0, 1] pixel units with noise={self.noise!r} (0 "
          f"with noise='none'), got {self.noise_scale}"),

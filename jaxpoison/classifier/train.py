@@ -80,6 +80,8 @@ def lr_factor(config: TrainConfig, step: jax.Array, num_steps: int) -> jax.Array
   step = jnp.asarray(step, jnp.float32)
   if config.schedule == "cosine":
     return 0.5 * (1.0 + jnp.cos(jnp.pi * step / max(num_steps, 1)))
+  if config.schedule == "constant":
+    return jnp.ones_like(step)
   if config.schedule == "multistep":
     # Milestones at whole epochs: epoch E // d starts at step (E // d) · (steps per epoch).
     per_epoch = num_steps / max(config.epochs, 1e-9)
@@ -139,12 +141,25 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
   pad = config.translate
   if pad > 0:
     h, w, c = images.shape[1:]
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                     mode="reflect" if config.pad_mode == "reflect" else "constant")
     offsets = jax.random.randint(jax.random.fold_in(batch_key, 1), (images.shape[0], 2), 0,
                                  2 * pad + 1)
     images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
         padded, offsets)
+  if config.grayscale_prob > 0:  # static
+    gray = jax.random.bernoulli(jax.random.fold_in(batch_key, 2), config.grayscale_prob,
+                                (images.shape[0],))
+    images = jnp.where(gray[:, None, None, None], pil_grayscale(images), images)
   return images
+
+
+def pil_grayscale(images):
+  """PIL's convert("L") of uint8 RGB [..., 3], in all three channels: L = (19595 R + 38470 G +
+  7471 B + 2^15) >> 16, i.e. 0.299 R + 0.587 G + 0.114 B rounded (libImaging/Convert.c)."""
+  rgb = images.astype(jnp.int32)
+  luma = (19595 * rgb[..., 0] + 38470 * rgb[..., 1] + 7471 * rgb[..., 2] + 32768) >> 16
+  return jnp.broadcast_to(luma[..., None], images.shape).astype(images.dtype)
 
 
 def privatize_gradients(per_example_grads, key, clip_norm, noise_multiplier):
@@ -172,6 +187,17 @@ def _train_noise(config: TrainConfig, key, shape) -> jax.Array:
   if config.noise == "uniform":
     return jax.random.uniform(key, shape, jnp.float32, -scale, scale)
   return scale * jax.random.normal(key, shape, jnp.float32)
+
+
+def add_train_noise(config: TrainConfig, key, step, images):
+  """One model's uint8 batch plus `TrainConfig.noise` drawn for `step` from the model's key:
+  float32 in [0, 1] pixel units (clipped and truncated to grey levels with noise_quantize)."""
+  noise = _train_noise(config, jax.random.fold_in(jax.random.fold_in(key, _NOISE), step),
+                       images.shape)
+  x = images.astype(jnp.float32) / 255.0 + noise
+  if config.noise_quantize:  # static
+    x = jnp.floor(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
+  return x
 
 
 class TrainParts(NamedTuple):
@@ -378,9 +404,7 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
         keys, x, idx)
     if config.noise != "none":  # static
-      noise = jax.vmap(lambda k: _train_noise(
-          config, jax.random.fold_in(jax.random.fold_in(k, _NOISE), step), x.shape[1:]))(keys)
-      x = x.astype(jnp.float32) / 255.0 + noise
+      x = jax.vmap(lambda k, xi: add_train_noise(config, k, step, xi))(keys, x)
     if config.adversarial_epsilon > 0:  # static: standard training's program is unchanged
       x = jax.vmap(adversarial_batch, in_axes=(0, 0, 0, 0, 0, None))(p, r, keys, x, y, step)
     factor = lr_factor(config, step, num_steps)

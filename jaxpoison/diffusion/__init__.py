@@ -41,6 +41,8 @@ from jaxpoison.diffusion.unet import (
     timestep_embedding,
 )
 from jaxpoison.diffusion.denoise import (
+    ROUNDINGS,
+    VARIANCES,
     UntrainedSigmaError,
     add_noise,
     check_trained_sigma,
@@ -51,4 +53,6 @@ from jaxpoison.diffusion.denoise import (
     noise_and_denoise,
     noise_and_denoise_many,
     psnr,
+    reverse_process,
+    reverse_process_table,
 )

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison._checks import check_images, check_sigma
-from jaxpoison.diffusion.model import Denoiser, cast_params, predict_eps
+from jaxpoison.diffusion.model import Denoiser, cast_params, predict_eps, unet_apply
 from jaxpoison.diffusion.schedule import alphas_cumprod, sigmas, timestep_for_sigma
 
 
@@ -86,11 +86,15 @@ def _to_unit(images):
   return images.astype(jnp.float32) * 2.0 - 1.0
 
 
-def _from_unit(x, dtype):
-  """float [-1, 1] -> `dtype` (uint8 rounded, or float [0, 1])."""
+ROUNDINGS = ("round", "floor")
+
+
+def _from_unit(x, dtype, rounding: str = "round"):
+  """float [-1, 1] -> `dtype` (uint8 rounded or floored, or float [0, 1])."""
   x01 = (jnp.clip(x, -1.0, 1.0) + 1.0) / 2.0
   if dtype == jnp.uint8:
-    return jnp.round(x01 * 255.0).astype(jnp.uint8)
+    scaled = x01 * 255.0
+    return (jnp.floor(scaled) if rounding == "floor" else jnp.round(scaled)).astype(jnp.uint8)
   return x01.astype(dtype)
 
 
@@ -229,57 +233,130 @@ def multistep_timesteps(t_start: int, num_steps: int | None) -> np.ndarray:
   return np.unique(np.round(np.linspace(t_start, 0, num_steps)).astype(np.int64))[::-1].copy()
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "noise_scale", "batch_size",
-                                             "compute_dtype"))
-def _multistep_jit(denoiser, images, key, steps, noise_scale, batch_size, compute_dtype):
-  denoiser = cast_params(denoiser, compute_dtype)
-  abar_all = alphas_cumprod(denoiser.schedule)
-  steps = np.asarray(steps)
-  abar = abar_all[steps]
-  # Posterior q(x_s | x_t, x̂₀) between consecutive visited steps t > s (Ho et al. eq. 7 with
-  # ᾱ_t/ᾱ_s in place of α_t, so that strided schedules stay exact).
+VARIANCES = ("fixed_small", "learned", "auto")
+
+
+def reverse_process_table(schedule, steps) -> dict[str, np.ndarray]:
+  """Per visited step k (t_k = steps[k], decreasing to 0) the coefficients of the reverse step
+  t_k → t_{k+1} (t_K = "−1", ᾱ = 1), float64 numpy, each [K]:
+
+  sqrt_abar, sqrt_one_minus_abar: for x̂₀ = (x_t − √(1−ᾱ)·ε)/√ᾱ;
+  coef_x0, coef_xt: the posterior mean of q(x_s | x_t, x̂₀) (Ho et al. eq. 7 with β = 1 − ᾱ_t/ᾱ_s:
+    improved-diffusion's respaced betas, so strided schedules stay exact);
+  log_var_small: log β̃ = log of that posterior's variance, with the last step's 0 replaced by the
+    step before's (improved-diffusion's `posterior_log_variance_clipped`);
+  log_var_large: log β (the upper end of the learned range);
+  has_noise: 0 at the last step (its sample is the mean), else 1.
+  """
+  abar = alphas_cumprod(schedule)[np.asarray(steps)].astype(np.float64)
   abar_next = np.concatenate([abar[1:], [1.0]])
   beta = 1.0 - abar / abar_next
-  c0 = np.sqrt(abar_next) * beta / (1.0 - abar)
-  ct = np.sqrt(abar / abar_next) * (1.0 - abar_next) / (1.0 - abar)
   var = beta * (1.0 - abar_next) / (1.0 - abar)
-  table = jnp.asarray(np.stack([steps, np.sqrt(abar), np.sqrt(1 - abar), c0, ct,
-                                np.sqrt(np.maximum(var, 0.0))], axis=1), jnp.float32)
+  var_clipped = var.copy()
+  if len(var) > 1:
+    var_clipped[-1] = var[-2]
+  else:  # A single step has no posterior variance to borrow; it adds no noise either.
+    var_clipped[-1] = beta[-1]
+  return {"timestep": np.asarray(steps, np.float64), "sqrt_abar": np.sqrt(abar),
+          "sqrt_one_minus_abar": np.sqrt(1.0 - abar),
+          "coef_x0": np.sqrt(abar_next) * beta / (1.0 - abar),
+          "coef_xt": np.sqrt(abar / abar_next) * (1.0 - abar_next) / (1.0 - abar),
+          "log_var_small": np.log(var_clipped), "log_var_large": np.log(beta),
+          "has_noise": (np.arange(len(abar)) < len(abar) - 1).astype(np.float64)}
+
+
+_TABLE_COLUMNS = ("timestep", "sqrt_abar", "sqrt_one_minus_abar", "coef_x0", "coef_xt",
+                  "log_var_small", "log_var_large", "has_noise")
+
+
+def reverse_process(model_fn, x_t, key, indices, table: dict, *, learned_variance: bool):
+  """DDPM's ancestral reverse process from x_t (float32 [B, H, W, C] in [-1, 1] units) through
+  the steps of `table` (`reverse_process_table`); returns the final sample, the last step's mean.
+
+  model_fn(x, t [B] int32) -> (ε [B, H, W, C], v [B, H, W, C] or None): v in [-1, 1] picks the
+  log-variance exp(½((v+1)/2·log β + (1 − (v+1)/2)·log β̃)) (improved-diffusion's learned range)
+  when learned_variance, else the posterior's own β̃ ("fixed small"). x̂₀ is clipped to [-1, 1].
+  The noise of image i at step k comes from fold_in(fold_in(key, i), k + 1), so results do not
+  depend on the batching.
+  """
+  rows = jnp.asarray(np.stack([table[c] for c in _TABLE_COLUMNS], axis=1), jnp.float32)
+
+  def body(k, x_t):
+    t, a, s, c0, ct, log_small, log_large, has_noise = (rows[k, j] for j in range(8))
+    eps, v = model_fn(x_t, jnp.full((x_t.shape[0],), t.astype(jnp.int32)))
+    x0 = jnp.clip((x_t - s * eps) / a, -1.0, 1.0)
+    if learned_variance:
+      frac = (v + 1.0) / 2.0
+      std = jnp.exp(0.5 * (frac * log_large + (1.0 - frac) * log_small))
+    else:
+      std = jnp.exp(0.5 * log_small)
+    z = jax.vmap(lambda i: jax.random.normal(
+        jax.random.fold_in(jax.random.fold_in(key, i), k + 1), x_t.shape[1:], jnp.float32)
+                 )(indices)
+    return c0 * x0 + ct * x_t + has_noise * std * z
+
+  return jax.lax.fori_loop(0, len(table["timestep"]), body, x_t)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "noise_scale", "batch_size",
+                                             "compute_dtype", "learned_variance", "rounding"))
+def _multistep_jit(denoiser, images, key, steps, noise_scale, batch_size, compute_dtype,
+                   learned_variance, rounding):
+  denoiser = cast_params(denoiser, compute_dtype)
+  table = reverse_process_table(denoiser.schedule, steps)
+  sqrt_abar_start = float(table["sqrt_abar"][0])
+  channels = denoiser.unet.eps_channels
+
+  def model_fn(x, t):
+    if not learned_variance:
+      return predict_eps(denoiser, x, t, compute_dtype=compute_dtype), None
+    out = unet_apply(denoiser.unet, denoiser.params, x, t, compute_dtype=compute_dtype)
+    return out[..., :channels], out[..., channels:]
 
   def one_batch(batch, indices):
     x = _to_unit(batch)
     # noise_scale: 2σ when started from σ (exact noise, as in `noise_and_denoise`), else the
     # start step's own level √((1-ᾱ)/ᾱ).
-    x_t = math.sqrt(abar[0]) * (x + noise_scale * image_noise(key, indices, x.shape[1:]))
-
-    def body(k, carry):
-      x_t, _ = carry
-      t, a, s, c0_, ct_, sd = (table[k, j] for j in range(6))
-      eps = predict_eps(denoiser, x_t, jnp.full((x.shape[0],), t), compute_dtype=compute_dtype)
-      x0 = jnp.clip((x_t - s * eps) / a, -1.0, 1.0)
-      z = jax.vmap(lambda i: jax.random.normal(
-          jax.random.fold_in(jax.random.fold_in(key, i), k + 1), x.shape[1:], jnp.float32))(indices)
-      return c0_ * x0 + ct_ * x_t + sd * z, x0
-
-    _, x0 = jax.lax.fori_loop(0, len(steps), body, (x_t, x_t))
-    return _from_unit(x0, images.dtype)
+    x_t = sqrt_abar_start * (x + noise_scale * image_noise(key, indices, x.shape[1:]))
+    sample = reverse_process(model_fn, x_t, key, indices, table,
+                             learned_variance=learned_variance)
+    return _from_unit(sample, images.dtype, rounding=rounding)
 
   return _batched(one_batch, images, batch_size)
 
 
 def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
                       num_steps: int | None = None, start_timestep: int | None = None,
+                      variance: str = "auto", rounding: str = "round",
                       batch_size: int = 256, compute_dtype=jnp.float32,
                       allow_untrained_sigma: bool = False):
   """Noise to level σ, then DDPM's ancestral reverse process from t* down to 0.
 
   Starts like `noise_and_denoise` (same noise for the same key), then walks the steps of
-  `multistep_timesteps(t*, num_steps)`: at each step t, x̂₀ from ε_θ, clipped to [-1, 1], and
-  x_s drawn from the posterior q(x_s | x_t, x̂₀) (fresh noise from fold_in(fold_in(key, i), k+1)
-  at the k-th step). Returns the last x̂₀ (at t = 0). num_steps=1 is exactly `noise_and_denoise`.
-  start_timestep overrides t* (ECLIPSE starts at t* = 100 whatever σ is); the start noise is
-  then the step's own, x_t = √ᾱ·x + √(1-ᾱ)·ε, and sigma only validates.
+  `multistep_timesteps(t*, num_steps)` (`reverse_process`): at each step t, x̂₀ from ε_θ, clipped
+  to [-1, 1], and x_s drawn from N(posterior mean of q(x_s | x_t, x̂₀), Σ) (fresh noise from
+  fold_in(fold_in(key, i), k+1) at the k-th step); the last step returns its mean, x̂₀.
+  num_steps=1 is exactly `noise_and_denoise`.
+
+  start_timestep overrides t* (ECLIPSE starts at its t* = 100 of 4000, i.e. the step with
+  ᾱ = ᾱ[99] in 0-based indexing: start_timestep=99, whatever σ is); the start noise is then
+  the step's own, x_t = √ᾱ·x + √(1-ᾱ)·ε, and sigma only validates.
+
+  variance: "fixed_small" (Σ = β̃, the posterior's), "learned" (improved-diffusion's learned
+  range between β̃ and β, from the UNet's second half of output channels; needs
+  out_channels = 2 × in_channels), "auto" (learned when the UNet has those channels).
+  rounding: how float outputs become uint8 for uint8 inputs: "round", or "floor" (what
+  torchvision's ToPILImage does, x·255 truncated; ECLIPSE stores its purified images so).
   """
+  if variance not in VARIANCES:
+    raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
+  if rounding not in ROUNDINGS:
+    raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
+  learns = denoiser.unet.out_channels == 2 * denoiser.unet.eps_channels
+  if variance == "learned" and not learns:
+    raise ValueError(f"variance='learned': the UNet outputs {denoiser.unet.out_channels} "
+                     f"channels, expected {2 * denoiser.unet.eps_channels} (ε and v)")
+  learned_variance = learns if variance == "auto" else variance == "learned"
   if start_timestep is not None:
     sigma, _ = _validate(denoiser, images, sigma, allow_untrained_sigma=True)
     t = int(start_timestep)
@@ -294,7 +371,7 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
     noise_scale = 2.0 * sigma
   steps = tuple(int(s) for s in multistep_timesteps(t, num_steps))
   return _multistep_jit(denoiser, images, _as_key(key), steps, float(noise_scale),
-                        int(batch_size), jnp.dtype(compute_dtype))
+                        int(batch_size), jnp.dtype(compute_dtype), learned_variance, rounding)
 
 
 def psnr(a, b, *, axis=(-3, -2, -1)):
