@@ -97,3 +97,92 @@ def test_config_errors():
     _config(lr_schedule="linear")
   with pytest.raises(ValueError, match="loss_weight_exponent"):
     _config(loss_weight_exponent=-1.0)
+
+
+# ----------------------------------------------------------------------------- hybrid loss
+
+
+def _np_normal_cdf(x):
+  return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _np_vlb_bits(schedule, eps, v, x, x_t, t):
+  """improved-diffusion's `_vb_terms_bpd` (gaussian_diffusion.py, losses.py), float64 numpy,
+  one sample at step t (arrays [H, W, C])."""
+  b = D.betas(schedule).astype(np.float64)
+  acp = np.cumprod(1 - b)
+  acp_prev = np.append(1.0, acp[:-1])
+  post_var = b * (1 - acp_prev) / (1 - acp)
+  log_small = np.log(np.append(post_var[1], post_var[1:]))[t]
+  coef1 = (b * np.sqrt(acp_prev) / (1 - acp))[t]
+  coef2 = ((1 - acp_prev) * np.sqrt(1 - b) / (1 - acp))[t]
+  x0_pred = (x_t - np.sqrt(1 - acp[t]) * eps) / np.sqrt(acp[t])
+  mean_p = coef1 * x0_pred + coef2 * x_t
+  mean_q = coef1 * x + coef2 * x_t
+  frac = (v + 1) / 2
+  logvar_p = frac * np.log(b[t]) + (1 - frac) * log_small
+  if t == 0:
+    inv = np.exp(-0.5 * logvar_p)
+    cdf_plus = _np_normal_cdf(inv * (x - mean_p + 1 / 255))
+    cdf_min = _np_normal_cdf(inv * (x - mean_p - 1 / 255))
+    log_probs = np.where(x < -0.999, np.log(np.maximum(cdf_plus, 1e-12)),
+                         np.where(x > 0.999, np.log(np.maximum(1 - cdf_min, 1e-12)),
+                                  np.log(np.maximum(cdf_plus - cdf_min, 1e-12))))
+    return -log_probs.mean() / np.log(2)
+  kl = 0.5 * (-1 + logvar_p - log_small + np.exp(log_small - logvar_p)
+              + (mean_q - mean_p) ** 2 * np.exp(-logvar_p))
+  return kl.mean() / np.log(2)
+
+
+def test_vlb_terms_match_improved_diffusion_and_train_the_variance_only():
+  schedule = D.cosine_schedule(4000)
+  rng = np.random.default_rng(0)
+  t = np.array([0, 0, 1, 57, 99, 3999])
+  shape = (len(t), 4, 4, 3)
+  x = np.clip(np.round(rng.uniform(-1.1, 1.1, shape) * 127.5) / 127.5, -1, 1)  # edges too
+  noise = rng.normal(size=shape)
+  abar = alphas_cumprod(schedule)[t][:, None, None, None]
+  x_t = np.sqrt(abar) * x + np.sqrt(1 - abar) * noise
+  eps = noise + 0.1 * rng.normal(size=shape)
+  v = rng.uniform(-1, 1, shape)
+  args = [jnp.asarray(a, jnp.float32) for a in (eps, v, x, x_t)]
+  ours = np.asarray(T.vlb_terms(schedule, *args, jnp.asarray(t)))
+  reference = np.array([_np_vlb_bits(schedule, eps[i], v[i], x[i], x_t[i], t[i])
+                        for i in range(len(t))])
+  # float32 against float64: terms of order 1e-3..10 bits; the t = 3999 KL divides by a β̃ near
+  # 1, the t = 1 one by a tiny β̃ (1e-7 relative rounding × 1/β̃-sized ratios).
+  np.testing.assert_allclose(ours, reference, rtol=2e-3, atol=1e-5)
+  # The mean is held fixed: no gradient reaches ε; v gets one.
+  grad_eps, grad_v = jax.grad(lambda e, vv: T.vlb_terms(schedule, e, vv, *args[2:],
+                                                      jnp.asarray(t)).sum(), argnums=(0, 1))(
+      args[0], args[1])
+  assert not np.asarray(grad_eps).any() and np.abs(np.asarray(grad_v)).sum() > 0
+  # The exact ε with v = −1 (Σ = β̃, the true posterior's variance) makes every KL zero.
+  exact = np.asarray(T.vlb_terms(schedule, jnp.asarray(noise, jnp.float32),
+                                 -jnp.ones(shape, jnp.float32), *args[2:], jnp.asarray(t)))
+  np.testing.assert_allclose(exact[2:], 0.0, atol=2e-3)
+
+
+def test_hybrid_loss_needs_and_trains_the_variance_channels():
+  with pytest.raises(ValueError, match="needs a UNet with 6 output channels"):
+    _config(vlb_weight=0.001)
+  # Without space-to-depth, conv_out's last axis is the output channels: [ε | v].
+  learned = dataclasses.replace(TINY, out_channels=6, patch_size=1)
+  cfg = _config(unet=learned, schedule=D.cosine_schedule(4000), vlb_weight=0.001,
+                max_timestep=99)
+  state = T.init_train_state(cfg)
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 3)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+  t = jnp.array([0, 5, 50, 99])
+  simple = dataclasses.replace(cfg, vlb_weight=0.0)
+  hybrid_loss, grads = jax.value_and_grad(T.loss_fn)(state.params, cfg, x, t, noise, None)
+  simple_loss, simple_grads = jax.value_and_grad(T.loss_fn)(state.params, simple, x, t, noise,
+                                                            None)
+  assert hybrid_loss > simple_loss
+  # The output conv's v half trains only through the VLB term.
+  kernel = "conv_out.kernel"
+  assert not np.asarray(simple_grads[kernel])[..., 3:].any()
+  assert np.abs(np.asarray(grads[kernel])[..., 3:]).sum() > 0
+  np.testing.assert_allclose(grads[kernel][..., :3], simple_grads[kernel][..., :3], rtol=1e-5,
+                             atol=1e-7)

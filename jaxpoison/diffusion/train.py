@@ -1,4 +1,5 @@
-"""DDPM training with the simple ε-prediction loss, for the single-step denoising range of σ.
+"""DDPM training with the simple ε-prediction loss (or improved DDPM's hybrid loss), for the
+single-step denoising range of σ.
 
 Loss: E‖ε − ε_θ(√ᾱ_t·x + √(1−ᾱ_t)·ε, t)‖² (Ho et al.'s L_simple), x a CIFAR-10 image in
 [−1, 1] (random horizontal flips), ε ~ N(0, I), AdamW with linear warm-up, gradient clipping,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 import optax
 
 from jaxpoison.diffusion.model import Denoiser, create_denoiser, save_denoiser, unet_apply
-from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas,
+from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, betas, sigmas,
                                          timestep_for_sigma)
 from jaxpoison.diffusion.unet import UNetConfig
 from jaxpoison.io import atomic_write_dir, atomic_write_json
@@ -54,6 +56,11 @@ class DenoiserTrainConfig:
   lr_schedule: "constant" (after warm-up) or "cosine" (decay to 0 at num_steps: a fixed budget
     ends on a small step size, which gains more than an EMA alone; resuming keeps the schedule,
     since it is a function of the step).
+  vlb_weight: λ of improved DDPM's hybrid loss L_simple + λ·L_vlb (Nichol & Dhariwal; 0.001 in
+    their recipe and ECLIPSE's): each sample adds λ·T·L_t (`vlb_terms`, in bits per dimension),
+    which is improved-diffusion's RESCALED_MSE vb term (L_t·T/1000) at λ = 0.001. It trains the
+    learned variance alone (the mean is held fixed in it) and needs a UNet with 2 × C output
+    channels. 0 (the default): L_simple, the variance channels (if any) untrained.
   """
   unet: UNetConfig
   schedule: ScheduleConfig
@@ -71,6 +78,7 @@ class DenoiserTrainConfig:
   random_flip: bool = True
   loss_weight_exponent: float = 0.0
   lr_schedule: str = "constant"
+  vlb_weight: float = 0.0
   num_steps: int = 100_000
   steps_per_chunk: int = 50
   seed: int = 0
@@ -79,6 +87,12 @@ class DenoiserTrainConfig:
     if self.lr_schedule not in ("constant", "cosine"):
       raise ValueError(f"DenoiserTrainConfig.lr_schedule: expected 'constant' or 'cosine', "
                        f"got {self.lr_schedule!r}")
+    if not self.vlb_weight >= 0:
+      raise ValueError(f"DenoiserTrainConfig.vlb_weight: expected >= 0, got {self.vlb_weight}")
+    if self.vlb_weight and self.unet.out_channels != 2 * self.unet.eps_channels:
+      raise ValueError(f"DenoiserTrainConfig.vlb_weight: the hybrid loss trains a learned "
+                       f"variance, which needs a UNet with {2 * self.unet.eps_channels} output "
+                       f"channels (ε and v); this one has {self.unet.out_channels}")
     if not self.loss_weight_exponent >= 0:
       raise ValueError(f"DenoiserTrainConfig.loss_weight_exponent: expected >= 0, got "
                        f"{self.loss_weight_exponent}")
@@ -135,8 +149,59 @@ def loss_weights(cfg: DenoiserTrainConfig) -> np.ndarray:
   return w.astype(np.float32)
 
 
+def _approx_standard_normal_cdf(x):
+  return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+  """log P(x) per element for images x in [-1, 1] quantized to 256 levels (bins 2/255 wide,
+  the edge bins open) under N(mean, exp(log_scale)²); improved-diffusion's (and Ho et al.'s)
+  decoder, with their tanh approximation of the normal CDF."""
+  centered = x - mean
+  inv_std = jnp.exp(-log_scale)
+  cdf_plus = _approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+  cdf_min = _approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+  log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
+  log_one_minus_cdf_min = jnp.log(jnp.maximum(1.0 - cdf_min, 1e-12))
+  log_delta = jnp.log(jnp.maximum(cdf_plus - cdf_min, 1e-12))
+  return jnp.where(x < -0.999, log_cdf_plus,
+                   jnp.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+
+
+def vlb_terms(schedule: ScheduleConfig, eps, v, x, x_t, t):
+  """L_t of the variational bound per sample, in bits per dimension (improved-diffusion's
+  `_vb_terms_bpd`): KL(q(x_{t-1} | x_t, x) ‖ p(x_{t-1} | x_t)) for t > 0, the decoder's −log
+  likelihood of x for t = 0. p's mean comes from ε held fixed (stop-gradient: this term trains
+  the variance only) and is not clipped; its log-variance is v's point in [log β̃_t, log β_t]
+  ((v+1)/2 towards log β_t). eps, v, x, x_t float [B, H, W, C] (x in [-1, 1]), t int [B]."""
+  betas_np = betas(schedule).astype(np.float64)
+  abar_np = np.cumprod(1.0 - betas_np)
+  abar_prev_np = np.append(1.0, abar_np[:-1])
+  posterior_var = betas_np * (1.0 - abar_prev_np) / (1.0 - abar_np)
+  table = {
+      "sqrt_abar": np.sqrt(abar_np), "sqrt_one_minus_abar": np.sqrt(1.0 - abar_np),
+      "coef_x0": betas_np * np.sqrt(abar_prev_np) / (1.0 - abar_np),
+      "coef_xt": (1.0 - abar_prev_np) * np.sqrt(1.0 - betas_np) / (1.0 - abar_np),
+      "log_var_small": np.log(np.append(posterior_var[1], posterior_var[1:])),
+      "log_var_large": np.log(betas_np)}
+  c = {k: jnp.asarray(val, jnp.float32)[t][:, None, None, None] for k, val in table.items()}
+  eps = jax.lax.stop_gradient(eps)
+  x0_pred = (x_t - c["sqrt_one_minus_abar"] * eps) / c["sqrt_abar"]
+  model_mean = c["coef_x0"] * x0_pred + c["coef_xt"] * x_t
+  true_mean = c["coef_x0"] * x + c["coef_xt"] * x_t
+  frac = (v + 1.0) / 2.0
+  model_log_var = frac * c["log_var_large"] + (1.0 - frac) * c["log_var_small"]
+  true_log_var = c["log_var_small"]
+  kl = 0.5 * (-1.0 + model_log_var - true_log_var + jnp.exp(true_log_var - model_log_var)
+              + (true_mean - model_mean) ** 2 * jnp.exp(-model_log_var))
+  nll = -discretized_gaussian_log_likelihood(x, model_mean, 0.5 * model_log_var)
+  per_dim = jnp.where((t == 0)[:, None, None, None], nll, kl)
+  return jnp.mean(per_dim, axis=(1, 2, 3)) / math.log(2.0)
+
+
 def loss_fn(params, cfg: DenoiserTrainConfig, x, t, noise, dropout_key):
-  """Weighted mean squared error of the ε prediction; x in [-1, 1] [B, H, W, C], t int [B]."""
+  """Weighted mean squared error of the ε prediction (+ λ·T·L_t with the hybrid loss); x in
+  [-1, 1] [B, H, W, C], t int [B]."""
   abar = jnp.asarray(alphas_cumprod(cfg.schedule), jnp.float32)[t][:, None, None, None]
   x_t = jnp.sqrt(abar) * x + jnp.sqrt(1 - abar) * noise
   out = unet_apply(cfg.unet, params, x_t, t, dropout_key=dropout_key)
@@ -144,6 +209,10 @@ def loss_fn(params, cfg: DenoiserTrainConfig, x, t, noise, dropout_key):
   per_sample = jnp.mean((eps - noise) ** 2, axis=(1, 2, 3))
   if cfg.loss_weight_exponent:
     per_sample = per_sample * jnp.asarray(loss_weights(cfg))[t]
+  if cfg.vlb_weight:  # static
+    v = out[..., cfg.unet.eps_channels:]
+    per_sample = per_sample + (cfg.vlb_weight * cfg.schedule.num_timesteps) * vlb_terms(
+        cfg.schedule, eps, v, x, x_t, t)
   return jnp.mean(per_sample)
 
 
