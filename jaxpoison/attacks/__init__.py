@@ -27,6 +27,15 @@ classifiers (`GradientModel`, e.g. `classifier.gradient_model(models, i)`):
                          config)
     attacks.sleeper_agent(key, surrogates, source_images, target_class, base_images, config,
                           retrain_fn)  # bases chosen by attacks.select_poisons
+
+Indiscriminate, data-generated poisons (the "unlearnable examples" ECLIPSE is evaluated
+against) perturb every training image by class, labels clean, with no model:
+
+    attacks.urp_poison(key, images, labels, attacks.URPConfig())  # class-wise noise, ℓ∞ 8/255
+    attacks.lsp_poison(key, images, labels, attacks.LSPConfig())  # linearly separable, ℓ2 1.0
+    attacks.ar_poison(key, images, labels, attacks.ARConfig())    # autoregressive, ℓ2 1.0
+
+(`INDISCRIMINATE_POISONS` maps "urp", "lsp", "ar" to them and their configs.)
 """
 
 from __future__ import annotations
@@ -75,6 +84,28 @@ from jaxpoison.attacks.hidden_trigger import (
     greedy_matching,
     hidden_trigger_backdoor,
     pairwise_distances,
+)
+from jaxpoison.attacks.indiscriminate import (
+    AR_REFERENCE_COEFFICIENTS,
+    INDISCRIMINATE_POISONS,
+    ARConfig,
+    IndiscriminatePoison,
+    LSPClasses,
+    LSPConfig,
+    URPConfig,
+    ar_coefficients,
+    ar_filters,
+    ar_perturbations,
+    ar_poison,
+    ar_process,
+    ar_residual,
+    lsp_classes,
+    lsp_perturbations,
+    lsp_poison,
+    patch_upsample,
+    sample_ar_coefficients,
+    urp_class_noise,
+    urp_poison,
 )
 from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
