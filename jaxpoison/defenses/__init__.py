@@ -15,6 +15,8 @@ benchmarks apply it (`--defense`).
 * `dpa`: Deep Partition Aggregation over a hash partition (`train_partition_models`: one base
   classifier per part, trained together) with plain DPA's and the run-off election's
   certificates (`dpa_certify`, `roe_certify`).
+* `iss`: Image Shortcut Squeezing, ECLIPSE's cheap baselines against unlearnable poisons: JPEG
+  at quality 10 (`iss_jpeg`) and grayscale (`iss_grayscale`) applied to the training images.
 """
 
 from jaxpoison.defenses.adversarial_training import adversarial_config, pgd_linf, robust_accuracy
@@ -23,6 +25,7 @@ from jaxpoison.defenses.deep_knn import (DeepKnnResult, deep_knn_filter, neighbo
                                          removal_report)
 from jaxpoison.defenses.dp_sgd import dp_sgd_config, noise_multiplier_for_epsilon, privacy_spent
 from jaxpoison.defenses.friends import friendly_noise, friends_config
+from jaxpoison.defenses.iss import ISS_JPEG_QUALITY, iss_grayscale, iss_jpeg
 from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet, dpa_certify,
                                     hash_partition, partition_training_sets,
                                     partitioned_certified_accuracy, roe_certify,
@@ -31,7 +34,7 @@ from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet
 __all__ = [
     "DEFENSES", "DefenseConfig", "TRAINING_DEFENSES", "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
     "deep_knn_filter", "dp_sgd_config", "dpa_certify", "friendly_noise", "friends_config",
-    "hash_partition",
+    "ISS_JPEG_QUALITY", "hash_partition", "iss_grayscale", "iss_jpeg",
     "neighbour_label_counts", "noise_multiplier_for_epsilon", "partition_training_sets",
     "partitioned_certified_accuracy", "pgd_linf", "privacy_spent", "removal_report",
     "robust_accuracy", "roe_certify", "train_partition_models",
