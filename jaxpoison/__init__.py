@@ -26,6 +26,7 @@ Public API, re-exported from the submodules:
 * certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
   folder and chunk helpers behind scripts/certify.py), and `multihost` (its launch over several
   processes with `jax.distributed`, and the steps at which they agree).
+* ECLIPSE: the module `eclipse` (sparse DDPM, purification, compensation, `run_eclipse`).
 * classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
   `classifier.predict`, `classifier.evaluate`, checkpoints), and `train_models`, `TrainConfig`,
   `airbench94_config`, `resnet18_config`. `predict` is not re-exported: use
@@ -86,7 +87,7 @@ from jaxpoison.benchmarks import (
     render_table,
     run_benchmark,
 )
-from jaxpoison import multihost, pipeline
+from jaxpoison import eclipse, multihost, pipeline
 from jaxpoison.pipeline import CertifyConfig, run_certification
 
 try:

@@ -1,0 +1,155 @@
+"""jaxpoison.eclipse: the split, enlargement, purification, the recipes, and the resumable run
+(scripts/eclipse.py end to end on tiny data)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpoison import classifier, diffusion, eclipse
+from jaxpoison.data import CIFAR10_LABEL_NAMES, Dataset
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_UNET = diffusion.UNetConfig(out_channels=6, block_out_channels=(8, 16), layers_per_block=1,
+                                 attention_resolutions=(), mid_attention=False,
+                                 norm_num_groups=4, timestep_scale=0.25)
+
+
+def _dataset(n_train=60, n_test=20, seed=0):
+  rng = np.random.default_rng(seed)
+  return Dataset(x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+                 y_train=np.arange(n_train) % 3,
+                 x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+                 y_test=np.arange(n_test) % 3, label_names=tuple(CIFAR10_LABEL_NAMES))
+
+
+def test_heldout_sparse_set_is_disjoint_and_deterministic():
+  dataset = _dataset()
+  config = eclipse.EclipseConfig(sparse_size=12).validate()
+  data = eclipse.split(dataset, config)
+  assert len(data.sparse) == 12 and len(data.x_train) == 48
+  rows = {row.tobytes() for row in dataset.x_train}
+  sparse, train = ({r.tobytes() for r in a} for a in (data.sparse, data.x_train))
+  assert sparse | train == rows and not sparse & train
+  np.testing.assert_array_equal(eclipse.split(dataset, config).sparse, data.sparse)
+  other = eclipse.split(dataset, dataclasses.replace(config, seed=1))
+  assert not np.array_equal(other.sparse, data.sparse)
+  with pytest.warns(UserWarning, match="test accuracy is then measured partly"):
+    from_test = eclipse.split(dataset, dataclasses.replace(config, sparse_source="test"))
+  assert len(from_test.x_train) == 60 and len(from_test.x_test) == 20
+  assert {r.tobytes() for r in from_test.sparse} <= {r.tobytes() for r in dataset.x_test}
+
+
+def test_enlarge_sizes_and_errors():
+  images = np.zeros((5, 2, 2, 3), np.uint8)
+  assert len(eclipse.enlarge(images, 4)) == 25 and len(eclipse.enlarge(images, 4, "copies")) == 20
+  assert len(eclipse.enlarge(images, 0)) == 5
+  with pytest.raises(ValueError, match="expected >= 1"):
+    eclipse.enlarge(images, 0, "copies")
+  with pytest.raises(ValueError, match="enlarge mode"):
+    eclipse.enlarge(images, 1, "mixup")
+
+
+def test_purify_is_the_learned_variance_reverse_process_from_t_star():
+  denoiser = diffusion.create_denoiser(TINY_UNET, diffusion.cosine_schedule(4000),
+                                       jax.random.key(0))
+  images = _dataset().x_train[:5]
+  key = jax.random.key(1)
+  ours = eclipse.purify(denoiser, images, key, t_star=10, batch_size=5)
+  assert ours.dtype == np.uint8 and ours.shape == images.shape
+  np.testing.assert_array_equal(ours, diffusion.denoise_multistep(
+      denoiser, images, 0.01, key, start_timestep=9, variance="learned", rounding="floor",
+      batch_size=5))
+  with pytest.raises(ValueError, match="t_star: expected 1..4000"):
+    eclipse.purify(denoiser, images, key, t_star=0)
+
+
+def test_recipes_follow_the_authors_settings():
+  ddpm = eclipse.eclipse_ddpm_config()
+  assert (ddpm.schedule.kind, ddpm.schedule.num_timesteps, ddpm.unet.out_channels) == (
+      "cosine", 4000, 6)
+  assert (ddpm.vlb_weight, ddpm.ema_decay, ddpm.learning_rate, ddpm.batch_size,
+          ddpm.num_steps, ddpm.timestep_range()) == (0.001, 0.9999, 1e-4, 128, 250_000,
+                                                     (0, 3999))
+  victim = eclipse.eclipse_victim_config()
+  assert (victim.model, victim.epochs, victim.lr, victim.momentum, victim.weight_decay,
+          victim.schedule, victim.translate, victim.pad_mode, victim.batch_size) == (
+              "resnet18", 80, 0.1, 0.9, 0.0, "constant", 4, "zeros", 128)
+  compensated = eclipse.compensation_config(victim)
+  assert (compensated.grayscale_prob, compensated.noise, compensated.noise_scale,
+          compensated.noise_quantize) == (0.4, "gaussian", 0.05, True)
+  config = eclipse.EclipseConfig(defenses=eclipse.DEFENSES)
+  assert [eclipse.defense_training(d, config)[0] for d in eclipse.DEFENSES] == [
+      "poisoned", "purified", "purified", "poisoned", "poisoned", "poisoned"]
+  with pytest.raises(ValueError, match="purification needs up to 99"):
+    eclipse.EclipseConfig(ddpm=dataclasses.replace(ddpm, max_timestep=50)).validate()
+  with pytest.raises(ValueError, match="defenses: expected distinct names"):
+    eclipse.EclipseConfig(defenses=("none", "jpeg")).validate()
+
+
+CONFIG = """
+import dataclasses
+from jaxpoison import classifier, diffusion
+from jaxpoison.eclipse import EclipseConfig, eclipse_ddpm_config, eclipse_victim_config
+
+def get_config():
+  unet = diffusion.UNetConfig(out_channels=6, block_out_channels=(8, 16), layers_per_block=1,
+                              attention_resolutions=(), mid_attention=False, norm_num_groups=4,
+                              timestep_scale=0.25)
+  ddpm = eclipse_ddpm_config(unet, batch_size=8, max_timestep=9, num_steps=4,
+                             steps_per_chunk=2, ema_decay=0.5)
+  victim = eclipse_victim_config(widths=(4, 8, 8, 8), epochs=1, batch_size=16,
+                                 compute_dtype="float32")
+  return EclipseConfig(poison="urp", ddpm=ddpm, victim=victim, sparse_size=12, t_star=10,
+                       purify_chunk=20, purify_batch_size=8,
+                       defenses=("none", "eclipse", "iss_grayscale"))
+"""
+
+
+def _script(tmp_path, *extra):
+  command = [sys.executable, str(REPO / "scripts" / "eclipse.py"), "--config",
+             str(tmp_path / "config.py"), "--data", str(tmp_path / "data.npz"), "--out",
+             str(tmp_path / "run"), *extra]
+  return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                        env={**__import__("os").environ, "PYTHONPATH": str(REPO),
+                             "JAX_PLATFORMS": "cpu"})
+
+
+def test_script_runs_every_stage_and_resumes(tmp_path):
+  dataset = _dataset()
+  np.savez(tmp_path / "data.npz", x_train=dataset.x_train, y_train=dataset.y_train,
+           x_test=dataset.x_test, y_test=dataset.y_test)
+  (tmp_path / "config.py").write_text(CONFIG)
+  first = _script(tmp_path, "--ddpm_max_minutes", "0")  # Stops after the first DDPM chunk.
+  assert first.returncode == 0, first.stderr
+  assert "DDPM at step 2/4; rerun to continue" in first.stdout
+  assert not (tmp_path / "run" / "poisoned.npz").exists()
+  second = _script(tmp_path)
+  assert second.returncode == 0, second.stderr
+  run = tmp_path / "run"
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["stage"] == "done" and set(summary["defenses"]) == {"none", "eclipse",
+                                                                    "iss_grayscale"}
+  assert len(list((run / "purified").glob("chunk_*.npz"))) == 3  # 48 images in chunks of 20
+  assert "| eclipse |" in second.stdout
+  poisoned = np.load(run / "poisoned.npz")["images"]
+  data = eclipse.split(dataset, eclipse.EclipseConfig(sparse_size=12))
+  delta = poisoned.astype(int) - data.x_train.astype(int)
+  assert np.abs(delta).max() <= 8 and delta.any()  # URP, ℓ∞ 8/255, on the held-out split
+  # A rerun recomputes nothing; a lost victim record is recomputed identically.
+  before = {p: p.stat().st_mtime_ns for p in run.rglob("*.npz")}
+  record = run / "victims" / "eclipse_0.json"
+  accuracy = json.loads(record.read_text())["test_accuracy"]
+  record.unlink()
+  third = _script(tmp_path)
+  assert third.returncode == 0, third.stderr
+  assert "eclipse victim 0" in third.stdout and "none victim 0" not in third.stdout
+  assert json.loads(record.read_text())["test_accuracy"] == accuracy
+  assert {p: p.stat().st_mtime_ns for p in run.rglob("*.npz")} == before
+  refused = _script(tmp_path, "--seed", "1")
+  assert refused.returncode == 2 and "seed: folder has 0, this run has 1" in refused.stderr
