@@ -39,7 +39,11 @@ def diffusers_kwargs(unet):
               downsample_padding=unet.downsample_padding, flip_sin_to_cos=unet.flip_sin_to_cos,
               freq_shift=unet.freq_shift, norm_eps=unet.norm_eps,
               norm_num_groups=unet.norm_num_groups, attention_head_dim=unet.attention_head_dim,
-              add_attention=unet.mid_attention)
+              add_attention=unet.mid_attention,
+              # FiLM time conditioning (the default denoiser's); diffusers then needs the
+              # middle attention's GroupNorm named, or it builds that attention without one.
+              **(dict(resnet_time_scale_shift="scale_shift",
+                      attn_norm_num_groups=unet.norm_num_groups) if unet.scale_shift_norm else {}))
 
 
 def bench(fn, repeats, sync=lambda: None):
