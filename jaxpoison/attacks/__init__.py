@@ -36,6 +36,19 @@ against) perturb every training image by class, labels clean, with no model:
     attacks.ar_poison(key, images, labels, attacks.ARConfig())    # autoregressive, ℓ2 1.0
 
 (`INDISCRIMINATE_POISONS` maps "urp", "lsp", "ar" to them and their configs.)
+
+The trained ones (`attacks.unlearnable`) optimize every image's perturbation, ℓ∞ 8/255, against
+a surrogate network: EM and REM train their surrogate between noise updates (a
+`classifier.TrainConfig`, by default `em_surrogate_config()` / `rem_surrogate_config()`), TAP
+attacks one trained on the clean data:
+
+    attacks.em_poison(key, images, labels, attacks.EMConfig())    # error-minimizing (min-min)
+    attacks.tap_poison(key, surrogate, images, labels, attacks.TAPConfig())  # toward class y + 1
+    attacks.rem_poison(key, images, labels, attacks.REMConfig())  # robust EM, adversary 4/255
+
+Each returns its uint8 poisons with the surrogate (EM, REM) or the restarts' scores (TAP); they
+need a model, so `INDISCRIMINATE_POISONS` (model-free `poison(key, images, labels, config)`)
+leaves them out.
 """
 
 from __future__ import annotations
@@ -106,6 +119,21 @@ from jaxpoison.attacks.indiscriminate import (
     sample_ar_coefficients,
     urp_class_noise,
     urp_poison,
+)
+from jaxpoison.attacks.unlearnable import (
+    EMConfig,
+    EMResult,
+    REMConfig,
+    REMResult,
+    TAPConfig,
+    TAPResult,
+    em_poison,
+    em_surrogate_config,
+    rem_poison,
+    rem_surrogate_config,
+    sign_pgd,
+    tap_poison,
+    target_classes,
 )
 from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
