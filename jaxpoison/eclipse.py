@@ -53,7 +53,7 @@ ENLARGE_MODES = ("union", "copies")
 # ISS's JPEG and grayscale (Table 1 baselines).
 DEFENSES = ("none", "eclipse", "purification_only", "compensation_only", "iss_jpeg",
             "iss_grayscale")
-POISONS = ("none", "urp", "lsp", "ar")
+POISONS = ("none", "urp", "lsp", "ar", "em", "tap", "rem")
 ECLIPSE_T_STAR = 100  # of T = 4000 (ECLIPSE §4.1; purification.py)
 
 # Stream tags for fold_in: every random choice of a run derives from (seed, tag[, index]).
@@ -142,8 +142,13 @@ class EclipseConfig:
   """One ECLIPSE run (`run_eclipse`).
 
   Attributes:
-    poison: the indiscriminate poison applied to every training image ("none", "urp", "lsp",
-      "ar"; `jaxpoison.attacks.INDISCRIMINATE_POISONS` with their default bounds).
+    poison: the indiscriminate poison applied to every training image: "none", the
+      data-generated "urp", "lsp", "ar" (`jaxpoison.attacks.INDISCRIMINATE_POISONS`) or the
+      trained "em", "tap", "rem" (`jaxpoison.attacks.unlearnable`), each with its reference's
+      defaults (ℓ∞ 8/255; LSP and AR ℓ2 1.0).
+    poison_settings: changes to the poison's config (e.g. {"max_rounds": 20} for EM).
+    poison_surrogate: changes to the trained poisons' surrogate recipe (EM's and REM's own,
+      TAP's clean "conservative" one), e.g. smaller widths for a CPU run.
     defenses: which trainings to run on the poisoned set (`DEFENSES`).
     sparse_size: B; sparse_source: "heldout" (from the training split, removed from it) or
       "test" (the authors' choice; leaks into test accuracy).
@@ -159,6 +164,8 @@ class EclipseConfig:
     seed: every random choice (sparse set, poison, purification noise, victims).
   """
   poison: str = "lsp"
+  poison_settings: dict = dataclasses.field(default_factory=dict)
+  poison_surrogate: dict = dataclasses.field(default_factory=dict)
   defenses: tuple[str, ...] = ("none", "eclipse")
   sparse_size: int = 2000
   sparse_source: str = "heldout"
@@ -243,14 +250,35 @@ def split(dataset: Dataset, config: EclipseConfig) -> EclipseData:
 
 
 def poison_training_set(data: EclipseData, config: EclipseConfig, num_classes: int) -> np.ndarray:
-  """Every training image poisoned by config.poison (its default bound), uint8."""
+  """Every training image poisoned by config.poison (its reference's defaults changed by
+  config.poison_settings; trained poisons craft against surrogates trained here), uint8."""
   if config.poison == "none":
     return data.x_train
   from jaxpoison import attacks
-  entry = attacks.INDISCRIMINATE_POISONS[config.poison]
-  poison_config = entry.config_type(num_classes=num_classes)
+  from jaxpoison.attacks import unlearnable
   key = jax.random.fold_in(jax.random.key(config.seed), _POISON)
-  return np.asarray(entry.poison(key, data.x_train, data.y_train, poison_config))
+  settings = dict(config.poison_settings, num_classes=num_classes)
+  surrogate = dict(config.poison_surrogate, num_classes=num_classes,
+                   image_shape=tuple(data.x_train.shape[1:]))
+  if config.poison in attacks.INDISCRIMINATE_POISONS:
+    entry = attacks.INDISCRIMINATE_POISONS[config.poison]
+    return np.asarray(entry.poison(key, data.x_train, data.y_train,
+                                   entry.config_type(**settings)))
+  if config.poison == "em":
+    return unlearnable.em_poison(key, data.x_train, data.y_train,
+                                 unlearnable.EMConfig(**settings),
+                                 train_config=unlearnable.em_surrogate_config(**surrogate)).poisons
+  if config.poison == "rem":
+    return unlearnable.rem_poison(key, data.x_train, data.y_train,
+                                  unlearnable.REMConfig(**settings),
+                                  train_config=unlearnable.rem_surrogate_config(**surrogate)).poisons
+  # TAP: a surrogate trained on the clean set with the gradient-matching "conservative" recipe
+  # (the reference's default), then every image pushed towards the next class.
+  models = classifier.train_models(jax.random.fold_in(key, 0)[None], data.x_train, data.y_train,
+                                   classifier.conservative_config(**surrogate))
+  return unlearnable.tap_poison(jax.random.fold_in(key, 1), classifier.gradient_model(models, 0),
+                                data.x_train, data.y_train,
+                                unlearnable.TAPConfig(**settings)).poisons
 
 
 def defense_training(defense: str, config: EclipseConfig

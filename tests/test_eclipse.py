@@ -153,3 +153,20 @@ def test_script_runs_every_stage_and_resumes(tmp_path):
   assert {p: p.stat().st_mtime_ns for p in run.rglob("*.npz")} == before
   refused = _script(tmp_path, "--seed", "1")
   assert refused.returncode == 2 and "seed: folder has 0, this run has 1" in refused.stderr
+
+
+@pytest.mark.parametrize("poison, settings", [
+    ("em", {"steps": 2, "train_steps": 2, "max_rounds": 1, "batch_size": 16}),
+    ("tap", {"steps": 2, "restarts": 1, "batch_size": 16}),
+])
+def test_trained_poisons_craft_against_their_own_surrogates(poison, settings):
+  dataset = _dataset(n_train=44)
+  config = eclipse.EclipseConfig(
+      poison=poison, sparse_size=12, poison_settings=settings,
+      poison_surrogate={"widths": (4, 8, 8, 8), "epochs": 1, "batch_size": 16,
+                        "compute_dtype": "float32"}).validate()
+  data = eclipse.split(dataset, config)
+  poisoned = eclipse.poison_training_set(data, config, num_classes=10)
+  delta = poisoned.astype(int) - data.x_train.astype(int)
+  assert poisoned.dtype == np.uint8 and np.abs(delta).max() <= 8 and delta.any()
+  np.testing.assert_array_equal(poisoned, eclipse.poison_training_set(data, config, 10))
