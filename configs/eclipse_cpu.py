@@ -35,4 +35,4 @@ def get_config() -> EclipseConfig:
   return dataclasses.replace(
       EclipseConfig(), ddpm=ddpm, victim=victim, sparse_size=400, num_train=5400,
       num_test=1000, defenses=("none", "eclipse", "purification_only", "compensation_only",
-                               "iss_jpeg", "iss_grayscale"))
+                               "iss_jpeg", "iss_grayscale", "adversarial_training"))

@@ -50,9 +50,9 @@ SPARSE_SOURCES = ("heldout", "test")
 ENLARGE_MODES = ("union", "copies")
 # Trained on: the poisoned set ("none"); its purified copy with the compensation ("eclipse", the
 # method); each half alone (ECLIPSE's Table 4 ablation: A = purification, B + C = compensation);
-# ISS's JPEG and grayscale (Table 1 baselines).
+# ISS's JPEG and grayscale, and adversarial training (Table 1 baselines).
 DEFENSES = ("none", "eclipse", "purification_only", "compensation_only", "iss_jpeg",
-            "iss_grayscale")
+            "iss_grayscale", "adversarial_training")
 POISONS = ("none", "urp", "lsp", "ar", "em", "tap", "rem")
 ECLIPSE_T_STAR = 100  # of T = 4000 (ECLIPSE §4.1; purification.py)
 
@@ -286,7 +286,10 @@ def defense_training(defense: str, config: EclipseConfig
   """(which images: "poisoned" or "purified"; a transform of them or None; the TrainConfig)."""
   compensated = compensation_config(config.victim, grayscale_prob=config.grayscale_prob,
                                     noise_std=config.noise_std)
-  from jaxpoison.defenses import iss_grayscale, iss_jpeg
+  from jaxpoison.defenses import adversarial_config, iss_grayscale, iss_jpeg
+  # AT as ECLIPSE's baseline (Tao et al. 2021; its settings unspecified there): PGD at the
+  # poisons' own budget, 8/255, with Madry's CIFAR-10 steps (10 of 2/255).
+  adversarial = adversarial_config(config.victim, epsilon=8 / 255, steps=10, step_size=2 / 255)
   return {
       "none": ("poisoned", None, config.victim),
       "eclipse": ("purified", None, compensated),
@@ -294,6 +297,7 @@ def defense_training(defense: str, config: EclipseConfig
       "compensation_only": ("poisoned", None, compensated),
       "iss_jpeg": ("poisoned", iss_jpeg, config.victim),
       "iss_grayscale": ("poisoned", iss_grayscale, config.victim),
+      "adversarial_training": ("poisoned", None, adversarial),
   }[defense]
 
 

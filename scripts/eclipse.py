@@ -29,7 +29,7 @@ def parse_args(argv):
   parser.add_argument("--poison", help="none | urp | lsp | ar | em | tap | rem")
   parser.add_argument("--defenses", type=cli.comma_separated(str),
                       help="comma-separated: none, eclipse, purification_only, "
-                      "compensation_only, iss_jpeg, iss_grayscale")
+                      "compensation_only, iss_jpeg, iss_grayscale, adversarial_training")
   parser.add_argument("--num_victims", type=int)
   parser.add_argument("--sparse_source", choices=("heldout", "test"))
   parser.add_argument("--seed", type=int)

@@ -85,7 +85,9 @@ def test_recipes_follow_the_authors_settings():
           compensated.noise_quantize) == (0.4, "gaussian", 0.05, True)
   config = eclipse.EclipseConfig(defenses=eclipse.DEFENSES)
   assert [eclipse.defense_training(d, config)[0] for d in eclipse.DEFENSES] == [
-      "poisoned", "purified", "purified", "poisoned", "poisoned", "poisoned"]
+      "poisoned", "purified", "purified", "poisoned", "poisoned", "poisoned", "poisoned"]
+  at = eclipse.defense_training("adversarial_training", config)[2]
+  assert (at.adversarial_epsilon, at.adversarial_steps) == (8 / 255, 10)
   with pytest.raises(ValueError, match="purification needs up to 99"):
     eclipse.EclipseConfig(ddpm=dataclasses.replace(ddpm, max_timestep=50)).validate()
   with pytest.raises(ValueError, match="defenses: expected distinct names"):
