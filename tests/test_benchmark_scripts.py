@@ -162,3 +162,26 @@ def test_bench_dpa_times_both_ways_and_they_train_the_same_models(tmp_path, caps
   with pytest.raises(SystemExit) as info:
     cli.run(_script("bench_dpa").main, ["--num_partitions", "2", "--num_models", "3"])
   assert info.value.code == 2 and "--num_models" in capsys.readouterr().err
+
+
+def test_bench_purification_agrees_with_the_pytorch_loop(tmp_path, capsys):
+  import json
+  pytest.importorskip("diffusers")
+  (tmp_path / "config.py").write_text(
+      "import dataclasses\n"
+      "from jaxpoison import diffusion\n"
+      "from jaxpoison.eclipse import EclipseConfig, eclipse_ddpm_config\n\n"
+      "def get_config():\n"
+      "  unet = diffusion.UNetConfig(out_channels=6, block_out_channels=(8, 16),\n"
+      "                              layers_per_block=1, attention_resolutions=(16,),\n"
+      "                              norm_num_groups=4, scale_shift_norm=True,\n"
+      "                              timestep_scale=0.25)\n"
+      "  return EclipseConfig(ddpm=eclipse_ddpm_config(unet))\n")
+  out = _main_output(capsys, "bench_purification", [
+      "--config", str(tmp_path / "config.py"), "--num_images", "3", "--t_star", "6"])
+  line = json.loads(out.strip().splitlines()[-1])
+  assert line["reverse_steps"] == 6 and line["jax_s"] > 0 and line["torch_s"] > 0
+  assert line["ratio_torch_over_jax"] == pytest.approx(line["torch_s"] / line["jax_s"])
+  # The same network, noise and steps: the float outputs agree to rounding, so the stored grey
+  # levels (truncated) differ by at most one where a value sits at a level's edge.
+  assert line["max_grey_level_difference"] <= 1.0
