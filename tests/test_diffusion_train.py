@@ -175,14 +175,10 @@ def test_hybrid_loss_needs_and_trains_the_variance_channels():
   x = jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 3)), jnp.float32)
   noise = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
   t = jnp.array([0, 5, 50, 99])
-  simple = dataclasses.replace(cfg, vlb_weight=0.0)
   hybrid_loss, grads = jax.value_and_grad(T.loss_fn)(state.params, cfg, x, t, noise, None)
-  simple_loss, simple_grads = jax.value_and_grad(T.loss_fn)(state.params, simple, x, t, noise,
-                                                            None)
+  simple_loss = T.loss_fn(state.params, dataclasses.replace(cfg, vlb_weight=0.0), x, t, noise,
+                          None)
   assert hybrid_loss > simple_loss
-  # The output conv's v half trains only through the VLB term.
-  kernel = "conv_out.kernel"
-  assert not np.asarray(simple_grads[kernel])[..., 3:].any()
-  assert np.abs(np.asarray(grads[kernel])[..., 3:]).sum() > 0
-  np.testing.assert_allclose(grads[kernel][..., :3], simple_grads[kernel][..., :3], rtol=1e-5,
-                             atol=1e-7)
+  # The v half of the output conv gets a gradient (through the VLB term: L_simple ignores v;
+  # that no gradient reaches ε through the VLB term is the vlb_terms test's).
+  assert np.abs(np.asarray(grads["conv_out.kernel"])[..., 3:]).sum() > 0

@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,8 +96,7 @@ def test_recipes_follow_the_authors_settings():
 
 
 CONFIG = """
-import dataclasses
-from jaxpoison import classifier, diffusion
+from jaxpoison import diffusion
 from jaxpoison.eclipse import EclipseConfig, eclipse_ddpm_config, eclipse_victim_config
 
 def get_config():
@@ -113,34 +113,28 @@ def get_config():
 """
 
 
-def _script(tmp_path, *extra):
-  command = [sys.executable, str(REPO / "scripts" / "eclipse.py"), "--config",
-             str(tmp_path / "config.py"), "--data", str(tmp_path / "data.npz"), "--out",
-             str(tmp_path / "run"), *extra]
-  return subprocess.run(command, capture_output=True, text=True, timeout=600,
-                        env={**__import__("os").environ, "PYTHONPATH": str(REPO),
-                             "JAX_PLATFORMS": "cpu"})
-
-
-def test_script_runs_every_stage_and_resumes(tmp_path):
-  dataset = _dataset()
-  np.savez(tmp_path / "data.npz", x_train=dataset.x_train, y_train=dataset.y_train,
-           x_test=dataset.x_test, y_test=dataset.y_test)
+def test_run_eclipse_runs_every_stage_and_resumes(tmp_path):
+  # In one process, so that the resumed calls reuse the compiled programs.
+  from jaxpoison import cli
+  from jaxpoison.data import load_cifar10
   (tmp_path / "config.py").write_text(CONFIG)
-  first = _script(tmp_path, "--ddpm_max_minutes", "0")  # Stops after the first DDPM chunk.
-  assert first.returncode == 0, first.stderr
-  assert "DDPM at step 2/4; rerun to continue" in first.stdout
-  assert not (tmp_path / "run" / "poisoned.npz").exists()
-  second = _script(tmp_path)
-  assert second.returncode == 0, second.stderr
-  run = tmp_path / "run"
-  summary = json.loads((run / "summary.json").read_text())
+  made = _dataset()
+  np.savez(tmp_path / "data.npz", x_train=made.x_train, y_train=made.y_train,
+           x_test=made.x_test, y_test=made.y_test)
+  # As the script will load it (the run folder fingerprints the arrays, dtypes included).
+  dataset, run = load_cifar10(str(tmp_path / "data.npz")), tmp_path / "run"
+  config = cli.load_config_file(tmp_path / "config.py")
+  quiet = lambda line: None
+  first = eclipse.run_eclipse(config, dataset, run, ddpm_max_minutes=0.0, say=quiet)
+  assert first == {"stage": "ddpm", "ddpm_steps": 2}  # Stopped after the first DDPM chunk.
+  assert not (run / "poisoned.npz").exists()
+  summary = eclipse.run_eclipse(config, dataset, run, say=quiet)
   assert summary["stage"] == "done" and set(summary["defenses"]) == {"none", "eclipse",
                                                                     "iss_grayscale"}
+  assert json.loads((run / "summary.json").read_text()) == summary
   assert len(list((run / "purified").glob("chunk_*.npz"))) == 3  # 48 images in chunks of 20
-  assert "| eclipse |" in second.stdout
   poisoned = np.load(run / "poisoned.npz")["images"]
-  data = eclipse.split(dataset, eclipse.EclipseConfig(sparse_size=12))
+  data = eclipse.split(dataset, config)
   delta = poisoned.astype(int) - data.x_train.astype(int)
   assert np.abs(delta).max() <= 8 and delta.any()  # URP, ℓ∞ 8/255, on the held-out split
   # A rerun recomputes nothing; a lost victim record is recomputed identically.
@@ -148,13 +142,27 @@ def test_script_runs_every_stage_and_resumes(tmp_path):
   record = run / "victims" / "eclipse_0.json"
   accuracy = json.loads(record.read_text())["test_accuracy"]
   record.unlink()
-  third = _script(tmp_path)
-  assert third.returncode == 0, third.stderr
-  assert "eclipse victim 0" in third.stdout and "none victim 0" not in third.stdout
+  said = []
+  assert eclipse.run_eclipse(config, dataset, run, say=said.append) == summary
+  assert any("eclipse victim 0" in line for line in said)
+  assert not any("none victim 0" in line or "purified chunk" in line for line in said)
   assert json.loads(record.read_text())["test_accuracy"] == accuracy
   assert {p: p.stat().st_mtime_ns for p in run.rglob("*.npz")} == before
+
+  # The script on the finished folder: the table, and another seed refused.
+  finished = _script(tmp_path)
+  assert finished.returncode == 0, finished.stderr
+  assert "| eclipse |" in finished.stdout and "victim 0" not in finished.stdout
   refused = _script(tmp_path, "--seed", "1")
   assert refused.returncode == 2 and "seed: folder has 0, this run has 1" in refused.stderr
+
+
+def _script(tmp_path, *extra):
+  command = [sys.executable, str(REPO / "scripts" / "eclipse.py"), "--config",
+             str(tmp_path / "config.py"), "--data", str(tmp_path / "data.npz"), "--out",
+             str(tmp_path / "run"), *extra]
+  return subprocess.run(command, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"})
 
 
 @pytest.mark.parametrize("poison, settings", [
