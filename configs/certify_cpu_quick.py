@@ -10,13 +10,15 @@ Setting: 2,000 training images (a fixed random subset), 500 test points, the emb
 denoiser, 32 small airbench94 models (widths 32/64/64, 4 epochs of batch 100, float32; the
 first n0 = 2 only select the class), α = 0.001, one model per CPU core at a time.
 
-What to expect (measured on 2 quiet CPU cores, BENCHMARKS.md, issue 11): 8 min 43 s in all
-(15.6 s per model: 22% denoising); per-model accuracy 26.9% ± 3.2% on the clean test points,
-smoothed accuracy (PREDICT) 16.8% (46.8% abstentions), majority vote 26.2%, certified accuracy
-16.0 / 14.8 / 12.6 / 0% at radius 0 / 0.05 / 0.1 / 0.25 (no radius beyond
-σ·Φ⁻¹(0.001^(1/30)) ≈ 0.205 is certifiable with 30 estimation models). The models are weak (2,000
-images, a small, briefly trained denoiser whose blurred training images differ from the clean
-test images); the point is a complete certificate, end to end, in minutes.
+What to expect, with the 24,000-step default denoiser (fresh-clone CI, 2026-12-02, 2 cores
+shared with other jobs): 12 min 27 s in all (on quiet cores about 9 min: the issue-11 run took
+8 min 43 s with the previous denoiser); per-model accuracy 37.2% on the clean test points,
+smoothed accuracy (PREDICT) 28.2% (50.0% abstentions), majority vote 39.6%, certified accuracy
+25.8 / 24.0 / 19.4 / 0% at radius 0 / 0.05 / 0.1 / 0.25 (no radius beyond
+σ·Φ⁻¹(0.001^(1/30)) ≈ 0.205 is certifiable with 30 estimation models). The previous denoiser
+(1,450 steps) gave 26.9% per model, 16.8% PREDICT and 16.0 / 14.8 / 12.6 / 0% (BENCHMARKS.md,
+issue 11). The models are weak (2,000 images, a small denoiser whose smoothed training images
+differ from the clean test images); the point is a complete certificate, end to end, in minutes.
 """
 
 from jaxpoison.classifier import airbench94_config
