@@ -496,3 +496,19 @@ def test_multistep_variance_and_rounding_options(images):
     D.denoise_multistep(three, images, 0.05, key, start_timestep=20, variance="large")
   with pytest.raises(ValueError, match="rounding: expected one of"):
     D.denoise_multistep(three, images, 0.05, key, start_timestep=20, rounding="trunc")
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "learned"])
+def test_host_loop_equals_the_scanned_program(variance, images):
+  # The CPU's default (one jitted step per call) against the one-program loop: the same steps
+  # and noise, padded batches included (7 images in batches of 4).
+  den6 = D.create_denoiser(dataclasses.replace(TINY, out_channels=6), D.cosine_schedule(4000),
+                           jax.random.key(1))
+  x = images.astype(np.float32) / 255
+  kwargs = dict(start_timestep=20, num_steps=5, variance=variance, batch_size=4)
+  scan = np.asarray(D.denoise_multistep(den6, x, 0.05, jax.random.key(3), loop="scan", **kwargs))
+  host = np.asarray(D.denoise_multistep(den6, x, 0.05, jax.random.key(3), loop="host", **kwargs))
+  # Separately compiled: XLA may fuse differently, a few float32 roundings per step.
+  np.testing.assert_allclose(host, scan, atol=1e-5)
+  with pytest.raises(ValueError, match="loop: expected one of"):
+    D.denoise_multistep(den6, x, 0.05, jax.random.key(3), loop="python", **kwargs)

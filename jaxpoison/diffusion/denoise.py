@@ -279,23 +279,41 @@ def reverse_process(model_fn, x_t, key, indices, table: dict, *, learned_varianc
   The noise of image i at step k comes from fold_in(fold_in(key, i), k + 1), so results do not
   depend on the batching.
   """
-  rows = jnp.asarray(np.stack([table[c] for c in _TABLE_COLUMNS], axis=1), jnp.float32)
+  rows = _table_rows(table)
+  return jax.lax.fori_loop(
+      0, len(table["timestep"]),
+      lambda k, x: _reverse_step(model_fn, x, key, indices, k, rows[k], learned_variance), x_t)
 
-  def body(k, x_t):
-    t, a, s, c0, ct, log_small, log_large, has_noise = (rows[k, j] for j in range(8))
-    eps, v = model_fn(x_t, jnp.full((x_t.shape[0],), t.astype(jnp.int32)))
-    x0 = jnp.clip((x_t - s * eps) / a, -1.0, 1.0)
-    if learned_variance:
-      frac = (v + 1.0) / 2.0
-      std = jnp.exp(0.5 * (frac * log_large + (1.0 - frac) * log_small))
-    else:
-      std = jnp.exp(0.5 * log_small)
-    z = jax.vmap(lambda i: jax.random.normal(
-        jax.random.fold_in(jax.random.fold_in(key, i), k + 1), x_t.shape[1:], jnp.float32)
-                 )(indices)
-    return c0 * x0 + ct * x_t + has_noise * std * z
 
-  return jax.lax.fori_loop(0, len(table["timestep"]), body, x_t)
+def _table_rows(table: dict) -> jax.Array:
+  return jnp.asarray(np.stack([table[c] for c in _TABLE_COLUMNS], axis=1), jnp.float32)
+
+
+def _reverse_step(model_fn, x_t, key, indices, k, row, learned_variance: bool):
+  """One step of `reverse_process`: step k of the table, whose row is `row`."""
+  t, a, s, c0, ct, log_small, log_large, has_noise = (row[j] for j in range(8))
+  eps, v = model_fn(x_t, jnp.full((x_t.shape[0],), t.astype(jnp.int32)))
+  x0 = jnp.clip((x_t - s * eps) / a, -1.0, 1.0)
+  if learned_variance:
+    frac = (v + 1.0) / 2.0
+    std = jnp.exp(0.5 * (frac * log_large + (1.0 - frac) * log_small))
+  else:
+    std = jnp.exp(0.5 * log_small)
+  z = jax.vmap(lambda i: jax.random.normal(
+      jax.random.fold_in(jax.random.fold_in(key, i), k + 1), x_t.shape[1:], jnp.float32)
+               )(indices)
+  return c0 * x0 + ct * x_t + has_noise * std * z
+
+
+def _model_fn(denoiser, compute_dtype, learned_variance: bool):
+  channels = denoiser.unet.eps_channels
+
+  def model_fn(x, t):
+    if not learned_variance:
+      return predict_eps(denoiser, x, t, compute_dtype=compute_dtype), None
+    out = unet_apply(denoiser.unet, denoiser.params, x, t, compute_dtype=compute_dtype)
+    return out[..., :channels], out[..., channels:]
+  return model_fn
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "noise_scale", "batch_size",
@@ -305,13 +323,7 @@ def _multistep_jit(denoiser, images, key, steps, noise_scale, batch_size, comput
   denoiser = cast_params(denoiser, compute_dtype)
   table = reverse_process_table(denoiser.schedule, steps)
   sqrt_abar_start = float(table["sqrt_abar"][0])
-  channels = denoiser.unet.eps_channels
-
-  def model_fn(x, t):
-    if not learned_variance:
-      return predict_eps(denoiser, x, t, compute_dtype=compute_dtype), None
-    out = unet_apply(denoiser.unet, denoiser.params, x, t, compute_dtype=compute_dtype)
-    return out[..., :channels], out[..., channels:]
+  model_fn = _model_fn(denoiser, compute_dtype, learned_variance)
 
   def one_batch(batch, indices):
     x = _to_unit(batch)
@@ -325,11 +337,58 @@ def _multistep_jit(denoiser, images, key, steps, noise_scale, batch_size, comput
   return _batched(one_batch, images, batch_size)
 
 
+@functools.partial(jax.jit, static_argnames=("noise_scale", "sqrt_abar_start"))
+def _start_jit(batch, key, indices, noise_scale, sqrt_abar_start):
+  x = _to_unit(batch)
+  return sqrt_abar_start * (x + noise_scale * image_noise(key, indices, x.shape[1:]))
+
+
+@functools.partial(jax.jit, static_argnames=("compute_dtype", "learned_variance"),
+                   donate_argnums=(1,))
+def _step_jit(denoiser, x_t, key, indices, k, row, compute_dtype, learned_variance):
+  return _reverse_step(_model_fn(denoiser, compute_dtype, learned_variance), x_t, key, indices,
+                       k, row, learned_variance)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "rounding"))
+def _finish_jit(x, dtype, rounding):
+  return _from_unit(x, dtype, rounding=rounding)
+
+
+def _multistep_host(denoiser, images, key, steps, noise_scale, batch_size, compute_dtype,
+                    learned_variance, rounding):
+  """`_multistep_jit` with the loops over batches and steps in Python, one jitted step per
+  call: XLA:CPU runs convolutions inside a while loop far slower than the same step on its own
+  (the trainer's "host" loop, for the same reason)."""
+  denoiser = jax.jit(cast_params, static_argnums=1)(denoiser, compute_dtype)
+  table = reverse_process_table(denoiser.schedule, steps)
+  rows = _table_rows(table)
+  n = images.shape[0]
+  b = max(1, min(int(batch_size), n))
+  padded = -(-n // b) * b
+  images = jnp.asarray(images)
+  if padded > n:  # Every batch one shape: one compilation.
+    images = jnp.concatenate([images, jnp.zeros((padded - n, *images.shape[1:]), images.dtype)])
+  out = []
+  for start in range(0, padded, b):
+    indices = jnp.arange(start, start + b, dtype=jnp.int32)
+    x_t = _start_jit(images[start:start + b], key, indices, noise_scale,
+                     float(table["sqrt_abar"][0]))
+    for k in range(len(steps)):
+      x_t = _step_jit(denoiser, x_t, key, indices, jnp.int32(k), rows[k], compute_dtype,
+                      learned_variance)
+    out.append(_finish_jit(x_t, images.dtype, rounding))
+  return jnp.concatenate(out)[:n]
+
+
+LOOPS = ("auto", "scan", "host")
+
+
 def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
                       num_steps: int | None = None, start_timestep: int | None = None,
                       variance: str = "auto", rounding: str = "round",
                       batch_size: int = 256, compute_dtype=jnp.float32,
-                      allow_untrained_sigma: bool = False):
+                      allow_untrained_sigma: bool = False, loop: str = "auto"):
   """Noise to level σ, then DDPM's ancestral reverse process from t* down to 0.
 
   Starts like `noise_and_denoise` (same noise for the same key), then walks the steps of
@@ -347,7 +406,12 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
   out_channels = 2 × in_channels), "auto" (learned when the UNet has those channels).
   rounding: how float outputs become uint8 for uint8 inputs: "round", or "floor" (what
   torchvision's ToPILImage does, x·255 truncated; ECLIPSE stores its purified images so).
+  loop: "scan" (one program: batches and steps on the device), "host" (one jitted step per
+  call: on XLA:CPU about 6% faster for ECLIPSE's CPU UNet, BENCHMARKS.md issue 17) or "auto"
+  (host on the CPU, scan elsewhere). Both compute the same steps with the same noise.
   """
+  if loop not in LOOPS:
+    raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
   if variance not in VARIANCES:
     raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
   if rounding not in ROUNDINGS:
@@ -370,8 +434,11 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
     sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
     noise_scale = 2.0 * sigma
   steps = tuple(int(s) for s in multistep_timesteps(t, num_steps))
-  return _multistep_jit(denoiser, images, _as_key(key), steps, float(noise_scale),
-                        int(batch_size), jnp.dtype(compute_dtype), learned_variance, rounding)
+  if loop == "auto":
+    loop = "host" if jax.default_backend() == "cpu" else "scan"
+  run = _multistep_host if loop == "host" else _multistep_jit
+  return run(denoiser, images, _as_key(key), steps, float(noise_scale), int(batch_size),
+             jnp.dtype(compute_dtype), learned_variance, rounding)
 
 
 def psnr(a, b, *, axis=(-3, -2, -1)):
