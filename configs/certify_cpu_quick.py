@@ -10,9 +10,9 @@ Setting: 2,000 training images (a fixed random subset), 500 test points, the emb
 denoiser, 32 small airbench94 models (widths 32/64/64, 4 epochs of batch 100, float32; the
 first n0 = 2 only select the class), α = 0.001, one model per CPU core at a time.
 
-What to expect, with the 24,000-step default denoiser (fresh-clone CI, 2026-12-02, 2 cores
-shared with other jobs): 12 min 27 s in all (on quiet cores about 9 min: the issue-11 run took
-8 min 43 s with the previous denoiser); per-model accuracy 37.2% on the clean test points,
+What to expect, with the 24,000-step default denoiser (fresh-clone CI, 2026-12-02, 2 nearly
+quiet cores): 9 min 24 s in all (17.7 s per model: 23% denoising; the issue-11 run took 8 min
+43 s with the previous denoiser); per-model accuracy 37.2% on the clean test points,
 smoothed accuracy (PREDICT) 28.2% (50.0% abstentions), majority vote 39.6%, certified accuracy
 25.8 / 24.0 / 19.4 / 0% at radius 0 / 0.05 / 0.1 / 0.25 (no radius beyond
 σ·Φ⁻¹(0.001^(1/30)) ≈ 0.205 is certifiable with 30 estimation models). The previous denoiser
