@@ -28,24 +28,6 @@ from jaxpoison import cli  # noqa: E402 (after the path set-up)
 from jaxpoison.benchmarks.peers import describe_torch_device, torch_device  # noqa: E402
 
 
-def diffusers_kwargs(unet):
-  n = len(unet.block_out_channels)
-  attn = [unet.level_has_attention(i) for i in range(n)]
-  return dict(sample_size=unet.sample_size, in_channels=unet.in_channels,
-              out_channels=unet.out_channels, block_out_channels=unet.block_out_channels,
-              layers_per_block=unet.layers_per_block,
-              down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-              up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-              downsample_padding=unet.downsample_padding, flip_sin_to_cos=unet.flip_sin_to_cos,
-              freq_shift=unet.freq_shift, norm_eps=unet.norm_eps,
-              norm_num_groups=unet.norm_num_groups, attention_head_dim=unet.attention_head_dim,
-              add_attention=unet.mid_attention,
-              # FiLM time conditioning (the default denoiser's); diffusers then needs the
-              # middle attention's GroupNorm named, or it builds that attention without one.
-              **(dict(resnet_time_scale_shift="scale_shift",
-                      attn_norm_num_groups=unet.norm_num_groups) if unet.scale_shift_norm else {}))
-
-
 def bench(fn, repeats, sync=lambda: None):
   """(seconds of the first call, best seconds of `repeats` more calls); sync() waits for work
   fn() queued on the device, which CUDA runs after fn() has returned."""
@@ -74,7 +56,7 @@ def run(name, unet, args, device, why):
   from jaxpoison.diffusion import convert
 
   torch.manual_seed(0)
-  model = UNet2DModel(**diffusers_kwargs(unet)).eval()
+  model = UNet2DModel(**convert.diffusers_config_from_unet(unet)).eval()
   den = convert.convert_diffusers_state_dict(model.state_dict(), unet, D.linear_schedule())
   sigma = 0.25
   t = D.timestep_for_sigma(den.schedule, sigma)

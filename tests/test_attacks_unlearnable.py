@@ -267,14 +267,14 @@ def test_rem_noise_lowers_the_expected_adversarial_loss_on_a_small_network():
 
   config = ue.REMConfig(num_classes=3, steps=10, samples=4, adversarial_steps=3,
                         adversarial_step_size=2 / 255, translate=2)
-  keys = ue._image_keys(jax.random.key(5), jnp.arange(16))
+  keys = ue._indexed_keys(jax.random.key(5), jnp.arange(16))
   delta = jax.jit(lambda: ue._rem_perturbations(logits_fn, x, y, keys, config))()
   assert float(jnp.max(jnp.abs(delta))) <= config.epsilon + 1e-7
 
   @jax.jit
   def expected_loss(d):
     def draw(index):
-      draw_keys = ue._image_keys(jax.random.fold_in(jax.random.key(100), index), jnp.arange(16))
+      draw_keys = ue._indexed_keys(jax.random.fold_in(jax.random.key(100), index), jnp.arange(16))
       z = ue._flip_crop(jnp.clip(x + d, 0, 1), draw_keys, config.translate)
       start = jax.random.uniform(jax.random.fold_in(jax.random.key(200), index), z.shape,
                                  jnp.float32, -config.adversarial_epsilon,
@@ -290,7 +290,7 @@ def test_rem_noise_lowers_the_expected_adversarial_loss_on_a_small_network():
 def test_flip_crop_is_a_flip_and_a_zero_padded_crop():
   rng = np.random.default_rng(6)
   images = rng.uniform(0.1, 1, (12, 6, 5, 2)).astype(np.float32)
-  keys = ue._image_keys(jax.random.key(7), jnp.arange(12))
+  keys = ue._indexed_keys(jax.random.key(7), jnp.arange(12))
   out = np.asarray(jax.jit(ue._flip_crop, static_argnums=2)(jnp.asarray(images), keys, 2))
   seen_flips, seen_offsets = set(), set()
   for image, got in zip(images, out):

@@ -73,6 +73,7 @@ from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks import constraints, core
 from jaxpoison.attacks.configs import FOREST_CIFAR10_MEAN
+from jaxpoison.attacks.indiscriminate import _indexed_keys, _PoisonConfig
 from jaxpoison.attacks.witches_brew import GradientModel, apply_shift_flip
 
 if TYPE_CHECKING:  # The classifier imports jaxpoison.attacks; imported lazily at run time.
@@ -94,16 +95,14 @@ def _fraction(name: str, value) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TrainedPoisonConfig:
-  num_classes: int = 10
+class _TrainedPoisonConfig(_PoisonConfig):
+  """The poisons' shared config base (`indiscriminate._PoisonConfig`), with at least two
+  classes: these train a classifier."""
 
   def __post_init__(self):
-    _store(self, "num_classes", _positive("num_classes", self.num_classes, integer=True))
+    super().__post_init__()
     if self.num_classes < 2:
       raise ValueError(f"num_classes: expected >= 2 classes, got {self.num_classes}")
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,10 +395,6 @@ def _nnx_logits(graphdef, params, rest) -> Callable[[jax.Array], jax.Array]:
   return lambda z: nnx.merge(graphdef, params, rest, copy=True)(z)
 
 
-def _image_keys(key, indices):
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
-
-
 def _map_batches(fn, arrays, batch_size: int):
   """fn(*batch) over consecutive batches of `batch_size` along axis 0 of every array (the last
   zero-padded), its outputs concatenated and the padding dropped. One batch runs without a
@@ -564,7 +559,7 @@ def _em_round(graphdef, params, rest, images, labels, delta, config: EMConfig):
 def _em_start(key, images, epsilon: float, random_start: bool):
   if not random_start:
     return jnp.zeros(images.shape, jnp.float32)
-  keys = _image_keys(key, jnp.arange(images.shape[0]))
+  keys = _indexed_keys(key, jnp.arange(images.shape[0]))
   noise = jax.vmap(lambda k: jax.random.uniform(k, images.shape[1:], jnp.float32, -epsilon,
                                                 epsilon))(keys)
   x = images.astype(jnp.float32) / 255.0
@@ -664,7 +659,7 @@ def _tap_restart(surrogate: GradientModel, images, labels, key, config: TAPConfi
   def batch(x_uint8, y, index):
     x = x_uint8.astype(jnp.float32) / 255.0
     targets = target_classes(y, config.num_classes, config.target_offset)
-    keys = _image_keys(key, index)
+    keys = _indexed_keys(key, index)
     # furnace.initialize_poison("randn"): N(0, 1)·ε clipped to ±ε per value.
     start = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:]))(keys)
     start = jnp.clip(start * config.epsilon, -config.epsilon, config.epsilon)
@@ -839,7 +834,7 @@ def _rem_batch(graphdef, params, rest, images, labels, index, key, config: REMCo
   noise against the given surrogate, rounded to grey levels."""
   delta = _rem_perturbations(_nnx_logits(graphdef, params, rest),
                              images.astype(jnp.float32) / 255.0, labels,
-                             _image_keys(key, index), config)
+                             _indexed_keys(key, index), config)
   return _add_grey_levels(images, _grey_levels(delta, config.epsilon))
 
 

@@ -23,21 +23,6 @@ from jaxpoison import diffusion, eclipse
 __all__ = ["measure"]
 
 
-def _diffusers_kwargs(unet: diffusion.UNetConfig) -> dict:
-  attention = [unet.level_has_attention(i) for i in range(len(unet.block_out_channels))]
-  kwargs = dict(
-      sample_size=unet.sample_size, in_channels=unet.in_channels, out_channels=unet.out_channels,
-      block_out_channels=unet.block_out_channels, layers_per_block=unet.layers_per_block,
-      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-      downsample_padding=unet.downsample_padding, flip_sin_to_cos=unet.flip_sin_to_cos,
-      freq_shift=unet.freq_shift, norm_eps=unet.norm_eps, norm_num_groups=unet.norm_num_groups,
-      attention_head_dim=unet.attention_head_dim, add_attention=unet.mid_attention)
-  if unet.scale_shift_norm:
-    kwargs.update(resnet_time_scale_shift="scale_shift", attn_norm_num_groups=unet.norm_num_groups)
-  return kwargs
-
-
 def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 100,
             repeats: int = 1, threads: int | None = None) -> dict:
   """Purifies `num_images` random images from step t* both ways; returns seconds, images per
@@ -47,14 +32,11 @@ def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 1
   from diffusers import UNet2DModel
   from jaxpoison.diffusion import convert
 
-  if unet.layout != "diffusers" or unet.patch_size != 1:
-    raise ValueError("purification_speed: needs a diffusers-layout UNet without space-to-depth "
-                     f"(the PyTorch side is diffusers' UNet2DModel), got layout {unet.layout!r}, "
-                     f"patch_size {unet.patch_size}")
+  kwargs = convert.diffusers_config_from_unet(unet)  # (refuses other layouts)
   if threads:
     torch.set_num_threads(int(threads))
   torch.manual_seed(0)
-  model = UNet2DModel(**_diffusers_kwargs(unet)).eval()
+  model = UNet2DModel(**kwargs).eval()
   schedule = diffusion.cosine_schedule(4000)
   denoiser = convert.convert_diffusers_state_dict(model.state_dict(), unet, schedule)
   images = np.random.default_rng(0).integers(0, 256, (num_images, unet.sample_size,

@@ -127,6 +127,28 @@ def unet_config_from_diffusers(config: dict) -> UNetConfig:
       scale_shift_norm=get("resnet_time_scale_shift", "default") == "scale_shift")
 
 
+def diffusers_config_from_unet(unet: UNetConfig) -> dict:
+  """The `UNet2DModel(**kwargs)` arguments of a diffusers-layout UNetConfig (the inverse of
+  `unet_config_from_diffusers`): PyTorch references and benchmarks build the same network."""
+  if unet.layout != "diffusers" or unet.patch_size != 1:
+    raise ValueError("diffusers_config_from_unet: needs a diffusers-layout UNet without "
+                     f"space-to-depth, got layout {unet.layout!r}, patch_size {unet.patch_size}")
+  attention = [unet.level_has_attention(i) for i in range(len(unet.block_out_channels))]
+  kwargs = dict(
+      sample_size=unet.sample_size, in_channels=unet.in_channels, out_channels=unet.out_channels,
+      block_out_channels=unet.block_out_channels, layers_per_block=unet.layers_per_block,
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
+      downsample_padding=unet.downsample_padding, flip_sin_to_cos=unet.flip_sin_to_cos,
+      freq_shift=unet.freq_shift, norm_eps=unet.norm_eps, norm_num_groups=unet.norm_num_groups,
+      attention_head_dim=unet.attention_head_dim, add_attention=unet.mid_attention)
+  if unet.scale_shift_norm:
+    # FiLM time conditioning; diffusers then needs the middle attention's GroupNorm named, or
+    # it builds that attention without one.
+    kwargs.update(resnet_time_scale_shift="scale_shift", attn_norm_num_groups=unet.norm_num_groups)
+  return kwargs
+
+
 def schedule_from_diffusers(config: dict) -> ScheduleConfig:
   """ScheduleConfig from a diffusers DDPMScheduler config (linear or squaredcos_cap_v2)."""
   kind = config.get("beta_schedule", "linear")

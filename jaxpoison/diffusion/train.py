@@ -35,7 +35,8 @@ import numpy as np
 import optax
 
 from jaxpoison.diffusion.model import Denoiser, create_denoiser, save_denoiser, unet_apply
-from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, betas, sigmas,
+from jaxpoison.diffusion.denoise import reverse_process_table
+from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas,
                                          timestep_for_sigma)
 from jaxpoison.diffusion.unet import UNetConfig
 from jaxpoison.io import atomic_write_dir, atomic_write_json
@@ -174,16 +175,12 @@ def vlb_terms(schedule: ScheduleConfig, eps, v, x, x_t, t):
   likelihood of x for t = 0. p's mean comes from ε held fixed (stop-gradient: this term trains
   the variance only) and is not clipped; its log-variance is v's point in [log β̃_t, log β_t]
   ((v+1)/2 towards log β_t). eps, v, x, x_t float [B, H, W, C] (x in [-1, 1]), t int [B]."""
-  betas_np = betas(schedule).astype(np.float64)
-  abar_np = np.cumprod(1.0 - betas_np)
-  abar_prev_np = np.append(1.0, abar_np[:-1])
-  posterior_var = betas_np * (1.0 - abar_prev_np) / (1.0 - abar_np)
-  table = {
-      "sqrt_abar": np.sqrt(abar_np), "sqrt_one_minus_abar": np.sqrt(1.0 - abar_np),
-      "coef_x0": betas_np * np.sqrt(abar_prev_np) / (1.0 - abar_np),
-      "coef_xt": (1.0 - abar_prev_np) * np.sqrt(1.0 - betas_np) / (1.0 - abar_np),
-      "log_var_small": np.log(np.append(posterior_var[1], posterior_var[1:])),
-      "log_var_large": np.log(betas_np)}
+  # The reverse process's coefficients over every step (the same respaced posterior and
+  # clipped log-variance), put back in time order: row t is step t.
+  steps = np.arange(schedule.num_timesteps)[::-1]
+  table = {k: column[::-1] for k, column in reverse_process_table(schedule, steps).items()
+           if k in ("sqrt_abar", "sqrt_one_minus_abar", "coef_x0", "coef_xt", "log_var_small",
+                    "log_var_large")}
   c = {k: jnp.asarray(val, jnp.float32)[t][:, None, None, None] for k, val in table.items()}
   eps = jax.lax.stop_gradient(eps)
   x0_pred = (x_t - c["sqrt_one_minus_abar"] * eps) / c["sqrt_abar"]
