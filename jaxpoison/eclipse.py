@@ -123,18 +123,18 @@ def enlarge(images: np.ndarray, replication: int, mode: str = "union") -> np.nda
 
 
 def purify(denoiser: diffusion.Denoiser, images, key, *, t_star: int = ECLIPSE_T_STAR,
-           batch_size: int = 256) -> jax.Array:
+           batch_size: int = 256, loop: str = "auto", compute_dtype=jnp.float32) -> jax.Array:
   """ECLIPSE's purification of uint8 images [N, H, W, C]: x_t = √ᾱ·x + √(1−ᾱ)·ε at the t*-th
   step (ᾱ[t* − 1], 0-based), then every reverse step down to 0 with the learned variance (when
   the UNet has it), x̂₀ clipped, stored by truncation to uint8. Image i's noise comes from
-  fold_in(key, i)."""
+  fold_in(key, i). loop and compute_dtype: `diffusion.denoise_multistep`'s (the authors run
+  float32)."""
   if not 1 <= int(t_star) <= denoiser.schedule.num_timesteps:
     raise ValueError(f"t_star: expected 1..{denoiser.schedule.num_timesteps}, got {t_star}")
-  start = int(t_star) - 1
-  step_sigma = float(diffusion.sigmas(denoiser.schedule)[start])  # (only validated, with start)
   return diffusion.denoise_multistep(
-      denoiser, images, step_sigma, key, start_timestep=start, num_steps=None,
-      variance="auto", rounding="floor", batch_size=batch_size)
+      denoiser, images, None, key, start_timestep=int(t_star) - 1, num_steps=None,
+      variance="auto", rounding="floor", batch_size=batch_size, loop=loop,
+      compute_dtype=compute_dtype)
 
 
 @dataclasses.dataclass(frozen=True)

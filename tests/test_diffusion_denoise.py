@@ -200,7 +200,18 @@ def test_multistep(den, images):
   steps = D.multistep_timesteps(100, 5)
   assert list(steps) == [100, 75, 50, 25, 0]
   with pytest.raises(ValueError, match="start_timestep"):
-    D.denoise_multistep(den, images, 0.25, key, start_timestep=5000)
+    D.denoise_multistep(den, images, None, key, start_timestep=5000)
+  # σ and start_timestep say the same level or the call is refused; σ alone is needed otherwise.
+  t_quarter = D.timestep_for_sigma(den.schedule, 0.25)
+  np.testing.assert_array_equal(
+      D.denoise_multistep(den, images, 0.25, key, num_steps=4, start_timestep=t_quarter,
+                          batch_size=4),
+      D.denoise_multistep(den, images, None, key, num_steps=4, start_timestep=t_quarter,
+                          batch_size=4))
+  with pytest.raises(ValueError, match="maps to step .* but start_timestep is"):
+    D.denoise_multistep(den, images, 0.25, key, start_timestep=t_quarter + 7)
+  with pytest.raises(ValueError, match="None only with start_timestep"):
+    D.denoise_multistep(den, images, None, key, num_steps=4)
 
 
 def test_psnr_against_numpy():
@@ -275,7 +286,7 @@ def test_untrained_sigma_refused_unless_allowed(den, images, tmp_path):
   with pytest.raises(ValueError, match="allow_untrained_sigma"):
     D.denoise_multistep(narrow, images, 0.5, key, num_steps=2)
   with pytest.raises(ValueError, match="start_timestep"):
-    D.denoise_multistep(narrow, images, 0.05, key, start_timestep=200)
+    D.denoise_multistep(narrow, images, None, key, start_timestep=200)
   np.testing.assert_array_equal(
       D.noise_and_denoise(narrow, images, 0.5, key, allow_untrained_sigma=True),
       D.noise_and_denoise(den, images, 0.5, key))
@@ -296,7 +307,7 @@ def test_multistep_from_sigma_starts_with_exact_noise(den):
   zero = _zero_eps(den)
   images = np.full((2000, 8, 8, 3), 0.5, np.float32)
   t = 57
-  out = np.asarray(D.denoise_multistep(zero, images, 0.1, jax.random.key(14), num_steps=1,
+  out = np.asarray(D.denoise_multistep(zero, images, None, jax.random.key(14), num_steps=1,
                                        start_timestep=t), np.float64) - 0.5
   level = float(D.sigmas(den.schedule)[t])
   assert abs(out.std() / level - 1) < 5 / math.sqrt(2 * out.size)
@@ -319,7 +330,7 @@ def test_multistep_matches_diffusers_ddpm_steps(den, monkeypatch):
                      timestep_range=(0, 995))
   key, t0, n = jax.random.key(21), 40, 3
   x01 = np.random.default_rng(2).uniform(0.1, 0.9, (n, 8, 8, 3)).astype(np.float32)
-  ours = np.asarray(D.denoise_multistep(fresh, x01, 0.05, key, start_timestep=t0,
+  ours = np.asarray(D.denoise_multistep(fresh, x01, None, key, start_timestep=t0,
                                         batch_size=n))
 
   abar = D.alphas_cumprod(den.schedule)
@@ -477,25 +488,25 @@ def test_multistep_variance_and_rounding_options(images):
   learned = dataclasses.replace(TINY, out_channels=6)
   den6 = D.create_denoiser(learned, D.cosine_schedule(4000), jax.random.key(1))
   key = jax.random.key(3)
-  auto = D.denoise_multistep(den6, images, 0.05, key, start_timestep=20, num_steps=4,
+  auto = D.denoise_multistep(den6, images, None, key, start_timestep=20, num_steps=4,
                              batch_size=4)
   np.testing.assert_array_equal(auto, D.denoise_multistep(
-      den6, images, 0.05, key, start_timestep=20, num_steps=4, variance="learned",
+      den6, images, None, key, start_timestep=20, num_steps=4, variance="learned",
       batch_size=4))
-  small = D.denoise_multistep(den6, images, 0.05, key, start_timestep=20, num_steps=4,
+  small = D.denoise_multistep(den6, images, None, key, start_timestep=20, num_steps=4,
                               variance="fixed_small", batch_size=4)
   assert not np.array_equal(auto, small)
-  floor = D.denoise_multistep(den6, images, 0.05, key, start_timestep=20, num_steps=4,
+  floor = D.denoise_multistep(den6, images, None, key, start_timestep=20, num_steps=4,
                               rounding="floor", batch_size=4)
   difference = auto.astype(int) - floor.astype(int)
   assert set(np.unique(difference)) <= {0, 1} and difference.any()
   three = D.create_denoiser(TINY, D.cosine_schedule(4000), jax.random.key(1))
   with pytest.raises(ValueError, match="outputs 3 channels, expected 6"):
-    D.denoise_multistep(three, images, 0.05, key, start_timestep=20, variance="learned")
+    D.denoise_multistep(three, images, None, key, start_timestep=20, variance="learned")
   with pytest.raises(ValueError, match="variance: expected one of"):
-    D.denoise_multistep(three, images, 0.05, key, start_timestep=20, variance="large")
+    D.denoise_multistep(three, images, None, key, start_timestep=20, variance="large")
   with pytest.raises(ValueError, match="rounding: expected one of"):
-    D.denoise_multistep(three, images, 0.05, key, start_timestep=20, rounding="trunc")
+    D.denoise_multistep(three, images, None, key, start_timestep=20, rounding="trunc")
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "learned"])
@@ -506,9 +517,9 @@ def test_host_loop_equals_the_scanned_program(variance, images):
                            jax.random.key(1))
   x = images.astype(np.float32) / 255
   kwargs = dict(start_timestep=20, num_steps=5, variance=variance, batch_size=4)
-  scan = np.asarray(D.denoise_multistep(den6, x, 0.05, jax.random.key(3), loop="scan", **kwargs))
-  host = np.asarray(D.denoise_multistep(den6, x, 0.05, jax.random.key(3), loop="host", **kwargs))
+  scan = np.asarray(D.denoise_multistep(den6, x, None, jax.random.key(3), loop="scan", **kwargs))
+  host = np.asarray(D.denoise_multistep(den6, x, None, jax.random.key(3), loop="host", **kwargs))
   # Separately compiled: XLA may fuse differently, a few float32 roundings per step.
   np.testing.assert_allclose(host, scan, atol=1e-5)
   with pytest.raises(ValueError, match="loop: expected one of"):
-    D.denoise_multistep(den6, x, 0.05, jax.random.key(3), loop="python", **kwargs)
+    D.denoise_multistep(den6, x, None, jax.random.key(3), loop="python", **kwargs)

@@ -16,6 +16,11 @@ Stages, in the order they run (a deadline skips whatever no longer fits, and say
    split into denoising, training + prediction and host time.
 6. peers: diffusers' UNet2DModel on the same GPU (bf16 eager and torch.compile) where PyTorch
    with CUDA and diffusers are importable; otherwise the reason it was skipped.
+7. eclipse: ECLIPSE's purification (t* = 100 of the cosine T = 4000, learned variance: 100 UNet
+   calls per image) at the paper's UNet size, images per second for the one-program loop
+   (`scan`) and the host loop, float32 and bfloat16, beside the authors' PyTorch loop on the
+   same GPU, weights, images and noise where PyTorch with CUDA is importable
+   (`benchmarks.purification_speed`).
 
 Every stage's figures go to one JSON-able dict; `markdown(results)` renders the block for
 BENCHMARKS.md. `dry_run=True` runs every stage at toy sizes (a CPU test runs it).
@@ -56,6 +61,9 @@ class CheckSizes:
   certify_num_train: int
   certify_models: int
   peer_batch: int
+  eclipse_unet: diffusion.UNetConfig
+  eclipse_batch: int
+  eclipse_t_star: int
 
   @classmethod
   def full(cls) -> "CheckSizes":
@@ -64,7 +72,8 @@ class CheckSizes:
                denoise_repeats=3, trainer=trainer, trainer_models=(1, 4, 16), trainer_steps=10,
                accuracy_models=4, accuracy_trainer=trainer, certify_trainer=trainer,
                # Two chunks of 8 (the first compiles): about 2.5 min on an H100, within budget.
-               certify_num_train=50_000, certify_models=8, peer_batch=1000)
+               certify_num_train=50_000, certify_models=8, peer_batch=1000,
+               eclipse_unet=eclipse_paper_size_unet(), eclipse_batch=500, eclipse_t_star=100)
 
   @classmethod
   def dry(cls) -> "CheckSizes":
@@ -78,7 +87,23 @@ class CheckSizes:
                                                        whitening_images=64),
                certify_trainer=classifier.tiny_config(batch_size=32, epochs=1,
                                                       whitening_images=64),
-               certify_num_train=128, certify_models=3, peer_batch=4)
+               certify_num_train=128, certify_models=3, peer_batch=4,
+               eclipse_unet=dataclasses.replace(unet, out_channels=6, attention_resolutions=(),
+                                                mid_attention=False, scale_shift_norm=True),
+               eclipse_batch=4, eclipse_t_star=5)
+
+
+def eclipse_paper_size_unet() -> diffusion.UNetConfig:
+  """ECLIPSE's UNet (improved-diffusion's CIFAR-10 model: 128 channels, multipliers 1/2/2/2,
+  3 blocks per level, attention at 16 and 8 with 4 heads, FiLM, learned variance) in the
+  diffusers layout, which PyTorch's diffusers builds too: the same operations and size (the
+  layouts differ in parameter naming and the attention's projection packing), so the two loops
+  can be timed on the same weights."""
+  return diffusion.UNetConfig(
+      out_channels=6, block_out_channels=(128, 256, 256, 256), layers_per_block=3,
+      attention_resolutions=(16, 8), norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True,
+      freq_shift=0.0, attention_head_dim=64, mid_attention=True, scale_shift_norm=True,
+      timestep_scale=1000.0 / 4000.0)
 
 
 class Deadline:
@@ -310,6 +335,35 @@ def peers_stage(sizes: CheckSizes, deadline: Deadline) -> dict:
   return out
 
 
+def eclipse_stage(sizes: CheckSizes, deadline: Deadline) -> list[dict]:
+  """Purification img/s per (loop, dtype), with the PyTorch loop on the same device."""
+  from jaxpoison.benchmarks import purification_speed
+  try:
+    import torch
+    import diffusers  # noqa: F401
+  except ImportError as e:
+    return [{"skipped": f"PyTorch/diffusers not importable ({e.name}): no reference loop"}]
+  on_gpu = jax.default_backend() == "gpu"
+  if on_gpu and not torch.cuda.is_available():
+    return [{"skipped": "JAX is on a GPU but PyTorch has no CUDA: no same-GPU ratio"}]
+  rows = []
+  # (Not host + bfloat16: what the host loop costs shows in float32.)
+  for loop, dtype in (("scan", "float32"), ("host", "float32"), ("scan", "bfloat16")):
+    if not deadline.allows(90):
+      rows.append({"loop": loop, "dtype": dtype, "skipped": "out of time"})
+      continue
+    r = purification_speed.measure(
+        sizes.eclipse_unet, num_images=sizes.eclipse_batch, t_star=sizes.eclipse_t_star,
+        torch_device="cuda" if on_gpu else "cpu", loop=loop, compute_dtype=dtype)
+    rows.append({"loop": loop, "dtype": dtype, "batch": r["num_images"],
+                 "params": r["params"], "img_per_s": r["jax_images_per_s"],
+                 "torch_f32_img_per_s": r["torch_images_per_s"],
+                 "ratio_torch_over_jax": r["ratio_torch_over_jax"],
+                 "compile_s": r["jax_compile_s"],
+                 "max_grey_level_diff": r["max_grey_level_difference"]})
+  return rows
+
+
 def run(*, dry_run: bool = False, data=None, budget_s: float = 480.0, log=print) -> dict:
   """Every stage in order within `budget_s` seconds; returns the results dict."""
   sizes = CheckSizes.dry() if dry_run else CheckSizes.full()
@@ -321,7 +375,8 @@ def run(*, dry_run: bool = False, data=None, budget_s: float = 480.0, log=print)
             ("planner", lambda: planner_stage(sizes)),
             ("accuracy", lambda: accuracy_stage(sizes, data, deadline)),
             ("certify", lambda: certify_stage(sizes, data, deadline, rng, dry_run)),
-            ("peers", lambda: peers_stage(sizes, deadline))]
+            ("peers", lambda: peers_stage(sizes, deadline)),
+            ("eclipse", lambda: eclipse_stage(sizes, deadline))]
   for name, stage in stages:
     start = time.perf_counter()
     try:
@@ -364,6 +419,10 @@ def markdown(results: dict) -> str:
   for stage in ("planner", "accuracy", "certify"):
     value = results.get(stage) or {}
     table(stage.capitalize(), [value], sorted(value))
+  table("ECLIPSE purification (t* = 100 of 4000; PyTorch: the authors' loop, float32)",
+        rows_of("eclipse"), ["loop", "dtype", "batch", "params", "img_per_s",
+                             "torch_f32_img_per_s", "ratio_torch_over_jax", "compile_s",
+                             "max_grey_level_diff", "skipped", "error"])
   peers = results.get("peers") or {}
   if "skipped" in peers or "error" in peers:
     table("Peers (diffusers)", [peers], sorted(peers))

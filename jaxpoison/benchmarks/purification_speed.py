@@ -24,10 +24,15 @@ __all__ = ["measure"]
 
 
 def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 100,
-            repeats: int = 1, threads: int | None = None) -> dict:
+            repeats: int = 1, threads: int | None = None, torch_device: str = "cpu",
+            loop: str = "auto", compute_dtype: str = "float32") -> dict:
   """Purifies `num_images` random images from step t* both ways; returns seconds, images per
   second each way, their ratio (PyTorch time / jaxpoison time) and the largest output
-  difference in grey levels (before rounding)."""
+  difference in grey levels (before rounding).
+
+  torch_device: where the PyTorch loop runs ("cuda" beside JAX on a GPU); loop and
+  compute_dtype: jaxpoison's (`eclipse.purify`); the PyTorch loop is always float32, as the
+  authors run it (a bfloat16 jaxpoison run then differs by more than rounding)."""
   import torch
   from diffusers import UNet2DModel
   from jaxpoison.diffusion import convert
@@ -36,7 +41,7 @@ def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 1
   if threads:
     torch.set_num_threads(int(threads))
   torch.manual_seed(0)
-  model = UNet2DModel(**kwargs).eval()
+  model = UNet2DModel(**kwargs).eval().to(torch_device)
   schedule = diffusion.cosine_schedule(4000)
   denoiser = convert.convert_diffusers_state_dict(model.state_dict(), unet, schedule)
   images = np.random.default_rng(0).integers(0, 256, (num_images, unet.sample_size,
@@ -46,7 +51,8 @@ def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 1
 
   def ours():
     return np.asarray(eclipse.purify(denoiser, images, key, t_star=t_star,
-                                     batch_size=num_images))
+                                     batch_size=num_images, loop=loop,
+                                     compute_dtype=jnp.dtype(compute_dtype)))
 
   started = time.perf_counter()
   ours()
@@ -67,22 +73,30 @@ def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 1
   step_noise = np.stack([np.asarray(jax.vmap(lambda i, k=k: jax.random.normal(
       jax.random.fold_in(jax.random.fold_in(key, i), k + 1), shape, jnp.float32))(indices))
                          for k in range(len(steps))])
-  to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
+  to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(
+      torch_device)
+  step_noise = [to_torch(z) for z in step_noise]  # (on the device before the clock starts)
+  start_noise = to_torch(start_noise)
+
+  def synchronize():
+    if torch_device.startswith("cuda"):
+      torch.cuda.synchronize()
 
   def theirs():
     with torch.inference_mode():
       x = to_torch(images.astype(np.float32) / 127.5 - 1.0)
-      x = table["sqrt_abar"][0] * x + table["sqrt_one_minus_abar"][0] * to_torch(
-          start_noise)
+      x = table["sqrt_abar"][0] * x + table["sqrt_one_minus_abar"][0] * start_noise
       for k, t in enumerate(steps):
-        out = model(x, torch.full((num_images,), float(t) * unet.timestep_scale)).sample
+        out = model(x, torch.full((num_images,), float(t) * unet.timestep_scale,
+                                  device=torch_device)).sample
         eps, v = out[:, :unet.in_channels], out[:, unet.in_channels:]
         x0 = ((x - table["sqrt_one_minus_abar"][k] * eps) / table["sqrt_abar"][k]).clamp(-1, 1)
         mean = table["coef_x0"][k] * x0 + table["coef_xt"][k] * x
         frac = (v + 1) / 2
         log_var = frac * table["log_var_large"][k] + (1 - frac) * table["log_var_small"][k]
-        x = mean + table["has_noise"][k] * torch.exp(0.5 * log_var) * to_torch(step_noise[k])
-      return np.moveaxis(((x + 1) * 127.5).numpy(), 1, -1)
+        x = mean + table["has_noise"][k] * torch.exp(0.5 * log_var) * step_noise[k]
+      synchronize()
+      return np.moveaxis(((x + 1) * 127.5).cpu().numpy(), 1, -1)
 
   started = time.perf_counter()
   reference = theirs()
@@ -93,7 +107,8 @@ def measure(unet: diffusion.UNetConfig, *, num_images: int = 32, t_star: int = 1
     reference = theirs()
     torch_times.append(time.perf_counter() - started)
   jax_s, torch_s = min(jax_times), min(torch_times)
-  return {"device": jax.devices()[0].device_kind, "torch_threads": torch.get_num_threads(),
+  return {"device": jax.devices()[0].device_kind, "torch_device": torch_device,
+          "torch_threads": torch.get_num_threads(), "loop": loop, "compute_dtype": compute_dtype,
           "params": denoiser.num_params, "num_images": num_images, "reverse_steps": len(steps),
           "jax_compile_s": compile_s, "jax_s": jax_s, "torch_warmup_s": torch_warmup_s,
           "torch_s": torch_s, "jax_images_per_s": num_images / jax_s,

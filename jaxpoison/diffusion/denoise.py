@@ -384,7 +384,7 @@ def _multistep_host(denoiser, images, key, steps, noise_scale, batch_size, compu
 LOOPS = ("auto", "scan", "host")
 
 
-def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
+def denoise_multistep(denoiser: Denoiser, images, sigma: float | None, key, *,
                       num_steps: int | None = None, start_timestep: int | None = None,
                       variance: str = "auto", rounding: str = "round",
                       batch_size: int = 256, compute_dtype=jnp.float32,
@@ -398,8 +398,9 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
   num_steps=1 is exactly `noise_and_denoise`.
 
   start_timestep overrides t* (ECLIPSE starts at its t* = 100 of 4000, i.e. the step with
-  ᾱ = ᾱ[99] in 0-based indexing: start_timestep=99, whatever σ is); the start noise is then
-  the step's own, x_t = √ᾱ·x + √(1-ᾱ)·ε, and sigma only validates.
+  ᾱ = ᾱ[99] in 0-based indexing: start_timestep=99); the start noise is then the step's own,
+  x_t = √ᾱ·x + √(1-ᾱ)·ε, and sigma is None (a σ given as well is refused unless it maps to
+  that step, so that a call cannot say one noise level and run another).
 
   variance: "fixed_small" (Σ = β̃, the posterior's), "learned" (improved-diffusion's learned
   range between β̃ and β, from the UNet's second half of output channels; needs
@@ -422,15 +423,23 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float, key, *,
                      f"channels, expected {2 * denoiser.unet.eps_channels} (ε and v)")
   learned_variance = learns if variance == "auto" else variance == "learned"
   if start_timestep is not None:
-    sigma, _ = _validate(denoiser, images, sigma, allow_untrained_sigma=True)
     t = int(start_timestep)
     if not 0 <= t < denoiser.schedule.num_timesteps:
       raise ValueError(f"start_timestep: expected in [0, {denoiser.schedule.num_timesteps}), got {t}")
+    if sigma is None:
+      _validate(denoiser, images, 0.5, allow_untrained_sigma=True)  # (σ unused: the images)
+    else:
+      _, sigma_step = _validate(denoiser, images, sigma, allow_untrained_sigma=True)
+      if sigma_step != t:
+        raise ValueError(f"sigma: σ = {sigma:g} maps to step {sigma_step}, but start_timestep "
+                         f"is {t}; pass sigma=None with start_timestep")
     if not allow_untrained_sigma:
       _check_trained_step(denoiser, t, f"start_timestep: step {t}")
     abar = float(alphas_cumprod(denoiser.schedule)[t])
     noise_scale = math.sqrt((1.0 - abar) / abar)
   else:
+    if sigma is None:
+      raise ValueError("sigma: expected a noise level, got None (None only with start_timestep)")
     sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
     noise_scale = 2.0 * sigma
   steps = tuple(int(s) for s in multistep_timesteps(t, num_steps))
