@@ -409,3 +409,59 @@ def render_summary(summary: dict) -> str:
     lines.append(f"| {defense} | {100 * row['test_accuracy_mean']:.2f}% | "
                  + ", ".join(f"{100 * a:.2f}" for a in row["test_accuracy"]) + " |")
   return "\n".join(lines)
+
+
+# The paper's CIFAR-10 cells (ECLIPSE, ESORICS'24; ../shared/specs/round2.md §6.10): test
+# accuracy (%) of ResNet-18 victims. Table 1: defense × poison; Table 4: the ablation (A =
+# purification, B = grayscale, C = noise); Table 3: clean training data.
+PAPER_POISON_COLUMNS = ("em", "tap", "rem", "sep", "efp", "urp", "lsp", "ar")
+PAPER_TABLE1_RESNET18 = {
+    "none": (17.58, 26.16, 27.34, 9.01, 86.64, 16.80, 24.48, 10.59),
+    "iss_grayscale": (88.42, 21.88, 65.29, 7.57, 86.54, 60.64, 65.89, 38.64),
+    "adversarial_training": (68.31, 82.46, 60.80, 63.23, 71.46, 85.63, 81.94, 84.04),
+    "iss_jpeg": (78.35, 80.77, 81.54, 80.93, 70.54, 81.27, 79.55, 81.39),
+    "eclipse": (82.80, 86.13, 82.72, 82.85, 77.20, 86.98, 84.58, 87.32),
+    # Table 4's rows for the ablation defenses (A and B+C).
+    "purification_only": (27.45, 86.63, 35.74, 44.97, 75.90, 86.86, 39.93, 83.98),
+    "compensation_only": (78.82, 83.32, 75.51, 14.66, 81.62, 88.87, 80.08, 60.96),
+}
+PAPER_TABLE3_RESNET18_CLEAN = {"none": 94.95, "adversarial_training": 89.57, "iss_jpeg": 85.23,
+                               "eclipse": 90.43}
+DEFENSE_LABELS = {"none": "w/o", "eclipse": "ECLIPSE (A+B+C)", "purification_only": "A",
+                  "compensation_only": "B+C", "iss_jpeg": "ISS-J", "iss_grayscale": "ISS-G",
+                  "adversarial_training": "AT"}
+
+
+def render_table(summaries: list[dict]) -> str:
+  """ECLIPSE's Table 1 (ResNet-18 columns, with Table 4's ablation rows and Table 3's clean
+  column) from finished runs' summaries (`run_eclipse`, one per poison): a row per defense, a
+  column per poison that was run, each cell "measured (paper)" in % — mean over victims — and
+  "—" for what was not run. Poison "none" fills the clean column."""
+  by_poison = {}
+  for summary in summaries:
+    if summary.get("stage") != "done":
+      raise ValueError(f"render_table: a run is unfinished (stage {summary.get('stage')!r})")
+    if summary["poison"] in by_poison:
+      raise ValueError(f"render_table: two runs of poison {summary['poison']!r}")
+    by_poison[summary["poison"]] = summary["defenses"]
+  poisons = [p for p in POISONS if p in by_poison and p != "none"]
+  columns = poisons + (["none"] if "none" in by_poison else [])
+  ran = [d for d in DEFENSES if any(d in by_poison[p] for p in columns)]
+
+  def paper(defense, poison):
+    if poison == "none":
+      return PAPER_TABLE3_RESNET18_CLEAN.get(defense)
+    row = PAPER_TABLE1_RESNET18.get(defense)
+    return row[PAPER_POISON_COLUMNS.index(poison)] if row and poison in PAPER_POISON_COLUMNS else None
+
+  header = ["defense"] + [p.upper() if p != "none" else "clean" for p in columns]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for defense in ran:
+    cells = [DEFENSE_LABELS[defense]]
+    for poison in columns:
+      row = by_poison[poison].get(defense)
+      reference = paper(defense, poison)
+      measured = "—" if row is None else f"{100 * row['test_accuracy_mean']:.1f}"
+      cells.append(measured + ("" if reference is None else f" ({reference:.2f})"))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -41,6 +41,9 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  # Purification is 100 UNet calls per image: XLA:CPU's YNNPACK dots make it 2.1× faster on a
+  # CPU (no effect elsewhere, nor once JAX has started, as in the tests).
+  cli.configure_xla_cpu()
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
   from jaxpoison import diffusion, eclipse
   from jaxpoison.data import load_cifar10

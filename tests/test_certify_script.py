@@ -85,7 +85,7 @@ def _command(inputs, out, *extra, sigmas=("0.25", "0.5"), num_models=NUM_MODELS)
 
 def _env(devices=1):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-  # (The conftest's flags kept: the processes compile as the tests' own programs do.)
+  # (A caller's own XLA_FLAGS kept: the processes compile as the tests' own programs do.)
   env["XLA_FLAGS"] = (f"{os.environ.get('XLA_FLAGS', '')} "
                       f"--xla_force_host_platform_device_count={devices}").strip()
   return env

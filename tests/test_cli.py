@@ -194,3 +194,33 @@ def test_certify_bad_flag_process(tmp_path):
   assert result.returncode == 2
   assert result.stderr == ("error: argument --num_models: invalid int value: 'abc' "
                            "(see certify.py --help)\n")
+
+
+def test_configure_xla_cpu_adds_ynn_only_where_known(monkeypatch):
+  from importlib import metadata
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  monkeypatch.setattr(metadata, "version", lambda name: "0.10.2")
+  assert cli.configure_xla_cpu()
+  assert os.environ["XLA_FLAGS"] == f"--xla_dump_to=/tmp/x {cli.YNN_FLAG}=dot"
+  assert not cli.configure_xla_cpu()  # already there: unchanged, not doubled
+  assert os.environ["XLA_FLAGS"].count(cli.YNN_FLAG) == 1
+  # A user's own value (an empty one switches YNNPACK off) is kept.
+  monkeypatch.setenv("XLA_FLAGS", f"{cli.YNN_FLAG}=")
+  assert not cli.configure_xla_cpu() and os.environ["XLA_FLAGS"] == f"{cli.YNN_FLAG}="
+  # A jaxlib not known to accept the flag (XLA would abort on it) runs without it.
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setattr(metadata, "version", lambda name: "0.11.0")
+  assert not cli.configure_xla_cpu() and "XLA_FLAGS" not in os.environ
+
+
+def test_installed_jaxlib_accepts_the_ynn_flag():
+  # The flag as configure_xla_cpu sets it, in a fresh process that compiles and runs a dot: a
+  # jaxlib that did not know it would abort (this catches a jaxlib pin moved past the prefixes).
+  from importlib import metadata
+  if not metadata.version("jaxlib").startswith(cli.YNN_JAXLIB_PREFIXES):
+    pytest.skip("this jaxlib runs without the flag")
+  env = dict(os.environ, XLA_FLAGS=f"{cli.YNN_FLAG}=dot", JAX_PLATFORMS="cpu")
+  code = "import jax.numpy as j; print(float((j.ones((8, 8)) @ j.ones((8, 8))).sum()))"
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.strip() == "512.0", result.stderr[-2000:]

@@ -4,6 +4,8 @@
 import dataclasses
 import importlib.util
 import json
+import os
+from unittest import mock
 from pathlib import Path
 
 import jax
@@ -164,7 +166,9 @@ def _script(tmp_path, capsys, *extra):
   spec.loader.exec_module(module)
   argv = ["--config", str(tmp_path / "config.py"), "--data", str(tmp_path / "data.npz"),
           "--out", str(tmp_path / "run"), *extra]
-  with pytest.raises(SystemExit) as exited:
+  # (patch.dict: the script adds XLA:CPU's YNN flag to XLA_FLAGS, which must not leak into the
+  # subprocesses of later tests in this worker.)
+  with pytest.raises(SystemExit) as exited, mock.patch.dict(os.environ):
     cli.run(module.main, argv)
   return exited.value.code
 
@@ -184,3 +188,46 @@ def test_trained_poisons_craft_against_their_own_surrogates(poison, settings):
   delta = poisoned.astype(int) - data.x_train.astype(int)
   assert poisoned.dtype == np.uint8 and np.abs(delta).max() <= 8 and delta.any()
   np.testing.assert_array_equal(poisoned, eclipse.poison_training_set(data, config, 10))
+
+
+def _summary(poison, accuracies):
+  return {"stage": "done", "poison": poison,
+          "defenses": {d: {"test_accuracy_mean": float(np.mean(a)), "test_accuracy": list(a)}
+                       for d, a in accuracies.items()}}
+
+
+def test_table_puts_the_papers_cells_beside_the_measured(tmp_path, capsys):
+  lsp = _summary("lsp", {"none": [0.2, 0.3], "eclipse": [0.8, 0.7], "iss_jpeg": [0.6]})
+  ar = _summary("ar", {"none": [0.1], "eclipse": [0.75], "purification_only": [0.5]})
+  clean = _summary("none", {"none": [0.9], "eclipse": [0.85]})
+  table = eclipse.render_table([clean, lsp, ar]).splitlines()
+  # Columns in the poisons' order, clean last; rows in DEFENSES order, only those run.
+  assert table[0] == "| defense | LSP | AR | clean |"
+  assert table[2] == "| w/o | 25.0 (24.48) | 10.0 (10.59) | 90.0 (94.95) |"
+  assert table[3] == "| ECLIPSE (A+B+C) | 75.0 (84.58) | 75.0 (87.32) | 85.0 (90.43) |"
+  assert table[4] == "| A | — (39.93) | 50.0 (83.98) | — |"
+  assert table[5] == "| ISS-J | 60.0 (79.55) | — (81.39) | — (85.23) |"
+  assert len(table) == 6
+  with pytest.raises(ValueError, match="two runs of poison 'lsp'"):
+    eclipse.render_table([lsp, lsp])
+  with pytest.raises(ValueError, match="unfinished"):
+    eclipse.render_table([{"stage": "ddpm", "ddpm_steps": 2}])
+  # The script over run folders; a folder without a summary is one line, exit 2.
+  from jaxpoison import cli
+  spec = importlib.util.spec_from_file_location("eclipse_table", REPO / "scripts" /
+                                                "eclipse_table.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  folders = []
+  for summary in (lsp, ar):
+    folder = tmp_path / summary["poison"]
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(summary))
+    folders.append(str(folder))
+  with pytest.raises(SystemExit) as exited:
+    cli.run(module.main, ["--runs", *folders])
+  assert exited.value.code in (None, 0)
+  assert "| ECLIPSE (A+B+C) | 75.0 (84.58) | 75.0 (87.32) |" in capsys.readouterr().out
+  with pytest.raises(SystemExit) as exited:
+    cli.run(module.main, ["--runs", str(tmp_path)])
+  assert exited.value.code == 2 and "has no summary.json" in capsys.readouterr().err
