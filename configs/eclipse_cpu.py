@@ -12,9 +12,12 @@ the hybrid loss on t < 100 only (the steps purification visits) for 6,000 steps,
 from t* = 100 of the cosine T = 4000 schedule, small ResNet-18 victims (widths 16/32/64/128) for
 30 epochs at lr 0.1 without schedule, compensation p = 0.4, σ = 0.05.
 
-What to expect: not yet measured (issue 17): the victims without a defense should be near
+What to expect (issue 17; accuracies not yet measured): the DDPM trains at 0.87 s per step on 2
+quiet cores with the script's YNNPACK setting (1.0 s without), about 1.5 hours for 6,000 steps;
+its loss falls from 1.39 (step 50) to 0.46 (step 2,200). Purifying the 5,000 images takes about
+20 minutes (4.1 images per second, 100 reverse steps). Victims without a defense should be near
 chance on LSP/AR/URP poisons and the defense should recover most of the clean accuracy of the
-same victim recipe.
+same victim recipe. Later poisons reuse the DDPM: --ddpm runs/eclipse_cpu_lsp/ddpm/ema.
 """
 
 import dataclasses
