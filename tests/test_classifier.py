@@ -20,9 +20,12 @@ NUM_TRAIN = 128
 # Model i trained inside a vmapped batch of M vs alone: XLA lowers a vmapped convolution (and
 # its weight gradient) to a grouped convolution whose float32 sums run in another order, so the
 # two agree only to rounding, which SGD steps (and batch norm's 1/σ) amplify. Measured on the
-# CPU, 8 steps: relative max |Δ| (per variable, over its max |value|) ≈ 1e-5..1e-4 (printed by
-# the tests); bounded here at 1e-3.
-BATCHED_VS_ALONE_RTOL = 1e-3
+# CPU, 8 steps: relative max |Δ| (per variable, over its max |value|) ≈ 1e-5..1e-4 with XLA's
+# default LLVM -O3, 4.4e-3 and 6.1e-3 at the suite's -O1 (conftest.py), 2.4e-2 and 2.6e-2
+# with YNNPACK dots (not used here): how far the roundings drift depends on the kernels. A
+# model trained with another key or other data differs by O(1) (its weights are another draw),
+# so 2e-2 (3× the -O1 figure) still tells a batching bug from rounding.
+BATCHED_VS_ALONE_RTOL = 2e-2
 
 
 PALETTE = np.array([(220, 40, 40), (40, 220, 40), (40, 40, 220)])
