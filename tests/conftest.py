@@ -4,6 +4,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -33,6 +34,31 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def load_script(script: str):
+  """scripts/X.py (a path from the repository root) as a module: its main(argv) then runs in
+  this process, with the programs this process has compiled already."""
+  spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}", REPO / script)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture
+def run_script():
+  """`run_script("scripts/x.py", argv)`: the script's exit code (None from main counts as 0)
+  when run in this process as the command line runs it (`cli.run`: user errors exit 2 with one
+  line). os.environ is restored afterwards: a script may set variables (scripts/eclipse.py adds
+  XLA:CPU's YNN flag to XLA_FLAGS) that must not reach later tests' subprocesses."""
+  from jaxpoison import cli
+
+  def run(script: str, argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exited, mock.patch.dict(os.environ):
+      cli.run(load_script(script).main, argv)
+    return exited.value.code or 0
+
+  return run
+
+
 class _Parsed(Exception):
   pass
 
@@ -49,10 +75,7 @@ def assert_command_parses(monkeypatch):
   monkeypatch.setattr(cli.ArgumentParser, "parse_args", parse_and_stop)
 
   def check(script: str, args: list[str]) -> None:
-    spec = importlib.util.spec_from_file_location(f"parsed_{Path(script).stem}", REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with pytest.raises(_Parsed):
-      module.main(args)
+      load_script(script).main(args)
 
   return check

@@ -2,20 +2,15 @@
 (scripts/eclipse.py end to end on tiny data)."""
 
 import dataclasses
-import importlib.util
 import json
-import os
-from unittest import mock
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from jaxpoison import classifier, diffusion, eclipse
+from jaxpoison import diffusion, eclipse
 from jaxpoison.data import CIFAR10_LABEL_NAMES, Dataset
 
-REPO = Path(__file__).resolve().parent.parent
 TINY_UNET = diffusion.UNetConfig(out_channels=6, block_out_channels=(8, 16), layers_per_block=1,
                                  attention_resolutions=(), mid_attention=False,
                                  norm_num_groups=4, timestep_scale=0.25)
@@ -113,7 +108,7 @@ def get_config():
 """
 
 
-def test_run_eclipse_runs_every_stage_and_resumes(tmp_path, capsys):
+def test_run_eclipse_runs_every_stage_and_resumes(tmp_path, capsys, run_script):
   # In one process, so that the resumed calls reuse the compiled programs.
   from jaxpoison import cli
   from jaxpoison.data import load_cifar10
@@ -151,26 +146,13 @@ def test_run_eclipse_runs_every_stage_and_resumes(tmp_path, capsys):
 
   # The script on the finished folder (in this process: its programs are compiled already):
   # the table, and another seed refused with one line, exit 2.
-  assert _script(tmp_path, capsys) == 0
+  argv = ["--config", str(tmp_path / "config.py"), "--data", str(tmp_path / "data.npz"),
+          "--out", str(tmp_path / "run")]
+  assert run_script("scripts/eclipse.py", argv) == 0
   finished = capsys.readouterr().out
   assert "| eclipse |" in finished and "victim 0" not in finished
-  assert _script(tmp_path, capsys, "--seed", "1") == 2
+  assert run_script("scripts/eclipse.py", argv + ["--seed", "1"]) == 2
   assert "seed: folder has 0, this run has 1" in capsys.readouterr().err
-
-
-def _script(tmp_path, capsys, *extra):
-  """scripts/eclipse.py's exit code, run as `python scripts/eclipse.py ...` would."""
-  from jaxpoison import cli
-  spec = importlib.util.spec_from_file_location("eclipse_script", REPO / "scripts" / "eclipse.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  argv = ["--config", str(tmp_path / "config.py"), "--data", str(tmp_path / "data.npz"),
-          "--out", str(tmp_path / "run"), *extra]
-  # (patch.dict: the script adds XLA:CPU's YNN flag to XLA_FLAGS, which must not leak into the
-  # subprocesses of later tests in this worker.)
-  with pytest.raises(SystemExit) as exited, mock.patch.dict(os.environ):
-    cli.run(module.main, argv)
-  return exited.value.code
 
 
 @pytest.mark.parametrize("poison, settings", [
@@ -196,7 +178,7 @@ def _summary(poison, accuracies):
                        for d, a in accuracies.items()}}
 
 
-def test_table_puts_the_papers_cells_beside_the_measured(tmp_path, capsys):
+def test_table_puts_the_papers_cells_beside_the_measured(tmp_path, capsys, run_script):
   lsp = _summary("lsp", {"none": [0.2, 0.3], "eclipse": [0.8, 0.7], "iss_jpeg": [0.6]})
   ar = _summary("ar", {"none": [0.1], "eclipse": [0.75], "purification_only": [0.5]})
   clean = _summary("none", {"none": [0.9], "eclipse": [0.85]})
@@ -213,21 +195,13 @@ def test_table_puts_the_papers_cells_beside_the_measured(tmp_path, capsys):
   with pytest.raises(ValueError, match="unfinished"):
     eclipse.render_table([{"stage": "ddpm", "ddpm_steps": 2}])
   # The script over run folders; a folder without a summary is one line, exit 2.
-  from jaxpoison import cli
-  spec = importlib.util.spec_from_file_location("eclipse_table", REPO / "scripts" /
-                                                "eclipse_table.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   folders = []
   for summary in (lsp, ar):
     folder = tmp_path / summary["poison"]
     folder.mkdir()
     (folder / "summary.json").write_text(json.dumps(summary))
     folders.append(str(folder))
-  with pytest.raises(SystemExit) as exited:
-    cli.run(module.main, ["--runs", *folders])
-  assert exited.value.code in (None, 0)
+  assert run_script("scripts/eclipse_table.py", ["--runs", *folders]) == 0
   assert "| ECLIPSE (A+B+C) | 75.0 (84.58) | 75.0 (87.32) |" in capsys.readouterr().out
-  with pytest.raises(SystemExit) as exited:
-    cli.run(module.main, ["--runs", str(tmp_path)])
-  assert exited.value.code == 2 and "has no summary.json" in capsys.readouterr().err
+  assert run_script("scripts/eclipse_table.py", ["--runs", str(tmp_path)]) == 2
+  assert "has no summary.json" in capsys.readouterr().err

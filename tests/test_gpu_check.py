@@ -1,20 +1,14 @@
 """scripts/gpu_check.py --dry_run: every stage runs at toy sizes on the CPU, so the script
 cannot rot before a GPU is lent; its JSON and Markdown hold every stage."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-import pytest
 
 import numpy as np
 
 from jaxpoison.data import CIFAR10_LABEL_NAMES
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def test_dry_run_runs_every_stage(tmp_path, capsys):
+def test_dry_run_runs_every_stage(tmp_path, capsys, run_script):
   rng = np.random.default_rng(0)
   data = tmp_path / "data.npz"
   np.savez(data, x_train=rng.integers(0, 256, (256, 32, 32, 3), dtype=np.uint8),
@@ -23,15 +17,9 @@ def test_dry_run_runs_every_stage(tmp_path, capsys):
   out = tmp_path / "out"
   # In this process, as `python scripts/gpu_check.py --dry_run ...` runs it (a subprocess would
   # only add its start-up and compile the same programs).
-  from jaxpoison import cli
-  spec = importlib.util.spec_from_file_location("gpu_check_script",
-                                                REPO / "scripts" / "gpu_check.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  with pytest.raises(SystemExit) as exited:
-    cli.run(module.main, ["--dry_run", "--data", str(data), "--out", str(out)])
+  code = run_script("scripts/gpu_check.py", ["--dry_run", "--data", str(data), "--out", str(out)])
   printed = capsys.readouterr()
-  assert exited.value.code in (None, 0), printed.err[-3000:]
+  assert code == 0, printed.err[-3000:]
   results = json.loads((out / "gpu_check.json").read_text())
   assert results["dry_run"] and results["environment"]["backend"] == "cpu"
   for stage in ("denoise", "trainer", "planner", "accuracy", "certify", "peers", "eclipse"):

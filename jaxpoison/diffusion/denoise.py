@@ -39,12 +39,16 @@ def _as_key(key):
   raise TypeError(f"key: expected a jax.random.key, got {key.dtype} {key.shape}")
 
 
-def _validate(denoiser: Denoiser, images, sigma, allow_untrained_sigma: bool = False
-              ) -> tuple[float, int]:
+def _validate_inputs(denoiser: Denoiser, images) -> None:
   if not isinstance(denoiser, Denoiser):
     raise TypeError(f"denoiser: expected a jaxpoison.diffusion.Denoiser, got {type(denoiser).__name__}")
   u = denoiser.unet
   check_images(images, image_shape=(u.sample_size, u.sample_size, u.in_channels))
+
+
+def _validate(denoiser: Denoiser, images, sigma, allow_untrained_sigma: bool = False
+              ) -> tuple[float, int]:
+  _validate_inputs(denoiser, images)
   sigma = check_sigma(sigma)
   if allow_untrained_sigma:
     return sigma, timestep_for_sigma(denoiser.schedule, sigma)
@@ -423,13 +427,12 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float | None, key, *,
                      f"channels, expected {2 * denoiser.unet.eps_channels} (ε and v)")
   learned_variance = learns if variance == "auto" else variance == "learned"
   if start_timestep is not None:
+    _validate_inputs(denoiser, images)
     t = int(start_timestep)
     if not 0 <= t < denoiser.schedule.num_timesteps:
       raise ValueError(f"start_timestep: expected in [0, {denoiser.schedule.num_timesteps}), got {t}")
-    if sigma is None:
-      _validate(denoiser, images, 0.5, allow_untrained_sigma=True)  # (σ unused: the images)
-    else:
-      _, sigma_step = _validate(denoiser, images, sigma, allow_untrained_sigma=True)
+    if sigma is not None:
+      sigma_step = timestep_for_sigma(denoiser.schedule, check_sigma(sigma))
       if sigma_step != t:
         raise ValueError(f"sigma: σ = {sigma:g} maps to step {sigma_step}, but start_timestep "
                          f"is {t}; pass sigma=None with start_timestep")
