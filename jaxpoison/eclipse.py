@@ -53,7 +53,7 @@ ENLARGE_MODES = ("union", "copies")
 # ISS's JPEG and grayscale, and adversarial training (Table 1 baselines).
 DEFENSES = ("none", "eclipse", "purification_only", "compensation_only", "iss_jpeg",
             "iss_grayscale", "adversarial_training")
-POISONS = ("none", "urp", "lsp", "ar", "em", "tap", "rem")
+POISONS = ("none", "urp", "lsp", "ar", "em", "tap", "rem", "sep")
 ECLIPSE_T_STAR = 100  # of T = 4000 (ECLIPSE §4.1; purification.py)
 
 # Stream tags for fold_in: every random choice of a run derives from (seed, tag[, index]).
@@ -144,11 +144,13 @@ class EclipseConfig:
   Attributes:
     poison: the indiscriminate poison applied to every training image: "none", the
       data-generated "urp", "lsp", "ar" (`jaxpoison.attacks.INDISCRIMINATE_POISONS`) or the
-      trained "em", "tap", "rem" (`jaxpoison.attacks.unlearnable`), each with its reference's
-      defaults (ℓ∞ 8/255; LSP and AR ℓ2 1.0).
+      trained "em", "tap", "rem" (`jaxpoison.attacks.unlearnable`) and "sep"
+      (`jaxpoison.attacks.self_ensemble`), each with its reference's defaults (ℓ∞ 8/255; LSP
+      and AR ℓ2 1.0).
     poison_settings: changes to the poison's config (e.g. {"max_rounds": 20} for EM).
     poison_surrogate: changes to the trained poisons' surrogate recipe (EM's and REM's own,
-      TAP's clean "conservative" one), e.g. smaller widths for a CPU run.
+      TAP's clean "conservative" one, SEP's protecting network), e.g. smaller widths for a CPU
+      run.
     defenses: which trainings to run on the poisoned set (`DEFENSES`).
     sparse_size: B; sparse_source: "heldout" (from the training split, removed from it) or
       "test" (the authors' choice; leaks into test accuracy).
@@ -272,6 +274,14 @@ def poison_training_set(data: EclipseData, config: EclipseConfig, num_classes: i
     return unlearnable.rem_poison(key, data.x_train, data.y_train,
                                   unlearnable.REMConfig(**settings),
                                   train_config=unlearnable.rem_surrogate_config(**surrogate)).poisons
+  if config.poison == "sep":
+    from jaxpoison.attacks import self_ensemble
+    sep_config = self_ensemble.SEPConfig(**settings)
+    checkpoints = self_ensemble.train_checkpoints(
+        jax.random.fold_in(key, 0), data.x_train, data.y_train,
+        self_ensemble.sep_surrogate_config(**surrogate), sep_config.num_checkpoints)
+    return self_ensemble.sep_poison(jax.random.fold_in(key, 1), checkpoints, data.x_train,
+                                    data.y_train, sep_config).poisons
   # TAP: a surrogate trained on the clean set with the gradient-matching "conservative" recipe
   # (the reference's default), then every image pushed towards the next class.
   models = classifier.train_models(jax.random.fold_in(key, 0)[None], data.x_train, data.y_train,

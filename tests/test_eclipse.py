@@ -158,9 +158,11 @@ def test_run_eclipse_runs_every_stage_and_resumes(tmp_path, capsys, run_script):
 @pytest.mark.parametrize("poison, settings", [
     ("em", {"steps": 2, "train_steps": 2, "max_rounds": 1, "batch_size": 16}),
     ("tap", {"steps": 2, "restarts": 1, "batch_size": 16}),
+    ("sep", {"steps": 2, "num_checkpoints": 2, "inner_steps": 2, "batch_size": 16}),
 ])
 def test_trained_poisons_craft_against_their_own_surrogates(poison, settings):
-  dataset = _dataset(n_train=44)
+  # Every class present: SEP aligns features to each target class's mean.
+  dataset = dataclasses.replace(_dataset(n_train=44), y_train=np.arange(44) % 10)
   config = eclipse.EclipseConfig(
       poison=poison, sparse_size=12, poison_settings=settings,
       poison_surrogate={"widths": (4, 8, 8, 8), "epochs": 1, "batch_size": 16,

@@ -37,17 +37,20 @@ against) perturb every training image by class, labels clean, with no model:
 
 (`INDISCRIMINATE_POISONS` maps "urp", "lsp", "ar" to them and their configs.)
 
-The trained ones (`attacks.unlearnable`) optimize every image's perturbation, ℓ∞ 8/255, against
-a surrogate network: EM and REM train their surrogate between noise updates (a
-`classifier.TrainConfig`, by default `em_surrogate_config()` / `rem_surrogate_config()`), TAP
-attacks one trained on the clean data:
+The trained ones (`attacks.unlearnable`, `attacks.self_ensemble`) optimize every image's
+perturbation, ℓ∞ 8/255, against a surrogate network: EM and REM train their surrogate between
+noise updates (a `classifier.TrainConfig`, by default `em_surrogate_config()` /
+`rem_surrogate_config()`), TAP attacks one trained on the clean data, SEP the checkpoints of one
+training run on it:
 
     attacks.em_poison(key, images, labels, attacks.EMConfig())    # error-minimizing (min-min)
     attacks.tap_poison(key, surrogate, images, labels, attacks.TAPConfig())  # toward class y + 1
     attacks.rem_poison(key, images, labels, attacks.REMConfig())  # robust EM, adversary 4/255
+    checkpoints = attacks.train_checkpoints(key, images, labels, attacks.sep_surrogate_config(), 15)
+    attacks.sep_poison(key, checkpoints, images, labels, attacks.SEPConfig())  # self-ensemble
 
-Each returns its uint8 poisons with the surrogate (EM, REM) or the restarts' scores (TAP); they
-need a model, so `INDISCRIMINATE_POISONS` (model-free `poison(key, images, labels, config)`)
+Each returns its uint8 poisons with the surrogate (EM, REM), the restarts' scores (TAP) or the
+checkpoints' target rates (SEP); they need a model, so `INDISCRIMINATE_POISONS` (model-free `poison(key, images, labels, config)`)
 leaves them out.
 """
 
@@ -134,6 +137,14 @@ from jaxpoison.attacks.unlearnable import (
     sign_pgd,
     tap_poison,
     target_classes,
+)
+from jaxpoison.attacks.self_ensemble import (
+    SEPConfig,
+    SEPResult,
+    class_mean_features,
+    sep_poison,
+    sep_surrogate_config,
+    train_checkpoints,
 )
 from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
