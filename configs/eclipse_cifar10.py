@@ -12,7 +12,8 @@ replication (M = 4), improved-diffusion's 128-channel UNet with learned variance
 victims for 80 epochs at lr 0.1 without schedule, compensation p = 0.4, σ = 0.05.
 
 What to expect: ECLIPSE's Table 1 (ResNet-18): with the defense 84.58% on LSP, 87.32% on AR,
-86.98% on URP; without it 24.48 / 10.59 / 16.80%. Not run here (no GPU yet): the DDPM alone is
+86.98% on URP, 82.85% on SEP (`--poison sep`: SEP-FA-VR against 15 checkpoints of a 120-epoch
+ResNet-18); without it 24.48 / 10.59 / 16.80 / 9.01%. Not run here (no GPU yet): the DDPM alone is
 250K steps of a 52M-parameter UNet.
 """
 

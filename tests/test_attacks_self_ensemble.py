@@ -137,10 +137,11 @@ def _reference_images(checkpoints, images, labels, key, config):
   return z
 
 
+@pytest.mark.parametrize("loop", ["scan", "host"])
 @pytest.mark.parametrize("feature_alignment, variance_reduction",
                          [(True, True), (False, False)])
 def test_steps_match_the_reference_loops(data, checkpoints, feature_alignment,
-                                         variance_reduction):
+                                         variance_reduction, loop):
   images, labels = data
   config = sep.SEPConfig(num_classes=NUM_CLASSES, steps=2, num_checkpoints=3, inner_steps=3,
                          target_offset=2, feature_alignment=feature_alignment,
@@ -149,14 +150,25 @@ def test_steps_match_the_reference_loops(data, checkpoints, feature_alignment,
     means = sep.class_mean_features(checkpoints, images, labels, NUM_CLASSES)
   else:
     means = jnp.zeros((3, NUM_CLASSES, 1))
-  z, _ = sep._sep_images(checkpoints.graphdef, checkpoints.state, means, jnp.asarray(images),
-                         jnp.asarray(labels), KEY, config)
+  run = {"scan": sep._sep_scan, "host": sep._sep_host}[loop]
+  z = run(checkpoints.graphdef, checkpoints.state, means, jnp.asarray(images),
+          jnp.asarray(labels), sep.checkpoint_draws(KEY, config), config)
   expected = _reference_images(checkpoints, images, labels, KEY, config)
   # Every value moves in whole steps of 1/255; a gradient component within rounding of zero
   # can take the other sign, so a few values may differ by a step or two, no more.
   diff = np.abs(np.asarray(z) - expected) * 255
   assert diff.max() <= 2 * (config.inner_steps + 1) + 1e-3
   assert np.mean(diff > 1e-3) < 0.01
+
+
+def test_checkpoint_draws_cover_the_ensemble_uniformly():
+  config = sep.SEPConfig(num_checkpoints=5, steps=40, inner_steps=50)
+  draws = np.asarray(sep.checkpoint_draws(KEY, config))
+  assert draws.shape == (40, 50) and draws.min() == 0 and draws.max() == 4
+  # 2,000 draws, 400 expected per checkpoint: 4.5 binomial standard deviations (17.9) apart.
+  np.testing.assert_allclose(np.bincount(draws.ravel(), minlength=5), 400, atol=80)
+  np.testing.assert_array_equal(draws[3, 7], jax.random.randint(
+      jax.random.fold_in(jax.random.fold_in(KEY, 3), 7), (), 0, 5))
 
 
 # --- the poisons --------------------------------------------------------------------------------
@@ -244,6 +256,8 @@ def test_inputs_are_checked_at_the_boundary(data, checkpoints):
     sep.sep_poison(KEY, checkpoints, images.astype(np.float32), labels, CONFIG)
   with pytest.raises(TypeError, match="config"):
     sep.sep_poison(KEY, checkpoints, images, labels, object())
+  with pytest.raises(ValueError, match="loop"):
+    sep.sep_poison(KEY, checkpoints, images, labels, CONFIG, loop="while")
   with pytest.raises(ValueError, match="batch_size"):
     sep.train_checkpoints(KEY, images, labels, _train_config(batch_size=128), 3)
   with pytest.raises(ValueError, match="image_shape"):

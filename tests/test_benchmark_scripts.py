@@ -185,3 +185,19 @@ def test_bench_purification_agrees_with_the_pytorch_loop(tmp_path, capsys):
   # The same network, noise and steps: the float outputs agree to rounding, so the stored grey
   # levels (truncated) differ by at most one where a value sits at a level's edge.
   assert line["max_grey_level_difference"] <= 1.0
+
+
+def test_bench_sep_times_both_loops_and_they_agree(capsys):
+  import json
+  out = _main_output(capsys, "bench_sep", ["--num_images", "10", "--num_checkpoints", "2",
+                                           "--steps", "1", "--inner_steps", "2",
+                                           "--widths", "4,4,8,8"])
+  line = json.loads(out.strip().splitlines()[-1])
+  assert line["gradient_passes_per_image"] == 4 and line["host_s"] > 0 and line["scan_s"] > 0
+  assert line["ratio_scan_over_host"] == pytest.approx(line["scan_s"] / line["host_s"],
+                                                       abs=0.002)
+  # The same computation; only signs of gradient components within rounding of zero may differ.
+  assert line["share_of_values_differing"] < 0.01
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script("bench_sep").main, ["--widths", "4,8"])
+  assert info.value.code == 2 and "--widths" in capsys.readouterr().err

@@ -208,59 +208,129 @@ def _check_checkpoints(checkpoints, images, config: SEPConfig):
                      f"is {config.num_classes}")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
-def _sep_images(graphdef, states, means, images, labels, key, config: SEPConfig):
-  """The unrounded poisons (float [N, H, W, C]) and each checkpoint's target predictions on them
-  (bool [M, N])."""
-
-  def network(state):
-    return nnx.merge(graphdef, state, copy=True)
-
+def _loss(graphdef, feature_alignment: bool):
+  """(checkpoint state, its class means [K, D], images z, targets) → Σ over images of SEP's
+  loss (batch norm on running statistics: each image's gradient is its own)."""
   def loss(state, class_means, z, targets):
-    model = network(state)
-    if config.feature_alignment:
+    model = nnx.merge(graphdef, state, copy=True)
+    if feature_alignment:
       distance = model.features(z, train=False) - class_means[targets]
       return jnp.sum(jnp.mean(jnp.square(distance), axis=-1))
     return jnp.sum(_cross_entropy(model(z, train=False), targets))
+  return loss
 
-  gradient = jax.grad(loss, argnums=2)
+
+def _descend(z, direction, lower, upper, step_size: float):
+  return jnp.clip(z - step_size * jnp.sign(direction), lower, upper)
+
+
+def checkpoint_draws(key, config: SEPConfig) -> jax.Array:
+  """VR's checkpoint at inner step s of outer step t: randint from fold_in(fold_in(key, t), s),
+  int32 [steps, inner_steps] (shared by every image)."""
+  def draw(t, s):
+    return jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, t), s), (), 0,
+                              config.num_checkpoints)
+  return jax.vmap(lambda t: jax.vmap(lambda s: draw(t, s))(jnp.arange(config.inner_steps)))(
+      jnp.arange(config.steps))
+
+
+def _box(x_uint8, epsilon: float):
+  x = x_uint8.astype(jnp.float32) / 255.0
+  return x, jnp.maximum(x - epsilon, 0.0), jnp.minimum(x + epsilon, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+def _sep_scan(graphdef, states, means, images, labels, draws, config: SEPConfig):
+  """The unrounded poisons, float [N, H, W, C]: every step in one program (accelerators)."""
+  gradient = jax.grad(_loss(graphdef, config.feature_alignment), argnums=2)
   every_gradient = jax.vmap(gradient, in_axes=(0, 0, None, None))
 
   def batch(x_uint8, y):
-    x = x_uint8.astype(jnp.float32) / 255.0
+    x, lower, upper = _box(x_uint8, config.epsilon)
     targets = target_classes(y, config.num_classes, config.target_offset)
-    lower = jnp.maximum(x - config.epsilon, 0.0)
-    upper = jnp.minimum(x + config.epsilon, 1.0)
-    descend = lambda z, g: jnp.clip(z - config.step_size * jnp.sign(g), lower, upper)
+    descend = lambda z, g: _descend(z, g, lower, upper, config.step_size)
 
-    def outer(z, t):
+    def outer(z, step_draws):
       grads = every_gradient(states, means, z, targets)  # [M, B, H, W, C]
       mean_grad = jnp.mean(grads, axis=0)
       if not config.variance_reduction:
         return descend(z, mean_grad), None
-      step_key = jax.random.fold_in(key, t)
 
-      def inner(carry, s):
+      def inner(carry, k):
         z_inner, total = carry
-        k = jax.random.randint(jax.random.fold_in(step_key, s), (), 0, config.num_checkpoints)
         state_k = jax.tree.map(lambda a: a[k], states)
         total = total + gradient(state_k, means[k], z_inner, targets) - grads[k] + mean_grad
         return (descend(z_inner, total), total), None
 
-      (_, total), _ = jax.lax.scan(inner, (z, jnp.zeros_like(z)),
-                                   jnp.arange(config.inner_steps))
+      (_, total), _ = jax.lax.scan(inner, (z, jnp.zeros_like(z)), step_draws)
       return descend(z, total), None
 
-    z, _ = jax.lax.scan(outer, x, jnp.arange(config.steps))
-    hits = jax.vmap(lambda s: jnp.argmax(network(s)(z, train=False), -1) == targets)(states)
-    return z, hits.T  # [B, M]: batches map along the images axis.
+    return jax.lax.scan(outer, x, draws)[0]
 
-  z, hits = _map_batches(batch, (images, labels), config.batch_size)
-  return z, hits.T
+  return _map_batches(batch, (images, labels), config.batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "feature_alignment"))
+def _gradient_of(graphdef, states, means, k, z, targets, feature_alignment: bool):
+  """Checkpoint k's gradient at z (k a traced index: one program for every checkpoint)."""
+  state_k = jax.tree.map(lambda a: a[k], states)
+  return jax.grad(_loss(graphdef, feature_alignment), argnums=2)(state_k, means[k], z, targets)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"), donate_argnums=(4, 5))
+def _inner_step(graphdef, states, means, k, z_inner, total, grad_k, mean_grad, targets, lower,
+                upper, config: SEPConfig):
+  fresh = _gradient_of(graphdef, states, means, k, z_inner, targets, config.feature_alignment)
+  total = total + fresh - grad_k + mean_grad
+  return _descend(z_inner, total, lower, upper, config.step_size), total
+
+
+_descend_jit = jax.jit(_descend, static_argnames="step_size")
+
+
+def _sep_host(graphdef, states, means, images, labels, draws, config: SEPConfig):
+  """`_sep_scan`'s computation with the steps driven from Python, each gradient its own jitted
+  call: XLA:CPU runs a network inside a loop, or vmapped over checkpoints, ~5× slower than
+  alone (BENCHMARKS, issue 17)."""
+  draws = np.asarray(draws)
+  size = min(config.batch_size, images.shape[0])
+  out = []
+  for first in range(0, images.shape[0], size):
+    x, lower, upper = _box(images[first:first + size], config.epsilon)
+    targets = target_classes(labels[first:first + size], config.num_classes,
+                             config.target_offset)
+    z = x
+    for t in range(config.steps):
+      grads = [_gradient_of(graphdef, states, means, np.int32(k), z, targets,
+                            config.feature_alignment) for k in range(config.num_checkpoints)]
+      mean_grad = sum(grads[1:], grads[0]) / config.num_checkpoints
+      if config.variance_reduction:
+        z_inner, total = jnp.copy(z), jnp.zeros_like(z)
+        for k in draws[t]:
+          z_inner, total = _inner_step(graphdef, states, means, np.int32(k), z_inner, total,
+                                       grads[k], mean_grad, targets, lower, upper, config)
+        mean_grad = total
+      z = _descend_jit(z, mean_grad, lower, upper, step_size=config.step_size)
+    out.append(z)
+  return jnp.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+def _target_rate(graphdef, states, z, labels, config: SEPConfig):
+  """Each checkpoint's share of z classified as its target, float32 [M]."""
+  targets = target_classes(labels, config.num_classes, config.target_offset)
+
+  def hits(state):
+    model = nnx.merge(graphdef, state, copy=True)
+    predicted = _map_batches(lambda b: jnp.argmax(model(b, train=False), -1), (z,),
+                             config.batch_size)
+    return jnp.mean(predicted == targets, dtype=jnp.float32)
+
+  return jax.lax.map(hits, states)
 
 
 def sep_poison(key, checkpoints: "TrainedModels", images, labels,
-               config: SEPConfig | None = None) -> SEPResult:
+               config: SEPConfig | None = None, *, loop: str = "auto") -> SEPResult:
   """Self-ensemble protection (SEP-FA-VR by default; see the module docstring): every image
   pushed toward class (y + 5) mod K against an ensemble of one network's training checkpoints.
 
@@ -272,6 +342,9 @@ def sep_poison(key, checkpoints: "TrainedModels", images, labels,
     images: uint8 [N, H, W, C], the clean training images (FA's class means come from them).
     labels: int [N] in [0, config.num_classes), every class present when FA is on.
     config: `SEPConfig` (default: the reference's CIFAR-10 SEP-FA-VR, ε = 8/255).
+    loop: "scan" (every step in one program), "host" (each gradient a jitted call from Python:
+      XLA:CPU runs networks in loops ~5× slower) or "auto" (host on the CPU, scan elsewhere);
+      the same computation.
 
   Returns:
     `SEPResult`: poisons uint8 within ⌊255ε⌋ grey levels, and each checkpoint's target rate.
@@ -281,11 +354,18 @@ def sep_poison(key, checkpoints: "TrainedModels", images, labels,
   images, labels = _check_data(images, labels, config.num_classes)
   epsilon = constraints.check_quantizable("linf", config.epsilon, images.shape[1:])
   _check_checkpoints(checkpoints, images, config)
+  if loop not in ("auto", "scan", "host"):
+    raise ValueError(f"loop: expected 'auto', 'scan' or 'host', got {loop!r}")
+  if loop == "auto":
+    loop = "host" if jax.default_backend() == "cpu" else "scan"
   x, y = jnp.asarray(images), jnp.asarray(labels)
   if config.feature_alignment:
     means = class_mean_features(checkpoints, x, y, config.num_classes)
-  else:  # Unused by the cross-entropy loss; a placeholder of the vmapped shape.
+  else:  # Unused by the cross-entropy loss; a placeholder of the indexed shape.
     means = jnp.zeros((config.num_checkpoints, config.num_classes, 1), jnp.float32)
-  z, hits = _sep_images(checkpoints.graphdef, checkpoints.state, means, x, y, key, config)
+  run = _sep_scan if loop == "scan" else _sep_host
+  z = run(checkpoints.graphdef, checkpoints.state, means, x, y, checkpoint_draws(key, config),
+          config)
+  rate = _target_rate(checkpoints.graphdef, checkpoints.state, z, y, config)
   poisons = constraints.quantize_poisons(z, x, "linf", epsilon)
-  return SEPResult(np.asarray(poisons), np.asarray(jnp.mean(hits, axis=1, dtype=jnp.float32)))
+  return SEPResult(np.asarray(poisons), np.asarray(rate))
