@@ -408,8 +408,30 @@ def run_eclipse(config: EclipseConfig, dataset: Dataset, out: str | os.PathLike,
   summary = {"stage": "done", "poison": config.poison, "defenses": table,
              "num_train": len(data.x_train), "num_test": len(data.x_test),
              "sparse_size": len(data.sparse), "sparse_source": config.sparse_source}
+  if "purified" in images:
+    summary["purification"] = purification_residual(data.x_train, poisoned, images["purified"])
   atomic_write_json(out / "summary.json", summary)
   return summary
+
+
+def purification_residual(clean, poisoned, purified) -> dict:
+  """What purification left of the poison, over uint8 images [N, H, W, C]:
+  `poison_residual`, the mean over poisoned images of ⟨u − x, p − x⟩ / ‖p − x‖² (x clean, p
+  poisoned, u purified: 1 keeps the perturbation whole along its direction, 0 removes it; images
+  the poison left unchanged are skipped), and the PSNRs (dB, peak 255) of the poisoned and the
+  purified images against the clean ones (purification also changes clean content)."""
+  x, p, u = (np.asarray(a, np.float64).reshape(len(clean), -1) for a in (clean, poisoned, purified))
+  delta = p - x
+  energy = np.sum(delta * delta, axis=1)
+  touched = energy > 0
+  residual = (float(np.mean(np.sum((u - x) * delta, axis=1)[touched] / energy[touched]))
+              if touched.any() else None)
+
+  def psnr(a):
+    mse = float(np.mean(np.square(a - x)))
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+  return {"poison_residual": residual, "psnr_poisoned_db": psnr(p), "psnr_purified_db": psnr(u)}
 
 
 def render_summary(summary: dict) -> str:
@@ -446,14 +468,17 @@ def render_table(summaries: list[dict]) -> str:
   """ECLIPSE's Table 1 (ResNet-18 columns, with Table 4's ablation rows and Table 3's clean
   column) from finished runs' summaries (`run_eclipse`, one per poison): a row per defense, a
   column per poison that was run, each cell "measured (paper)" in % — mean over victims — and
-  "—" for what was not run. Poison "none" fills the clean column."""
-  by_poison = {}
+  "—" for what was not run. Poison "none" fills the clean column. A last row gives the share of
+  each poison that purification left (`purification_residual`), where runs recorded it."""
+  by_poison, residuals = {}, {}
   for summary in summaries:
     if summary.get("stage") != "done":
       raise ValueError(f"render_table: a run is unfinished (stage {summary.get('stage')!r})")
     if summary["poison"] in by_poison:
       raise ValueError(f"render_table: two runs of poison {summary['poison']!r}")
     by_poison[summary["poison"]] = summary["defenses"]
+    if summary.get("purification", {}).get("poison_residual") is not None:
+      residuals[summary["poison"]] = summary["purification"]["poison_residual"]
   poisons = [p for p in POISONS if p in by_poison and p != "none"]
   columns = poisons + (["none"] if "none" in by_poison else [])
   ran = [d for d in DEFENSES if any(d in by_poison[p] for p in columns)]
@@ -474,4 +499,7 @@ def render_table(summaries: list[dict]) -> str:
       measured = "—" if row is None else f"{100 * row['test_accuracy_mean']:.1f}"
       cells.append(measured + ("" if reference is None else f" ({reference:.2f})"))
     lines.append("| " + " | ".join(cells) + " |")
+  if residuals:
+    lines.append("| poison left by purification | " + " | ".join(
+        f"{residuals[p]:.2f}" if p in residuals else "—" for p in columns) + " |")
   return "\n".join(lines)

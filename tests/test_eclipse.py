@@ -127,6 +127,8 @@ def test_run_eclipse_runs_every_stage_and_resumes(tmp_path, capsys, run_script):
   assert summary["stage"] == "done" and set(summary["defenses"]) == {"none", "eclipse",
                                                                     "iss_grayscale"}
   assert json.loads((run / "summary.json").read_text()) == summary
+  assert set(summary["purification"]) == {"poison_residual", "psnr_poisoned_db",
+                                          "psnr_purified_db"}
   assert len(list((run / "purified").glob("chunk_*.npz"))) == 3  # 48 images in chunks of 20
   poisoned = np.load(run / "poisoned.npz")["images"]
   data = eclipse.split(dataset, config)
@@ -174,6 +176,24 @@ def test_trained_poisons_craft_against_their_own_surrogates(poison, settings):
   np.testing.assert_array_equal(poisoned, eclipse.poison_training_set(data, config, 10))
 
 
+def test_purification_residual_measures_what_is_left_of_the_poison():
+  rng = np.random.default_rng(0)
+  clean = rng.integers(40, 200, (6, 4, 4, 3)).astype(np.uint8)
+  delta = rng.choice([-8, 8], clean.shape)
+  delta[5] = 0  # A poison that left an image alone: no direction, skipped.
+  poisoned = (clean + delta).astype(np.uint8)
+  half = (clean + delta // 2).astype(np.uint8)
+  out = eclipse.purification_residual(clean, poisoned, half)
+  assert out["poison_residual"] == pytest.approx(0.5)
+  assert out["psnr_poisoned_db"] == pytest.approx(10 * np.log10(255 ** 2 / (64 * 5 / 6)))
+  assert out["psnr_purified_db"] == pytest.approx(10 * np.log10(255 ** 2 / (16 * 5 / 6)))
+  assert eclipse.purification_residual(clean, poisoned, clean)["poison_residual"] == 0
+  assert eclipse.purification_residual(clean, poisoned, poisoned)["poison_residual"] == 1
+  assert eclipse.purification_residual(clean, clean, clean) == {
+      "poison_residual": None, "psnr_poisoned_db": float("inf"),
+      "psnr_purified_db": float("inf")}
+
+
 def _summary(poison, accuracies):
   return {"stage": "done", "poison": poison,
           "defenses": {d: {"test_accuracy_mean": float(np.mean(a)), "test_accuracy": list(a)}
@@ -192,6 +212,12 @@ def test_table_puts_the_papers_cells_beside_the_measured(tmp_path, capsys, run_s
   assert table[4] == "| A | — (39.93) | 50.0 (83.98) | — |"
   assert table[5] == "| ISS-J | 60.0 (79.55) | — (81.39) | — (85.23) |"
   assert len(table) == 6
+  # What purification left of each poison, where the run recorded it.
+  ar["purification"] = {"poison_residual": 0.123, "psnr_poisoned_db": 35.0,
+                        "psnr_purified_db": 30.0}
+  table = eclipse.render_table([clean, lsp, ar]).splitlines()
+  assert table[6] == "| poison left by purification | — | 0.12 | — |" and len(table) == 7
+  del ar["purification"]
   with pytest.raises(ValueError, match="two runs of poison 'lsp'"):
     eclipse.render_table([lsp, lsp])
   with pytest.raises(ValueError, match="unfinished"):
