@@ -4,7 +4,7 @@ whole search as one program (`loop="scan"`, the accelerator path), same checkpoi
     PYTHONPATH=$PWD python scripts/bench_sep.py [--num_images 200] [--num_checkpoints 4] \
         [--steps 2] [--inner_steps 4] [--widths 16,32,64,128]
 
-The checkpoints are a small ResNet-18 trained one epoch on random images (speed does not depend
+The checkpoints are a small ResNet-18 trained on random images, one epoch per checkpoint (speed does not depend
 on the weights). Compilation is excluded (one untimed run of each first). Prints one JSON line:
 gradient passes per image, each loop's seconds and image-gradients per second, the ratio
 scan time / host time, and the share of poison values on which the two loops differ (a gradient

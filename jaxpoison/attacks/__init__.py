@@ -50,8 +50,8 @@ training run on it:
     attacks.sep_poison(key, checkpoints, images, labels, attacks.SEPConfig())  # self-ensemble
 
 Each returns its uint8 poisons with the surrogate (EM, REM), the restarts' scores (TAP) or the
-checkpoints' target rates (SEP); they need a model, so `INDISCRIMINATE_POISONS` (model-free `poison(key, images, labels, config)`)
-leaves them out.
+checkpoints' target rates (SEP); they need a model, so `INDISCRIMINATE_POISONS` (model-free
+`poison(key, images, labels, config)`) leaves them out.
 """
 
 from __future__ import annotations

@@ -58,8 +58,10 @@ from jaxpoison.attacks.unlearnable import (
     _map_batches,
     _SurrogateRun,
     _TrainedPoisonConfig,
+    _target_offset,
     target_classes,
 )
+from jaxpoison.attacks.witches_brew import resolve_loop
 
 if TYPE_CHECKING:
   from jaxpoison.classifier import TrainConfig, TrainedModels
@@ -106,11 +108,7 @@ class SEPConfig(_TrainedPoisonConfig):
     _store(self, "num_checkpoints", _positive("num_checkpoints", self.num_checkpoints,
                                               integer=True))
     _store(self, "inner_steps", _positive("inner_steps", self.inner_steps, integer=True))
-    offset = _positive("target_offset", self.target_offset, integer=True)
-    if offset % self.num_classes == 0:
-      raise ValueError(f"target_offset: {offset} maps every class to itself with "
-                       f"{self.num_classes} classes; expected an offset not divisible by it")
-    _store(self, "target_offset", offset)
+    _store(self, "target_offset", _target_offset(self.target_offset, self.num_classes))
     _store(self, "feature_alignment", bool(self.feature_alignment))
     _store(self, "variance_reduction", bool(self.variance_reduction))
     _store(self, "batch_size", _positive("batch_size", self.batch_size, integer=True))
@@ -354,10 +352,7 @@ def sep_poison(key, checkpoints: "TrainedModels", images, labels,
   images, labels = _check_data(images, labels, config.num_classes)
   epsilon = constraints.check_quantizable("linf", config.epsilon, images.shape[1:])
   _check_checkpoints(checkpoints, images, config)
-  if loop not in ("auto", "scan", "host"):
-    raise ValueError(f"loop: expected 'auto', 'scan' or 'host', got {loop!r}")
-  if loop == "auto":
-    loop = "host" if jax.default_backend() == "cpu" else "scan"
+  loop = resolve_loop(loop)
   x, y = jnp.asarray(images), jnp.asarray(labels)
   if config.feature_alignment:
     means = class_mean_features(checkpoints, x, y, config.num_classes)

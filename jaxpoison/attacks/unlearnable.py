@@ -94,6 +94,15 @@ def _fraction(name: str, value) -> float:
   return value
 
 
+def _target_offset(offset, num_classes: int) -> int:
+  """A class offset (y ↦ y + offset mod K) that moves every class."""
+  offset = _positive("target_offset", offset, integer=True)
+  if offset % num_classes == 0:
+    raise ValueError(f"target_offset: {offset} maps every class to itself with {num_classes} "
+                     f"classes; expected an offset not divisible by it")
+  return offset
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainedPoisonConfig(_PoisonConfig):
   """The poisons' shared config base (`indiscriminate._PoisonConfig`), with at least two
@@ -190,11 +199,7 @@ class TAPConfig(_TrainedPoisonConfig):
     _store(self, "steps", _positive("steps", self.steps, integer=True))
     _store(self, "tau", _positive("tau", self.tau))
     _store(self, "restarts", _positive("restarts", self.restarts, integer=True))
-    offset = _positive("target_offset", self.target_offset, integer=True)
-    if offset % self.num_classes == 0:
-      raise ValueError(f"target_offset: {offset} maps every class to itself with "
-                       f"{self.num_classes} classes; expected an offset not divisible by it")
-    _store(self, "target_offset", offset)
+    _store(self, "target_offset", _target_offset(self.target_offset, self.num_classes))
     _store(self, "augment", bool(self.augment))
     _store(self, "max_shift", _positive("max_shift", self.max_shift, allow_zero=True))
     mean = tuple(float(m) for m in self.input_mean)
