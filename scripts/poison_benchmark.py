@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   scratch.add_argument("--train_per_class", type=int,
                        help="train on this many images per class (a seeded subset)")
   scratch.add_argument("--num_surrogates", type=int, help="size of the crafting ensemble")
+  scratch.add_argument("--poison_class", choices=("random", "runner_up"),
+                       help="a trial's poison class: random (the paper's) or the surrogates' "
+                            "most probable wrong class for the target")
   scratch.add_argument("--restarts", type=int, help="crafting restarts (default: published)")
   scratch.add_argument("--warm_start_epochs", type=int,
                        help="Table 3: train this many epochs on the tampered set first")
@@ -109,8 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "finetune_mode",
                  "augment", "pretrained", "craft_pretrained", "finetune_epochs")
-SCRATCH_ONLY = ("train_per_class", "num_surrogates", "restarts", "warm_start_epochs",
-                "victim_init")
+SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts",
+                "warm_start_epochs", "victim_init")
 DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier")
 
 
@@ -134,7 +137,7 @@ def _from_scratch(args, config):
   changes = {name: getattr(args, name) for name in (
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "budget", "num_eval", "norm",
       "epsilon", "craft_steps", "trials_per_step", "train_per_class", "num_surrogates",
-      "restarts", "warm_start_epochs") if getattr(args, name) is not None}
+      "poison_class", "restarts", "warm_start_epochs") if getattr(args, name) is not None}
   if args.budget is not None:
     changes["num_poisons"] = None
   with cli.user_errors(ValueError, TypeError):

@@ -33,6 +33,7 @@ def test_training_subset_is_seeded_balanced_and_sorted():
     (dict(warm_start_epochs=40), "leaves no epoch"),
     (dict(sigmas=(0.0, 0.0)), "distinct"),
     (dict(victim="resnet18"), "TrainConfig"),
+    (dict(poison_class="nearest"), "poison_class"),
 ])
 def test_config_errors(changes, match):
   with pytest.raises((ValueError, TypeError), match=match):
@@ -163,6 +164,35 @@ def test_sleeper_agent_selects_the_largest_gradients(scratch, tmp_path):
                                             np.asarray(dataset.x_train[candidates]),
                                             np.full(candidates.size, trial.base_class)))
   assert set(poison_set.indices) == set(candidates[np.argsort(norms)[-4:]])
+
+
+def test_runner_up_poison_class_is_the_surrogates_most_probable_wrong_class(scratch, tmp_path):
+  dataset, config, _ = scratch
+  subset = fs.training_subset(dataset.y_train, None)
+  surrogates = fs.load_or_train_surrogates(tmp_path, config, dataset, subset, log=lambda _: None)
+  runner_up = dataclasses.replace(config, poison_class="runner_up")
+  with pytest.raises(ValueError, match="needs the surrogates"):
+    fs.sample_scratch_trial(runner_up, dataset, subset, 0)
+  logits = np.concatenate([np.asarray(classifier.logits(m, dataset.x_test)) for m in surrogates])
+  probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+  probabilities = (probabilities / probabilities.sum(-1, keepdims=True)).mean(0)
+  for index in range(4):
+    plain = fs.sample_scratch_trial(config, dataset, subset, index)
+    trial = fs.sample_scratch_trial(runner_up, dataset, subset, index, surrogates)
+    # The same target; the class is the numpy argmax over the other classes.
+    assert (trial.target_index, trial.target_class) == (plain.target_index, plain.target_class)
+    ranked = np.argsort(-probabilities[trial.target_index], kind="stable")
+    expected = [c for c in ranked if c != trial.target_class][0]
+    assert trial.base_class == expected
+    assert np.all(np.asarray(dataset.y_train)[trial.base_indices] == expected)
+    assert np.all(np.isin(trial.base_indices, subset))
+    again = fs.sample_scratch_trial(runner_up, dataset, subset, index, surrogates)
+    np.testing.assert_array_equal(again.base_indices, trial.base_indices)
+  # The setting is part of a run's identity only when it is not the paper's.
+  identity = lambda c: fs.run_identity(c, dataset=dataset, surrogates=surrogates, denoiser=None,
+                                       victim_init=None)["settings"]
+  assert "poison_class" not in identity(config)
+  assert identity(runner_up)["poison_class"] == "runner_up"
 
 
 def test_warm_start_trains_first_on_the_tampered_set(scratch, monkeypatch):
