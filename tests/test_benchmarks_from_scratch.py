@@ -86,6 +86,10 @@ def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
     assert record["sigmas"] == [0.0, 0.25] and record["num_poisons"] == 4
     assert record["train_size"] == 200 and record["scenario"] == "white-box"
     assert record["success"] == [p == record["base_class"] for p in record["target_prediction"]]
+    probabilities = record["target_poison_probability"]
+    assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities)
+    # The victim's argmax is its prediction: a probability above 1/2 means success.
+    assert all(s for s, p in zip(record["success"], probabilities) if p > 0.5)
     poison_set = attacks.load_poisons(tmp_path / "full" / record["poison_file"], dataset)
     bases = np.asarray(dataset.x_train[poison_set.indices]).astype(int)
     assert np.abs(poison_set.images.astype(int) - bases).max() <= 16

@@ -428,7 +428,9 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
   """Trains one victim per trial and σ from scratch (or from `victim_init`, or warm-started on
   the tampered set) under the config's defense, and scores it; per trial: target_prediction,
   clean_accuracy, for Sleeper Agent source_success, and with Deep k-NN or DPA + ROE the
-  defense's numbers (defense_details), one entry per σ."""
+  defense's numbers (defense_details), one entry per σ; without those two defenses also
+  target_poison_probability (the victim's softmax probability of the poison class on the
+  target: Sleeper Agent's is the patched target's)."""
   defense = config.defense
   victim = defense.training_config(config.victim_config)
   num = len(poison_sets)
@@ -462,7 +464,7 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     remaining = victim.replace(epochs=victim.epochs - config.warm_start_epochs, reinit_head=False)
     train_keys = jnp.stack([jax.random.fold_in(k, 1) for k in train_keys])
   out = [{"target_prediction": [], "clean_accuracy": [], "source_success": [],
-          "defense_details": []} for _ in range(num)]
+          "defense_details": [], "target_poison_probability": []} for _ in range(num)]
   for s, sigma in enumerate(config.sigmas):
     denoised = [_denoise(denoiser, tampered[i], sigma, denoise_key(keys[i], s),
                          config.denoise_batch_size) for i in range(num)]
@@ -484,9 +486,15 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     models = _train(remaining, train_keys, images, train_labels, init)
     predictions, accuracy = (np.asarray(a) for a in common.score_victims(
         models, targets, eval_images, eval_labels))
+    # Each victim's softmax on its own trial's target: how far the attack moved it, even where
+    # the prediction did not change (the effect a handful of trials can show).
+    own_logits = np.asarray(classifier.logits(models, targets))[np.arange(width), np.arange(width)]
+    own_probabilities = np.asarray(jax.nn.softmax(own_logits, axis=-1))
     for i in range(num):
       out[i]["target_prediction"].append(int(predictions[i]))
       out[i]["clean_accuracy"].append(float(accuracy[i]))
+      out[i]["target_poison_probability"].append(
+          float(own_probabilities[i, poison_sets[i].base_class]))
       if sources[i] is not None:
         one = classifier.select(models, i)
         out[i]["source_success"].append(_source_success(
@@ -607,6 +615,8 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
           "crafted_on": f"{config.num_surrogates} × {config.surrogate_config.model}",
           "poison_file": str(poison_path(out_dir, attack, i).relative_to(out_dir)),
           "seconds": {"craft": craft_seconds / len(chunk), "total": seconds / len(chunk)}}
+      if score["target_poison_probability"]:
+        record["target_poison_probability"] = score["target_poison_probability"]
       if attack == "sleeper_agent":
         record["success_measure"] = "the single patched source test image (target_index)"
         record["source_success"] = score["source_success"]
