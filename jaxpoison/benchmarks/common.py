@@ -622,10 +622,18 @@ def check_poison_file(path: Path, poison_set: attacks.PoisonSet, attack: str,
 
 
 @jax.jit
-def score_victims(models, targets, eval_images, eval_labels):
-  """(model m's prediction of target m [M], each model's accuracy on the eval images [M])."""
-  # predictions [M, M]: model m's prediction of every trial's target; its own is the diagonal.
-  predictions = jax.numpy.diagonal(classifier.predict(models, targets))
+def own_target_logits(models, targets):
+  """Model m's logits on target m, [M, C] (each trial's victim on its own trial's target)."""
+  # logits [M, M, C]: every model on every trial's target; a model's own is the diagonal.
+  return jax.numpy.diagonal(classifier.logits(models, targets), axis1=0, axis2=1).T
+
+
+def score_victims(models, targets, eval_images, eval_labels, own_logits=None):
+  """(model m's prediction of target m [M], each model's accuracy on the eval images [M]);
+  `own_logits` ([M, C], `own_target_logits`) when the caller has them already."""
+  if own_logits is None:
+    own_logits = own_target_logits(models, targets)
+  predictions = jax.numpy.argmax(own_logits, axis=-1).astype(jax.numpy.int32)
   return predictions, classifier.evaluate(models, eval_images, eval_labels)
 
 

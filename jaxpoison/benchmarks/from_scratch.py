@@ -484,11 +484,11 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
       continue
     images = np.stack(denoised)[order]
     models = _train(remaining, train_keys, images, train_labels, init)
+    own_logits = common.own_target_logits(models, targets)
     predictions, accuracy = (np.asarray(a) for a in common.score_victims(
-        models, targets, eval_images, eval_labels))
+        models, targets, eval_images, eval_labels, own_logits))
     # Each victim's softmax on its own trial's target: how far the attack moved it, even where
     # the prediction did not change (the effect a handful of trials can show).
-    own_logits = np.asarray(classifier.logits(models, targets))[np.arange(width), np.arange(width)]
     own_probabilities = np.asarray(jax.nn.softmax(own_logits, axis=-1))
     for i in range(num):
       out[i]["target_prediction"].append(int(predictions[i]))
