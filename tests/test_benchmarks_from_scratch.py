@@ -34,6 +34,8 @@ def test_training_subset_is_seeded_balanced_and_sorted():
     (dict(sigmas=(0.0, 0.0)), "distinct"),
     (dict(victim="resnet18"), "TrainConfig"),
     (dict(poison_class="nearest"), "poison_class"),
+    (dict(clean_start_epochs=-1), "clean_start_epochs"),
+    (dict(clean_start_epochs=2, warm_start_epochs=2), "leaves no epoch of the victim's 2"),
 ])
 def test_config_errors(changes, match):
   with pytest.raises((ValueError, TypeError), match=match):
@@ -221,6 +223,64 @@ def test_warm_start_trains_first_on_the_tampered_set(scratch, monkeypatch):
   assert not np.array_equal(denoised[0], dataset.x_train)   # σ = 0.25: denoised
 
 
+def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surrogate(
+    scratch, tmp_path, monkeypatch):
+  from jaxpoison import defenses
+  dataset, config, denoiser = scratch
+  config = dataclasses.replace(config, clean_start_epochs=1, attacks=("no_poison",),
+                               num_trials=1, trials_per_step=1)
+  with pytest.raises(ValueError, match="clean start"):
+    dataclasses.replace(config, defense=defenses.DefenseConfig(name="dp_sgd"))
+  calls = []
+  real = fs._train
+
+  def recording(train_config, keys, images, labels, init=None):
+    calls.append((train_config, init))
+    return real(train_config, keys, images, labels, init)
+
+  monkeypatch.setattr(fs, "_train", recording)
+  records = fs.run_benchmark(config, dataset, tmp_path / "run", denoiser=denoiser,
+                             log=lambda _: None)
+  subset = fs.training_subset(dataset.y_train, None)
+  start = fs.load_or_train_clean_start(tmp_path / "run", config, dataset, subset)
+  surrogate = fs.load_or_train_surrogates(tmp_path / "run", config, dataset, subset)[0]
+  # Its own key: the attacker's surrogate and the victims' starting point differ.
+  assert common.params_fingerprint(start.state) != common.params_fingerprint(surrogate.state)
+  assert start.config == config.victim_config
+  # One victim per σ, each from the clean network's weights (head kept), for K epochs.
+  assert len(calls) == len(config.sigmas)
+  for train_config, init in calls:
+    assert train_config.epochs == 1 and not train_config.reinit_head
+    assert common.params_fingerprint(init.state) == common.params_fingerprint(start.state)
+  assert records[0]["finetune"] == "from a clean-trained network, 1 epochs"
+  identity = json.loads((tmp_path / "run" / common.RUN_FILE).read_text())
+  assert identity["settings"]["clean_start_epochs"] == 1
+  assert identity["clean_start"] == common.params_fingerprint(start.state)
+  plain = fs.run_identity(dataclasses.replace(config, clean_start_epochs=0), dataset=dataset,
+                          surrogates=[surrogate], denoiser=None, victim_init=None)
+  assert "clean_start_epochs" not in plain["settings"] and "clean_start" not in plain
+  with pytest.raises(ValueError, match="give one"):
+    fs.run_benchmark(config, dataset, tmp_path / "run", denoiser=denoiser, victim_init=start)
+  poison_set = fs.craft_trial(config, "no_poison", dataset, subset, 0, [])
+  with pytest.raises(ValueError, match="clean_start"):
+    fs.evaluate_trials(config, [poison_set], [0], dataset=dataset, subset=subset,
+                       denoiser=denoiser)
+  # With a warm start: the first epochs from the clean network on the tampered set, once.
+  # (Batches of 20: 10 steps an epoch, so airbench's lookahead, every 5 steps, moves.)
+  warm = dataclasses.replace(config, clean_start_epochs=2, warm_start_epochs=1,
+                             victim=config.victim.replace(batch_size=20))
+  assert fs._training_label(warm, None) == ("from a clean-trained network: 1 epochs tampered, "
+                                            "then 1 denoised")
+  calls.clear()
+  fs.evaluate_trials(warm, [poison_set], [0], dataset=dataset, subset=subset,
+                     denoiser=denoiser, clean_start=start)
+  assert [c.epochs for c, _ in calls] == [1] * (1 + len(config.sigmas))
+  assert common.params_fingerprint(calls[0][1].state) == common.params_fingerprint(start.state)
+  warmed = common.params_fingerprint(calls[1][1].state)
+  assert warmed != common.params_fingerprint(start.state)
+  assert all(common.params_fingerprint(init.state) == warmed for _, init in calls[1:])
+
+
 def _script_main():
   import importlib.util
   from pathlib import Path
@@ -281,6 +341,7 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
                              str(tmp_path / "out"), "--num_surrogates", "3", "--restarts", "2",
                              "--warm_start_epochs", "1", "--budget", "0.02", "--victim_init",
                              "ckpt"])
+
   assert info.value.code in (None, 0)
   got = seen["config"]
   assert (got.num_surrogates, got.restarts, got.warm_start_epochs) == (3, 2, 1)
@@ -298,3 +359,8 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
                              str(tmp_path / "out"), "--defense", "dpa_roe",
                              "--dpa_partitions", "0"])
   assert info.value.code == 2 and "dpa_partitions" in capsys.readouterr().err
+  assert got.clean_start_epochs == 0
+  with pytest.raises(SystemExit):
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--clean_start_epochs", "2"])
+  assert seen["config"].clean_start_epochs == 2

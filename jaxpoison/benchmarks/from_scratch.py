@@ -28,6 +28,15 @@ trained from scratch (Witches' Brew, Sleeper Agent), with and without the denois
   remaining epochs; the paper leaves open whether the schedule restarts). `victim_init` (a
   `save_models` checkpoint, e.g. a network pretrained on another dataset) starts every victim
   from those weights with a fresh head instead (the out-of-domain row).
+* Clean start (`clean_start_epochs` = K > 0, a reduction for small settings, not a row of the
+  paper's): every victim starts from one network of the victim's recipe trained on the clean
+  training set with its own key (fold_in(key(seed), PRETRAIN_VICTIM); not a surrogate: the
+  attacker knows the recipe and the data, not these weights; saved under pretrained/clean_start),
+  head kept, and trains K epochs of the recipe on its tampered, denoised set (with a warm
+  start: the first `warm_start_epochs` of them on the tampered set). Small networks
+  trained from scratch on a few thousand images scatter so far from seed to seed that no
+  poison budget moves them consistently (BENCHMARKS.md, issue 15); a victim that continues from
+  a clean optimum stays near the point the poisons were matched at.
 
 Defenses (Hong et al. Tables 4 and 5, `defense`): DP-SGD, adversarial training and FrieNDs
 change the victim's recipe (`DefenseConfig.training_config`); Deep k-NN trains a network of the
@@ -102,7 +111,10 @@ class FromScratchConfig:
     craft_steps, restarts: crafting iterations and restarts (None: the attack's defaults, 250
       and 8 for Witches' Brew, 250 and 1 for Sleeper Agent).
     retrain_every: Sleeper Agent's surrogate retraining interval (None: 50; 0: never).
-    warm_start_epochs: Table 3's in-domain warm start (0: off), see the module docstring.
+    warm_start_epochs: Table 3's in-domain warm start (0: off), see the module docstring; with
+      `clean_start_epochs` the first this many of those epochs.
+    clean_start_epochs: 0 (victims from scratch, the paper's) or K: victims start from a
+      clean-trained network of their recipe and train K epochs (module docstring).
     defense: a `defenses.DefenseConfig` (None: no defense besides the σ grid), see "Defenses"
       in the module docstring.
     trials_per_step: victims trained at once (speed and memory only).
@@ -127,6 +139,7 @@ class FromScratchConfig:
   restarts: int | None = None
   retrain_every: int | None = None
   warm_start_epochs: int = 0
+  clean_start_epochs: int = 0
   defense: Any = None
   trials_per_step: int = 1
   denoise_batch_size: int = 256
@@ -178,10 +191,16 @@ class FromScratchConfig:
       _store(self, "retrain_every", _integer("retrain_every", self.retrain_every, minimum=0))
     _store(self, "warm_start_epochs",
            _integer("warm_start_epochs", self.warm_start_epochs, minimum=0))
-    if self.warm_start_epochs and self.warm_start_epochs >= self.victim_config.epochs:
+    _store(self, "clean_start_epochs",
+           _integer("clean_start_epochs", self.clean_start_epochs, minimum=0))
+    total = self.clean_start_epochs or self.victim_config.epochs
+    if self.warm_start_epochs and self.warm_start_epochs >= total:
       raise ValueError(f"warm_start_epochs: {self.warm_start_epochs} leaves no epoch of the "
-                       f"victim's {self.victim_config.epochs} for the denoised data")
+                       f"victim's {total} for the denoised data")
     _store(self, "defense", common.checked_defense(self.defense))
+    if self.defense.active and self.clean_start_epochs:
+      raise ValueError(f"defense: {self.defense.name} with a clean start is not a setting of "
+                       "the paper's; run them separately")
     if self.defense.active and self.warm_start_epochs:
       raise ValueError(f"defense: {self.defense.name} with a warm start is not a setting of the "
                        "paper's; run them separately")
@@ -254,6 +273,15 @@ def load_or_train_surrogates(out_dir: Path, config: FromScratchConfig, dataset,
                                   _subset_split(subset), config.surrogate_config,
                                   jax.random.fold_in(key, k), log=log)
           for k in range(config.num_surrogates)]
+
+
+def load_or_train_clean_start(out_dir: Path, config: FromScratchConfig, dataset,
+                              subset: np.ndarray, log=print) -> classifier.TrainedModels:
+  """The network every victim starts from under `clean_start_epochs`: the victim's recipe
+  trained on the clean training set with its own key (not a surrogate's)."""
+  key = jax.random.fold_in(jax.random.key(config.seed), common.PRETRAIN_VICTIM)
+  return common.load_or_pretrain(out_dir / "pretrained" / "clean_start", dataset,
+                                 _subset_split(subset), config.victim_config, key, log=log)
 
 
 def _gradient_models(models: Sequence[classifier.TrainedModels]):
@@ -424,9 +452,11 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
 def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.PoisonSet],
                     trials: Sequence[int], *, dataset, subset: np.ndarray, denoiser,
                     victim_init: classifier.TrainedModels | None = None,
+                    clean_start: classifier.TrainedModels | None = None,
                     pad_to: int | None = None) -> list[dict[str, list]]:
   """Trains one victim per trial and σ from scratch (or from `victim_init`, or warm-started on
-  the tampered set) under the config's defense, and scores it; per trial: target_prediction,
+  the tampered set, or for `clean_start_epochs` from `clean_start`, the network
+  `load_or_train_clean_start` gives) under the config's defense, and scores it; per trial: target_prediction,
   clean_accuracy, for Sleeper Agent source_success, and with Deep k-NN or DPA + ROE the
   defense's numbers (defense_details), one entry per σ; without those two defenses also
   target_poison_probability (the victim's softmax probability of the poison class on the
@@ -458,9 +488,17 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
   if victim_init is not None:
     victim = victim.replace(reinit_head=True)
   init, remaining = victim_init, victim
+  if config.clean_start_epochs:
+    if clean_start is None or victim_init is not None:
+      raise ValueError("clean_start_epochs: pass the clean-trained network as clean_start "
+                       "(and no victim_init)")
+    victim = victim.replace(epochs=config.clean_start_epochs)
+    init, remaining = clean_start, victim
+  elif clean_start is not None:
+    raise ValueError("clean_start: given, but the config's clean_start_epochs is 0")
   if config.warm_start_epochs:
     first = victim.replace(epochs=config.warm_start_epochs)
-    init = _train(first, train_keys, np.stack(tampered)[order], train_labels, victim_init)
+    init = _train(first, train_keys, np.stack(tampered)[order], train_labels, init)
     remaining = victim.replace(epochs=victim.epochs - config.warm_start_epochs, reinit_head=False)
     train_keys = jnp.stack([jax.random.fold_in(k, 1) for k in train_keys])
   out = [{"target_prediction": [], "clean_accuracy": [], "source_success": [],
@@ -505,12 +543,16 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
 # --- the run ------------------------------------------------------------------------------------
 
 
-def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, victim_init):
+def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, victim_init,
+                 clean_start=None):
   settings = _config_dict(config)
   for name in EXECUTION_FIELDS + ("type", "defense"):
     settings.pop(name)
+  # Runs from before these settings existed keep their identity.
   if settings["poison_class"] == "random":
-    settings.pop("poison_class")  # runs from before the setting existed keep their identity
+    settings.pop("poison_class")
+  if not settings["clean_start_epochs"]:
+    settings.pop("clean_start_epochs")
   settings["victim"] = _config_dict(config.victim_config)
   settings["surrogate"] = _config_dict(config.surrogate_config)
   return {
@@ -521,7 +563,8 @@ def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, vi
       "surrogates": [common.params_fingerprint(m.state) for m in surrogates],
       "denoiser": denoiser,
       "victim_init": victim_init,
-  }
+  } | ({} if clean_start is None
+       else {"clean_start": common.params_fingerprint(clean_start.state)})
 
 
 def _training_label(config: FromScratchConfig, victim_init_source: str | None) -> str:
@@ -532,6 +575,11 @@ def _training_label(config: FromScratchConfig, victim_init_source: str | None) -
             f"{victim.epochs - config.warm_start_epochs:g} denoised")
   if victim_init_source is not None:
     text = f"from {victim_init_source}, {victim.epochs:g} epochs"
+  if config.clean_start_epochs:
+    text = f"from a clean-trained network, {config.clean_start_epochs} epochs"
+    if config.warm_start_epochs:
+      text = (f"from a clean-trained network: {config.warm_start_epochs} epochs tampered, then "
+              f"{config.clean_start_epochs - config.warm_start_epochs} denoised")
   return text
 
 
@@ -578,10 +626,16 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
       raise ValueError(f"victim_init: a {victim_init.config.model} checkpoint cannot start a "
                        f"{config.victim_config.model} victim")
     init_meta = common._pretrained_info(init_source, victim_init, None)
+    if config.clean_start_epochs:
+      raise ValueError("victim_init: the config's clean_start_epochs already sets where the "
+                       "victims start; give one")
   surrogates = load_or_train_surrogates(out_dir, config, dataset, subset, log)
+  clean_start = (load_or_train_clean_start(out_dir, config, dataset, subset, log)
+                 if config.clean_start_epochs else None)
   denoiser, denoiser_meta = common.resolve_denoiser(denoiser, config.sigmas)
   folder = common.claim_run(out_dir, run_identity(config, dataset=dataset, surrogates=surrogates,
-                                                  denoiser=denoiser_meta, victim_init=init_meta))
+                                                  denoiser=denoiser_meta, victim_init=init_meta,
+                                                  clean_start=clean_start))
   scenario = _scenario(config)
   training = _training_label(config, init_source)
 
@@ -599,7 +653,7 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
     craft_seconds = time.perf_counter() - chunk_start
     scores = evaluate_trials(config, poison_sets, chunk, dataset=dataset, subset=subset,
                              denoiser=denoiser, victim_init=victim_init,
-                             pad_to=config.trials_per_step)
+                             clean_start=clean_start, pad_to=config.trials_per_step)
     seconds = time.perf_counter() - chunk_start
     records = []
     for i, poison_set, score in zip(chunk, poison_sets, scores):
