@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="a trial's poison class: random (the paper's) or the surrogates' "
                             "most probable wrong class for the target")
   scratch.add_argument("--restarts", type=int, help="crafting restarts (default: published)")
+  scratch.add_argument("--retrain_every", type=int,
+                       help="Sleeper Agent: retrain the surrogates every this many crafting "
+                            "steps (0: never; default: the reference's 50)")
   scratch.add_argument("--warm_start_epochs", type=int,
                        help="Table 3: train this many epochs on the tampered set first")
   scratch.add_argument("--clean_start_epochs", type=int,
@@ -115,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "finetune_mode",
                  "augment", "pretrained", "craft_pretrained", "finetune_epochs")
-SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts",
+SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts", "retrain_every",
                 "warm_start_epochs", "clean_start_epochs", "victim_init")
 DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier")
 
@@ -140,7 +143,7 @@ def _from_scratch(args, config):
   changes = {name: getattr(args, name) for name in (
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "budget", "num_eval", "norm",
       "epsilon", "craft_steps", "trials_per_step", "train_per_class", "num_surrogates",
-      "poison_class", "restarts", "warm_start_epochs", "clean_start_epochs")
+      "poison_class", "restarts", "retrain_every", "warm_start_epochs", "clean_start_epochs")
       if getattr(args, name) is not None}
   if args.budget is not None:
     changes["num_poisons"] = None

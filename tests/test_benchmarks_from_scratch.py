@@ -225,12 +225,9 @@ def test_warm_start_trains_first_on_the_tampered_set(scratch, monkeypatch):
 
 def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surrogate(
     scratch, tmp_path, monkeypatch):
-  from jaxpoison import defenses
   dataset, config, denoiser = scratch
   config = dataclasses.replace(config, clean_start_epochs=1, attacks=("no_poison",),
                                num_trials=1, trials_per_step=1)
-  with pytest.raises(ValueError, match="clean start"):
-    dataclasses.replace(config, defense=defenses.DefenseConfig(name="dp_sgd"))
   calls = []
   real = fs._train
 
@@ -279,6 +276,49 @@ def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surroga
   warmed = common.params_fingerprint(calls[1][1].state)
   assert warmed != common.params_fingerprint(start.state)
   assert all(common.params_fingerprint(init.state) == warmed for _, init in calls[1:])
+
+
+def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_architecture(
+    scratch, tmp_path, monkeypatch):
+  from jaxpoison import defenses
+  dataset, config, denoiser = scratch
+  config = dataclasses.replace(config, clean_start_epochs=1, attacks=("no_poison",),
+                               num_trials=1, trials_per_step=1, sigmas=(0.0,))
+  with pytest.raises(ValueError, match="DPA"):
+    dataclasses.replace(config, defense=defenses.DefenseConfig(name="dpa_roe"))
+  calls = []
+  real = fs._train
+
+  def recording(train_config, keys, images, labels, init=None):
+    calls.append((train_config, init))
+    return real(train_config, keys, images, labels, init)
+
+  monkeypatch.setattr(fs, "_train", recording)
+  subset = fs.training_subset(dataset.y_train, None)
+  fingerprint = lambda models: common.params_fingerprint(models.state)
+  starts = {}
+  for name, trainings in (("deep_knn", 2), ("dp_sgd", 1)):  # Deep k-NN: extractor, victim
+    defended = dataclasses.replace(config, defense=defenses.DefenseConfig(name=name, knn_k=5))
+    calls.clear()
+    # This run's records first, then the folder's other defenses'.
+    record = fs.run_benchmark(defended, dataset, tmp_path / "run", denoiser=denoiser,
+                              log=lambda _: None)[0]
+    assert record["defense"] == defended.defense.label()
+    start = fs.load_or_train_clean_start(tmp_path / "run", defended, dataset, subset,
+                                         defended=True)
+    starts[name] = start
+    assert len(calls) == trainings
+    for train_config, init in calls:
+      assert train_config.epochs == 1 and fingerprint(init) == fingerprint(start)
+      assert train_config.norm == start.config.norm
+  # DP-SGD's group norm needs its own clean network (same key, undefended recipe); its ε
+  # counts the one defended epoch.
+  assert starts["dp_sgd"].config.norm == "group" and starts["deep_knn"].config.norm != "group"
+  assert starts["dp_sgd"].config.dp_clip_norm == config.victim_config.dp_clip_norm
+  assert (tmp_path / "run" / "pretrained" / "clean_start_group").is_dir()
+  dp_victim = defenses.dp_sgd_config(config.victim_config).replace(epochs=1)
+  assert record["defense_settings"]["epsilon_at_delta"] == pytest.approx(
+      defenses.privacy_spent(dp_victim, 200, defenses.DefenseConfig().dp_delta))
 
 
 def _script_main():
@@ -362,5 +402,6 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
   assert got.clean_start_epochs == 0
   with pytest.raises(SystemExit):
     cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
-                             str(tmp_path / "out"), "--clean_start_epochs", "2"])
-  assert seen["config"].clean_start_epochs == 2
+                             str(tmp_path / "out"), "--clean_start_epochs", "2",
+                             "--retrain_every", "0"])
+  assert (seen["config"].clean_start_epochs, seen["config"].retrain_every) == (2, 0)

@@ -42,7 +42,11 @@ Defenses (Hong et al. Tables 4 and 5, `defense`): DP-SGD, adversarial training a
 change the victim's recipe (`DefenseConfig.training_config`); Deep k-NN trains a network of the
 victim's recipe on the tampered (denoised) set, filters the set in its features and trains the
 victim on what is kept; DPA + ROE trains one base classifier per hash partition and predicts by
-the run-off election. The trials go to results/<attack>+<defense>/ on the run's own poisons (the
+the run-off election. After a clean start the recipe defenses act during the K epochs (from a
+clean network of their architecture: DP-SGD's group norm has its own, pretrained/
+clean_start_group), Deep k-NN's extractor and victim both start from the clean network, and
+DPA + ROE is refused (its certificate needs base classifiers that saw only their partition).
+The trials go to results/<attack>+<defense>/ on the run's own poisons (the
 defense is not part of the run's identity; other settings of the same defense are refused), and
 the tables show every defense run in the folder.
 
@@ -198,9 +202,9 @@ class FromScratchConfig:
       raise ValueError(f"warm_start_epochs: {self.warm_start_epochs} leaves no epoch of the "
                        f"victim's {total} for the denoised data")
     _store(self, "defense", common.checked_defense(self.defense))
-    if self.defense.active and self.clean_start_epochs:
-      raise ValueError(f"defense: {self.defense.name} with a clean start is not a setting of "
-                       "the paper's; run them separately")
+    if self.defense.name == "dpa_roe" and self.clean_start_epochs:
+      raise ValueError("defense: DPA + ROE's certificate needs base classifiers that see only "
+                       "their own partition; a clean start has seen the whole training set")
     if self.defense.active and self.warm_start_epochs:
       raise ValueError(f"defense: {self.defense.name} with a warm start is not a setting of the "
                        "paper's; run them separately")
@@ -214,6 +218,14 @@ class FromScratchConfig:
   @property
   def surrogate_config(self) -> classifier.TrainConfig:
     return self.surrogate if self.surrogate is not None else self.victim_config
+
+  @property
+  def clean_start_config(self) -> classifier.TrainConfig:
+    """The recipe of the network victims start from under `clean_start_epochs`: the victim's,
+    with the defended recipe's normalization (DP-SGD's group norm); the defense itself acts
+    during the K epochs on the tampered set."""
+    defended = self.defense.training_config(self.victim_config)
+    return self.victim_config.replace(norm=defended.norm)
 
   @property
   def white_box(self) -> bool:
@@ -276,12 +288,17 @@ def load_or_train_surrogates(out_dir: Path, config: FromScratchConfig, dataset,
 
 
 def load_or_train_clean_start(out_dir: Path, config: FromScratchConfig, dataset,
-                              subset: np.ndarray, log=print) -> classifier.TrainedModels:
+                              subset: np.ndarray, log=print, *,
+                              defended: bool = False) -> classifier.TrainedModels:
   """The network every victim starts from under `clean_start_epochs`: the victim's recipe
-  trained on the clean training set with its own key (not a surrogate's)."""
+  trained on the clean training set with its own key (not a surrogate's); `defended`: with
+  the normalization the config's defense needs (`clean_start_config`)."""
   key = jax.random.fold_in(jax.random.key(config.seed), common.PRETRAIN_VICTIM)
-  return common.load_or_pretrain(out_dir / "pretrained" / "clean_start", dataset,
-                                 _subset_split(subset), config.victim_config, key, log=log)
+  train_config = config.clean_start_config if defended else config.victim_config
+  name = ("clean_start" if train_config.norm == config.victim_config.norm
+          else f"clean_start_{train_config.norm}")
+  return common.load_or_pretrain(out_dir / "pretrained" / name, dataset,
+                                 _subset_split(subset), train_config, key, log=log)
 
 
 def _gradient_models(models: Sequence[classifier.TrainedModels]):
@@ -412,21 +429,21 @@ def _source_success(predictions, base_class) -> float:
 
 
 def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels, positions,
-                    target, sources, base_class, eval_images, eval_labels) -> dict:
+                    target, sources, base_class, eval_images, eval_labels, init=None) -> dict:
   """One trial's victim under a filtering defense (Deep k-NN) or DPA + ROE, scored: the
   target's prediction, clean accuracy, source success (Sleeper Agent) and the defense's own
-  numbers (`details`)."""
+  numbers (`details`). `init`: where Deep k-NN's extractor and victim start (a clean start)."""
   queries = np.concatenate([target[None], eval_images] + ([sources] if sources is not None
                                                           else []))
   num_eval = eval_images.shape[0]
   if defense.name == "deep_knn":
     # The feature extractor: a network of the victim's recipe trained on the tampered set.
-    extractor = _train(victim, jax.random.fold_in(key, 1)[None], images[None], labels)
+    extractor = _train(victim, jax.random.fold_in(key, 1)[None], images[None], labels, init)
     features = classifier.features(extractor, images)[0]
     result = defenses.deep_knn_filter(features, labels, defense.knn_k, rule=defense.knn_rule,
                                       num_classes=victim.num_classes)
     kept = np.flatnonzero(result.keep)
-    model = _train(victim, key[None], images[kept][None], labels[kept])
+    model = _train(victim, key[None], images[kept][None], labels[kept], init)
     predictions = np.asarray(classifier.predict(model, queries))[0]
     details = defenses.removal_report(result, positions)
   else:  # dpa_roe
@@ -513,7 +530,7 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
         score = _defended_trial(defense, remaining, train_keys[i], np.asarray(denoised[i]),
                                 train_labels, positions, targets[i], sources[i],
                                 poison_sets[i].base_class, np.asarray(eval_images),
-                                np.asarray(eval_labels))
+                                np.asarray(eval_labels), init)
         out[i]["target_prediction"].append(score["target_prediction"])
         out[i]["clean_accuracy"].append(score["clean_accuracy"])
         out[i]["defense_details"].append(score["details"])
@@ -630,8 +647,13 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
       raise ValueError("victim_init: the config's clean_start_epochs already sets where the "
                        "victims start; give one")
   surrogates = load_or_train_surrogates(out_dir, config, dataset, subset, log)
-  clean_start = (load_or_train_clean_start(out_dir, config, dataset, subset, log)
-                 if config.clean_start_epochs else None)
+  clean_start = start_for_victims = None
+  if config.clean_start_epochs:
+    # The run's identity holds the undefended start; a defense that changes the architecture
+    # (DP-SGD's group norm) starts from its own, trained with the same key.
+    clean_start = load_or_train_clean_start(out_dir, config, dataset, subset, log)
+    start_for_victims = load_or_train_clean_start(out_dir, config, dataset, subset, log,
+                                                  defended=True)
   denoiser, denoiser_meta = common.resolve_denoiser(denoiser, config.sigmas)
   folder = common.claim_run(out_dir, run_identity(config, dataset=dataset, surrogates=surrogates,
                                                   denoiser=denoiser_meta, victim_init=init_meta,
@@ -644,6 +666,10 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   for unit in units:
     common.check_defense_records(out_dir, unit, defense)
   victim_config = defense.training_config(config.victim_config)
+  if config.clean_start_epochs:
+    # The defended training is the K epochs on the tampered set (DP-SGD's ε counts those; the
+    # clean start saw only clean data).
+    victim_config = victim_config.replace(epochs=config.clean_start_epochs)
 
   def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
     attack = common.attack_of_unit(unit)
@@ -653,7 +679,7 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
     craft_seconds = time.perf_counter() - chunk_start
     scores = evaluate_trials(config, poison_sets, chunk, dataset=dataset, subset=subset,
                              denoiser=denoiser, victim_init=victim_init,
-                             clean_start=clean_start, pad_to=config.trials_per_step)
+                             clean_start=start_for_victims, pad_to=config.trials_per_step)
     seconds = time.perf_counter() - chunk_start
     records = []
     for i, poison_set, score in zip(chunk, poison_sets, scores):
