@@ -104,6 +104,7 @@ def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
   table = (tmp_path / "full" / "table.md").read_text()
   assert "| Witches' Brew | white-box | ℓ∞ 16/255 | 2 |" in table
   assert "Sleeper Agent, patched source-class test images" in table
+  assert "The victims' probability of the poison class" in table
 
   # Interrupted after one trial, then rerun: the same records as the uninterrupted run (where
   # both trials trained together). Witches' Brew alone: which attacks run is not part of a
@@ -319,6 +320,42 @@ def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_archit
   dp_victim = defenses.dp_sgd_config(config.victim_config).replace(epochs=1)
   assert record["defense_settings"]["epsilon_at_delta"] == pytest.approx(
       defenses.privacy_spent(dp_victim, 200, defenses.DefenseConfig().dp_delta))
+
+
+def test_probability_table_is_the_mean_per_row_and_sigma():
+  def record(attack, probabilities, **more):
+    return {"attack": attack, "scenario": "white-box", "bound": "ℓ∞ 16/255", "finetune": "f",
+            "sigmas": [0.0, 0.25], "target_poison_probability": probabilities, **more}
+  rng = np.random.default_rng(0)
+  brew, control = rng.uniform(size=(3, 2)), rng.uniform(size=(3, 2))
+  results = ([record("witches_brew", list(p)) for p in brew]
+             + [record("no_poison", list(p)) for p in control]
+             + [record("witches_brew", [0.9, 0.9], defense="FrieNDs")]
+             + [{"attack": "sleeper_agent"}])  # a record without probabilities is skipped
+  lines = fs.render_probability_table(results).splitlines()
+  rows = {tuple(c.strip() for c in line.strip("|").split("|")[:5]): line for line in lines[4:]}
+  cells = lambda line: [float(c) for c in line.strip("|").split("|")[6:]]
+  key = ("witches_brew", "white-box", "ℓ∞ 16/255", "f", "none")
+  np.testing.assert_allclose(cells(rows[key]), brew.mean(0), atol=5e-4)
+  np.testing.assert_allclose(cells(rows[("no_poison",) + key[1:]]), control.mean(0), atol=5e-4)
+  assert cells(rows[key[:4] + ("FrieNDs",)]) == [0.9, 0.9]
+  assert len(rows) == 3 and fs.render_probability_table([{"attack": "x"}]) == ""
+
+
+def test_script_tables_from_several_folders_adds_the_probability_table(tmp_path, capsys):
+  from jaxpoison import io as jp_io
+  records = []
+  for name, bound in (("linf", "ℓ∞ 16/255"), ("l2", "ℓ2 3.48")):
+    record = {"attack": "witches_brew", "scenario": "white-box", "bound": bound,
+              "finetune": "f", "trial": 0, "sigmas": [0.0], "target_prediction": [1],
+              "success": [True], "clean_accuracy": [0.7], "target_poison_probability": [0.6]}
+    jp_io.atomic_write_json(common.result_path(tmp_path / name, "witches_brew", 0), record)
+    common.claim_run(tmp_path / name, {"seed": 0})
+    records.append(record)
+  _script_main()(["--tables_from", f"{tmp_path / 'linf'},{tmp_path / 'l2'}"])
+  out = capsys.readouterr().out
+  assert out.startswith(common.render_table(records))
+  assert out.endswith(fs.render_probability_table(records))
 
 
 def _script_main():

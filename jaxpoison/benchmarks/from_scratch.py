@@ -741,7 +741,35 @@ def render_source_table(results: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def render_probability_table(results: Sequence[dict]) -> str:
+  """The victims' mean softmax probability of the poison class on their targets, per row and
+  σ, with the attack's name (Markdown; "" without such records): how far the poisons move the
+  targets where few predictions change, beside the no-poison control's row."""
+  rows: dict[tuple, dict[float, list[float]]] = {}
+  for record in results:
+    if "target_poison_probability" not in record:
+      continue
+    key = (record["attack"], record["scenario"], record["bound"], record.get("finetune", ""),
+           record.get("defense", common.NO_DEFENSE))
+    for sigma, p in zip(record["sigmas"], record["target_poison_probability"]):
+      rows.setdefault(key, {}).setdefault(float(sigma), []).append(p)
+  if not rows:
+    return ""
+  sigmas = sorted({s for cells in rows.values() for s in cells})
+  lines = ["The victims' probability of the poison class on their targets (mean over trials):",
+           "", "| attack | scenario | bound | training | defense | trials | "
+           + " | ".join(common._sigma_label(s) for s in sigmas) + " |",
+           "|---|---|---|---|---|---:|" + "---:|" * len(sigmas)]
+  for (attack, scenario, bound, training, defense), cells in sorted(rows.items()):
+    trials = max(len(v) for v in cells.values())
+    lines.append(f"| {attack} | {scenario} | {bound} | {training} | {defense} | {trials} | "
+                 + " | ".join(f"{np.mean(cells[s]):.3f}" if s in cells else "—"
+                              for s in sigmas) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def write_scratch_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
   """table.md (the success table, single-target success; then Sleeper Agent's source-image
-  rates and the defenses' own numbers) and table.csv."""
-  return write_tables(out_dir, results, sections=(render_source_table(results),))
+  rates, the poison-class probabilities and the defenses' own numbers) and table.csv."""
+  return write_tables(out_dir, results, sections=(render_source_table(results),
+                                                  render_probability_table(results)))
