@@ -202,41 +202,41 @@ def test_runner_up_poison_class_is_the_surrogates_most_probable_wrong_class(scra
   assert identity(runner_up)["poison_class"] == "runner_up"
 
 
-def test_warm_start_trains_first_on_the_tampered_set(scratch, monkeypatch):
-  dataset, config, denoiser = scratch
-  config = dataclasses.replace(config, warm_start_epochs=1, attacks=("no_poison",))
+@pytest.fixture
+def training_calls(monkeypatch):
+  """Every victim training of the harness, as (TrainConfig, images, init), in order."""
   calls = []
   real = fs._train
 
   def recording(train_config, keys, images, labels, init=None):
-    calls.append((train_config.epochs, np.array(images), init is not None))
+    calls.append((train_config, np.array(images), init))
     return real(train_config, keys, images, labels, init)
 
   monkeypatch.setattr(fs, "_train", recording)
+  return calls
+
+
+def test_warm_start_trains_first_on_the_tampered_set(scratch, training_calls):
+  dataset, config, denoiser = scratch
+  config = dataclasses.replace(config, warm_start_epochs=1, attacks=("no_poison",))
   subset = fs.training_subset(dataset.y_train, None)
   poison_set = fs.craft_trial(config, "no_poison", dataset, subset, 0, [])
   fs.evaluate_trials(config, [poison_set], [0], dataset=dataset, subset=subset,
                      denoiser=denoiser)
-  (e0, first, init0), (e1, clean, init1), (e2, denoised, init2) = calls
-  assert (e0, e1, e2) == (1, 1, 1) and (init0, init1, init2) == (False, True, True)
+  (c0, first, init0), (c1, clean, init1), (c2, denoised, init2) = training_calls
+  assert (c0.epochs, c1.epochs, c2.epochs) == (1, 1, 1)
+  assert (init0 is None, init1 is None, init2 is None) == (True, False, False)
   np.testing.assert_array_equal(first[0], dataset.x_train)  # the tampered set (no poison here)
   np.testing.assert_array_equal(clean[0], dataset.x_train)  # σ = 0: the tampered set again
   assert not np.array_equal(denoised[0], dataset.x_train)   # σ = 0.25: denoised
 
 
 def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surrogate(
-    scratch, tmp_path, monkeypatch):
+    scratch, tmp_path, training_calls):
   dataset, config, denoiser = scratch
   config = dataclasses.replace(config, clean_start_epochs=1, attacks=("no_poison",),
                                num_trials=1, trials_per_step=1)
-  calls = []
-  real = fs._train
-
-  def recording(train_config, keys, images, labels, init=None):
-    calls.append((train_config, init))
-    return real(train_config, keys, images, labels, init)
-
-  monkeypatch.setattr(fs, "_train", recording)
+  calls = training_calls
   records = fs.run_benchmark(config, dataset, tmp_path / "run", denoiser=denoiser,
                              log=lambda _: None)
   subset = fs.training_subset(dataset.y_train, None)
@@ -247,7 +247,7 @@ def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surroga
   assert start.config == config.victim_config
   # One victim per σ, each from the clean network's weights (head kept), for K epochs.
   assert len(calls) == len(config.sigmas)
-  for train_config, init in calls:
+  for train_config, _, init in calls:
     assert train_config.epochs == 1 and not train_config.reinit_head
     assert common.params_fingerprint(init.state) == common.params_fingerprint(start.state)
   assert records[0]["finetune"] == "from a clean-trained network, 1 epochs"
@@ -272,29 +272,22 @@ def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surroga
   calls.clear()
   fs.evaluate_trials(warm, [poison_set], [0], dataset=dataset, subset=subset,
                      denoiser=denoiser, clean_start=start)
-  assert [c.epochs for c, _ in calls] == [1] * (1 + len(config.sigmas))
-  assert common.params_fingerprint(calls[0][1].state) == common.params_fingerprint(start.state)
-  warmed = common.params_fingerprint(calls[1][1].state)
+  assert [c.epochs for c, _, _ in calls] == [1] * (1 + len(config.sigmas))
+  assert common.params_fingerprint(calls[0][2].state) == common.params_fingerprint(start.state)
+  warmed = common.params_fingerprint(calls[1][2].state)
   assert warmed != common.params_fingerprint(start.state)
-  assert all(common.params_fingerprint(init.state) == warmed for _, init in calls[1:])
+  assert all(common.params_fingerprint(init.state) == warmed for _, _, init in calls[1:])
 
 
 def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_architecture(
-    scratch, tmp_path, monkeypatch):
+    scratch, tmp_path, training_calls):
   from jaxpoison import defenses
   dataset, config, denoiser = scratch
   config = dataclasses.replace(config, clean_start_epochs=1, attacks=("no_poison",),
                                num_trials=1, trials_per_step=1, sigmas=(0.0,))
   with pytest.raises(ValueError, match="DPA"):
     dataclasses.replace(config, defense=defenses.DefenseConfig(name="dpa_roe"))
-  calls = []
-  real = fs._train
-
-  def recording(train_config, keys, images, labels, init=None):
-    calls.append((train_config, init))
-    return real(train_config, keys, images, labels, init)
-
-  monkeypatch.setattr(fs, "_train", recording)
+  calls = training_calls
   subset = fs.training_subset(dataset.y_train, None)
   fingerprint = lambda models: common.params_fingerprint(models.state)
   starts = {}
@@ -309,7 +302,7 @@ def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_archit
                                          defended=True)
     starts[name] = start
     assert len(calls) == trainings
-    for train_config, init in calls:
+    for train_config, _, init in calls:
       assert train_config.epochs == 1 and fingerprint(init) == fingerprint(start)
       assert train_config.norm == start.config.norm
   # DP-SGD's group norm needs its own clean network (same key, undefended recipe); its ε

@@ -714,58 +714,50 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   return results
 
 
-def render_source_table(results: Sequence[dict]) -> str:
-  """Sleeper Agent's own measure: the mean fraction of patched source-class test images
-  classified as the target class, per row and σ (Markdown); "" without such records."""
+def _per_sigma_means(results: Sequence[dict], field: str, title: str, columns: Sequence[str],
+                     cell: Callable[[float], str]) -> str:
+  """A Markdown table of the mean over trials of the per-σ list `field`, one row per distinct
+  value of the record fields `columns` ("" without records that have `field`)."""
+  defaults = {"finetune": "", "defense": common.NO_DEFENSE}
   rows: dict[tuple, dict[float, list[float]]] = {}
   for record in results:
-    if "source_success" not in record:
+    if field not in record:
       continue
-    key = (record["scenario"], record["bound"], record.get("finetune", ""),
-           record.get("defense", common.NO_DEFENSE))
-    for sigma, rate in zip(record["sigmas"], record["source_success"]):
-      rows.setdefault(key, {}).setdefault(float(sigma), []).append(rate)
+    key = tuple(record.get(c, defaults.get(c)) for c in columns)
+    for sigma, value in zip(record["sigmas"], record[field]):
+      rows.setdefault(key, {}).setdefault(float(sigma), []).append(value)
   if not rows:
     return ""
   sigmas = sorted({s for cells in rows.values() for s in cells})
-  lines = ["Sleeper Agent, patched source-class test images classified as the target class "
-           "(mean over trials):", "",
-           "| scenario | bound | training | defense | trials | "
+  names = {"finetune": "training"}
+  lines = [title, "", "| " + " | ".join(names.get(c, c) for c in columns) + " | trials | "
            + " | ".join(common._sigma_label(s) for s in sigmas) + " |",
-           "|---|---|---|---|---:|" + "---:|" * len(sigmas)]
-  for (scenario, bound, training, defense), cells in sorted(rows.items()):
+           "|" + "---|" * len(columns) + "---:|" + "---:|" * len(sigmas)]
+  for key, cells in sorted(rows.items()):
     trials = max(len(v) for v in cells.values())
-    lines.append(f"| {scenario} | {bound} | {training} | {defense} | {trials} | "
-                 + " | ".join(f"{100 * np.mean(cells[s]):.1f}%" if s in cells else "—"
-                              for s in sigmas) + " |")
+    lines.append("| " + " | ".join(map(str, key)) + f" | {trials} | "
+                 + " | ".join(cell(np.mean(cells[s])) if s in cells else "—" for s in sigmas)
+                 + " |")
   return "\n".join(lines) + "\n"
+
+
+def render_source_table(results: Sequence[dict]) -> str:
+  """Sleeper Agent's own measure: the mean fraction of patched source-class test images
+  classified as the target class, per row and σ (Markdown); "" without such records."""
+  return _per_sigma_means(
+      results, "source_success", "Sleeper Agent, patched source-class test images classified "
+      "as the target class (mean over trials):", ("scenario", "bound", "finetune", "defense"),
+      lambda rate: f"{100 * rate:.1f}%")
 
 
 def render_probability_table(results: Sequence[dict]) -> str:
   """The victims' mean softmax probability of the poison class on their targets, per row and
   σ, with the attack's name (Markdown; "" without such records): how far the poisons move the
   targets where few predictions change, beside the no-poison control's row."""
-  rows: dict[tuple, dict[float, list[float]]] = {}
-  for record in results:
-    if "target_poison_probability" not in record:
-      continue
-    key = (record["attack"], record["scenario"], record["bound"], record.get("finetune", ""),
-           record.get("defense", common.NO_DEFENSE))
-    for sigma, p in zip(record["sigmas"], record["target_poison_probability"]):
-      rows.setdefault(key, {}).setdefault(float(sigma), []).append(p)
-  if not rows:
-    return ""
-  sigmas = sorted({s for cells in rows.values() for s in cells})
-  lines = ["The victims' probability of the poison class on their targets (mean over trials):",
-           "", "| attack | scenario | bound | training | defense | trials | "
-           + " | ".join(common._sigma_label(s) for s in sigmas) + " |",
-           "|---|---|---|---|---|---:|" + "---:|" * len(sigmas)]
-  for (attack, scenario, bound, training, defense), cells in sorted(rows.items()):
-    trials = max(len(v) for v in cells.values())
-    lines.append(f"| {attack} | {scenario} | {bound} | {training} | {defense} | {trials} | "
-                 + " | ".join(f"{np.mean(cells[s]):.3f}" if s in cells else "—"
-                              for s in sigmas) + " |")
-  return "\n".join(lines) + "\n"
+  return _per_sigma_means(
+      results, "target_poison_probability", "The victims' probability of the poison class on "
+      "their targets (mean over trials):", ("attack", "scenario", "bound", "finetune", "defense"),
+      lambda p: f"{p:.3f}")
 
 
 def write_scratch_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
