@@ -118,6 +118,17 @@ def comma_separated(kind: Callable[[str], Any]) -> Callable[[str], tuple]:
   return parse
 
 
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(text: str) -> bool:
+  """An argparse `type` for a boolean flag's value: true/false, 1/0, yes/no."""
+  value = _BOOLEANS.get(text.strip().lower())
+  if value is None:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; expected true or false")
+  return value
+
+
 def load_config_file(path: str | os.PathLike, *, flag: str = "--config") -> Any:
   """`get_config()` of the Python file `path` (e.g. one of configs/)."""
   path = Path(path)

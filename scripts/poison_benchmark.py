@@ -101,6 +101,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   scratch.add_argument("--clean_start_epochs", type=int,
                        help="victims start from a clean-trained network and train this many "
                             "epochs (a reduction for small settings; 0: from scratch)")
+  scratch.add_argument("--clean_start_from", choices=("own", "surrogate"),
+                       help="the clean start: a network of the harness's own seed, or the "
+                            "attacker's surrogate")
+  scratch.add_argument("--correct_targets", type=cli.parse_bool,
+                       help="true: targets among the test images the surrogates classify "
+                            "correctly")
   scratch.add_argument("--victim_init",
                        help="Table 3 out-of-domain: start every victim from this checkpoint")
   defense = p.add_argument_group("baseline defenses (Tables 4 and 5)")
@@ -119,7 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "finetune_mode",
                  "augment", "pretrained", "craft_pretrained", "finetune_epochs")
 SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts", "retrain_every",
-                "warm_start_epochs", "clean_start_epochs", "victim_init")
+                "warm_start_epochs", "clean_start_epochs", "clean_start_from", "correct_targets",
+                "victim_init")
 DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier")
 
 
@@ -143,7 +150,8 @@ def _from_scratch(args, config):
   changes = {name: getattr(args, name) for name in (
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "budget", "num_eval", "norm",
       "epsilon", "craft_steps", "trials_per_step", "train_per_class", "num_surrogates",
-      "poison_class", "restarts", "retrain_every", "warm_start_epochs", "clean_start_epochs")
+      "poison_class", "restarts", "retrain_every", "warm_start_epochs", "clean_start_epochs",
+      "clean_start_from", "correct_targets")
       if getattr(args, name) is not None}
   if args.budget is not None:
     changes["num_poisons"] = None

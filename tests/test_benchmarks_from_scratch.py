@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpoison import attacks, classifier
+from jaxpoison import attacks, classifier, defenses
 from jaxpoison.benchmarks import common
 from jaxpoison.benchmarks import from_scratch as fs
 from test_poison_benchmark import E2E_SHAPE, E2E_SPEC, _dataset, tiny_random_denoiser
@@ -36,6 +36,13 @@ def test_training_subset_is_seeded_balanced_and_sorted():
     (dict(poison_class="nearest"), "poison_class"),
     (dict(clean_start_epochs=-1), "clean_start_epochs"),
     (dict(clean_start_epochs=2, warm_start_epochs=2), "leaves no epoch of the victim's 2"),
+    (dict(clean_start_epochs=2, clean_start_from="checkpoint"), "clean_start_from"),
+    (dict(clean_start_from="surrogate"), "needs clean_start_epochs"),
+    (dict(clean_start_epochs=2, clean_start_from="surrogate",
+          surrogate=classifier.conservative_config("airbench94")), "white-box"),
+    (dict(clean_start_epochs=2, clean_start_from="surrogate",
+          defense=defenses.DefenseConfig(name="dp_sgd")), "group norm"),
+    (dict(correct_targets="yes"), "correct_targets"),
 ])
 def test_config_errors(changes, match):
   with pytest.raises((ValueError, TypeError), match=match):
@@ -124,7 +131,6 @@ def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
 
 def test_defenses_share_the_runs_poisons(tmp_path, scratch):
   # Tables 4 and 5: each defense's trials sit beside the undefended ones, on the same poisons.
-  from jaxpoison import defenses
   dataset, config, denoiser = scratch
   base = dataclasses.replace(config, attacks=("witches_brew",), num_trials=1, sigmas=(0.0,),
                              trials_per_step=1)
@@ -277,11 +283,22 @@ def test_clean_start_victims_continue_from_a_clean_network_that_is_not_a_surroga
   warmed = common.params_fingerprint(calls[1][2].state)
   assert warmed != common.params_fingerprint(start.state)
   assert all(common.params_fingerprint(init.state) == warmed for _, _, init in calls[1:])
+  # From the attacker's own network: the victims start from surrogate 0.
+  known = dataclasses.replace(config, clean_start_from="surrogate")
+  calls.clear()
+  record = fs.run_benchmark(known, dataset, tmp_path / "known", denoiser=denoiser,
+                            log=lambda _: None)[0]
+  surrogate = fs.load_or_train_surrogates(tmp_path / "known", known, dataset, subset)[0]
+  assert [common.params_fingerprint(init.state) for _, _, init in calls] == (
+      [common.params_fingerprint(surrogate.state)] * len(config.sigmas))
+  assert record["finetune"] == "from the surrogate, 1 epochs"
+  assert not (tmp_path / "known" / "pretrained" / "clean_start").exists()
+  settings = json.loads((tmp_path / "known" / common.RUN_FILE).read_text())["settings"]
+  assert settings["clean_start_from"] == "surrogate"
 
 
 def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_architecture(
     scratch, tmp_path, training_calls):
-  from jaxpoison import defenses
   dataset, config, denoiser = scratch
   config = dataclasses.replace(config, clean_start_epochs=1, attacks=("no_poison",),
                                num_trials=1, trials_per_step=1, sigmas=(0.0,))
@@ -313,6 +330,30 @@ def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_archit
   dp_victim = defenses.dp_sgd_config(config.victim_config).replace(epochs=1)
   assert record["defense_settings"]["epsilon_at_delta"] == pytest.approx(
       defenses.privacy_spent(dp_victim, 200, defenses.DefenseConfig().dp_delta))
+
+
+def test_correct_targets_come_from_what_the_surrogates_classify_correctly(scratch, tmp_path):
+  dataset, config, _ = scratch
+  subset = fs.training_subset(dataset.y_train, None)
+  surrogates = fs.load_or_train_surrogates(tmp_path, config, dataset, subset, log=lambda _: None)
+  pool = fs.correct_target_pool(surrogates, dataset, batch_size=7)  # batches end unevenly
+  logits = np.concatenate([np.asarray(classifier.logits(m, dataset.x_test)) for m in surrogates])
+  probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+  probabilities = (probabilities / probabilities.sum(-1, keepdims=True)).mean(0)
+  np.testing.assert_array_equal(pool, np.flatnonzero(probabilities.argmax(-1) == dataset.y_test))
+  assert 0 < pool.size < dataset.y_test.size  # the tiny surrogate is neither perfect nor blind
+  correct = dataclasses.replace(config, correct_targets=True, poison_class="runner_up")
+  with pytest.raises(ValueError, match="needs the surrogates"):
+    fs.sample_scratch_trial(correct, dataset, subset, 0)
+  for index in range(6):
+    trial = fs.sample_scratch_trial(correct, dataset, subset, index, surrogates, pool)
+    assert trial.target_index in pool and trial.base_class != trial.target_class
+    again = fs.sample_scratch_trial(correct, dataset, subset, index, surrogates)  # pool computed
+    assert (again.target_index, again.base_class) == (trial.target_index, trial.base_class)
+  identity = lambda c: fs.run_identity(c, dataset=dataset, surrogates=surrogates, denoiser=None,
+                                       victim_init=None)["settings"]
+  assert identity(correct)["correct_targets"] is True
+  assert "correct_targets" not in identity(config)
 
 
 def test_probability_table_is_the_mean_per_row_and_sigma():
@@ -433,5 +474,12 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
   with pytest.raises(SystemExit):
     cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
                              str(tmp_path / "out"), "--clean_start_epochs", "2",
-                             "--retrain_every", "0"])
-  assert (seen["config"].clean_start_epochs, seen["config"].retrain_every) == (2, 0)
+                             "--retrain_every", "0", "--clean_start_from", "surrogate",
+                             "--correct_targets", "true"])
+  got = seen["config"]
+  assert (got.clean_start_epochs, got.retrain_every, got.clean_start_from,
+          got.correct_targets) == (2, 0, "surrogate", True)
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--correct_targets", "maybe"])
+  assert info.value.code == 2 and "not a boolean" in capsys.readouterr().err

@@ -9,7 +9,8 @@ trained from scratch (Witches' Brew, Sleeper Agent), with and without the denois
   reference code trains one per crafting run). They are the ensemble the poisons are crafted on.
 * Trial i (key t = fold_in(key(seed), i)). Witches' Brew: a target test image, its class and a
   poison class (random, or with `poison_class` "runner_up" the surrogates' most probable wrong
-  class for the target), and `num_poisons` random training images of the poison class
+  class for the target; with `correct_targets` the target is one the surrogates classify
+  correctly), and `num_poisons` random training images of the poison class
   (`attacks.sample_trial`). Sleeper Agent: a source class (the class of `target_index`, a
   source test image) and a target class (`base_class`); the poisons are the target-class
   training images with the largest gradient norm (`attacks.select_poisons`). Poisons are
@@ -32,7 +33,8 @@ trained from scratch (Witches' Brew, Sleeper Agent), with and without the denois
   paper's): every victim starts from one network of the victim's recipe trained on the clean
   training set with its own key (fold_in(key(seed), PRETRAIN_VICTIM); not a surrogate: the
   attacker knows the recipe and the data, not these weights; saved under pretrained/clean_start),
-  head kept, and trains K epochs of the recipe on its tampered, denoised set (with a warm
+  head kept (`clean_start_from` "surrogate": surrogate 0 instead, the network the poisons were
+  crafted on), and trains K epochs of the recipe on its tampered, denoised set (with a warm
   start: the first `warm_start_epochs` of them on the tampered set). Small networks
   trained from scratch on a few thousand images scatter so far from seed to seed that no
   poison budget moves them consistently (BENCHMARKS.md, issue 15); a victim that continues from
@@ -82,6 +84,7 @@ from jaxpoison.benchmarks.transfer import NO_POISON, NoPoisonConfig
 
 ATTACK_NAMES = ("witches_brew", "sleeper_agent")
 POISON_CLASS_RULES = ("random", "runner_up")
+CLEAN_START_SOURCES = ("own", "surrogate")
 FORMAT_VERSION = 1
 _CONFIG_TYPES = {"witches_brew": attacks.WitchesBrewConfig,
                  "sleeper_agent": attacks.SleeperAgentConfig}
@@ -119,6 +122,13 @@ class FromScratchConfig:
       `clean_start_epochs` the first this many of those epochs.
     clean_start_epochs: 0 (victims from scratch, the paper's) or K: victims start from a
       clean-trained network of their recipe and train K epochs (module docstring).
+    clean_start_from: that network: "own" (trained with the harness's own key; the attacker
+      knows the recipe and the data, not the weights) or "surrogate" (surrogate 0, the
+      network the attacker crafts on: a victim that fine-tunes a known network, the threat
+      model of the transfer-learning Table 1; white-box only).
+    correct_targets: draw each trial's target among the test images the clean surrogate
+      ensemble classifies correctly (False: among all, the paper's). With `poison_class`
+      "runner_up" many random targets are already classified as that class.
     defense: a `defenses.DefenseConfig` (None: no defense besides the σ grid), see "Defenses"
       in the module docstring.
     trials_per_step: victims trained at once (speed and memory only).
@@ -144,6 +154,8 @@ class FromScratchConfig:
   retrain_every: int | None = None
   warm_start_epochs: int = 0
   clean_start_epochs: int = 0
+  clean_start_from: str = "own"
+  correct_targets: bool = False
   defense: Any = None
   trials_per_step: int = 1
   denoise_batch_size: int = 256
@@ -202,6 +214,21 @@ class FromScratchConfig:
       raise ValueError(f"warm_start_epochs: {self.warm_start_epochs} leaves no epoch of the "
                        f"victim's {total} for the denoised data")
     _store(self, "defense", common.checked_defense(self.defense))
+    if self.clean_start_from not in CLEAN_START_SOURCES:
+      raise ValueError(f"clean_start_from: expected one of {CLEAN_START_SOURCES}, got "
+                       f"{self.clean_start_from!r}")
+    if self.clean_start_from == "surrogate":
+      if not self.clean_start_epochs:
+        raise ValueError('clean_start_from: "surrogate" needs clean_start_epochs > 0')
+      if not self.white_box:
+        raise ValueError('clean_start_from: "surrogate" starts the victims from the attacker\'s '
+                         "network, so the surrogate's recipe must be the victim's (white-box)")
+      if self.clean_start_config.norm != self.victim_config.norm:
+        raise ValueError(f'clean_start_from: "surrogate" cannot start a {self.defense.name} '
+                         f"victim ({self.clean_start_config.norm} norm) from a "
+                         f"{self.victim_config.norm}-norm surrogate; use \"own\"")
+    if not isinstance(self.correct_targets, bool):
+      raise TypeError(f"correct_targets: expected a bool, got {self.correct_targets!r}")
     if self.defense.name == "dpa_roe" and self.clean_start_epochs:
       raise ValueError("defense: DPA + ROE's certificate needs base classifiers that see only "
                        "their own partition; a clean start has seen the whole training set")
@@ -316,15 +343,38 @@ def runner_up_class(surrogates: Sequence[classifier.TrainedModels], image,
   return int(np.argmax(probabilities))
 
 
+def correct_target_pool(surrogates: Sequence[classifier.TrainedModels], dataset,
+                        batch_size: int = 1000) -> np.ndarray:
+  """Sorted indices of the test images the surrogate ensemble (mean softmax over every model)
+  classifies correctly: the targets `correct_targets` draws from."""
+  x_test, y_test = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
+  probabilities = []
+  for start in range(0, x_test.shape[0], batch_size):
+    batch = x_test[start:start + batch_size]
+    probabilities.append(np.mean(np.concatenate([
+        np.asarray(jax.nn.softmax(classifier.logits(m, batch), axis=-1)) for m in surrogates]),
+        axis=0))
+  return np.flatnonzero(np.concatenate(probabilities).argmax(-1) == y_test)
+
+
 def sample_scratch_trial(config: FromScratchConfig, dataset, subset: np.ndarray, index: int,
-                         surrogates: Sequence[classifier.TrainedModels] | None = None
-                         ) -> attacks.Trial:
+                         surrogates: Sequence[classifier.TrainedModels] | None = None,
+                         target_pool: np.ndarray | None = None) -> attacks.Trial:
   """Trial `index`'s target, classes and (random) bases from the training subset; with
   `poison_class` "runner_up" the poison class is the surrogates' (`runner_up_class`) and the
-  bases are drawn from it with the same key."""
+  bases are drawn from it with the same key; with `correct_targets` the target comes from
+  `target_pool` (`correct_target_pool`, computed from the surrogates when not given)."""
   key = jax.random.fold_in(trial_key(config.seed, index), SAMPLE)
   num_poisons = config.poisons_for(subset.size)
-  trial = attacks.sample_trial(key, dataset, num_poisons, train_indices=subset)
+  if config.correct_targets:
+    if target_pool is None:
+      if surrogates is None:
+        raise ValueError("correct_targets needs the surrogates to choose the targets")
+      target_pool = correct_target_pool(surrogates, dataset)
+    trial = attacks.sample_trial(key, dataset, num_poisons, train_indices=subset,
+                                 test_indices=np.asarray(target_pool))
+  else:
+    trial = attacks.sample_trial(key, dataset, num_poisons, train_indices=subset)
   if config.poison_class == "random":
     return trial
   if surrogates is None:
@@ -369,9 +419,10 @@ def _retrain_fn(config: FromScratchConfig, train_images, train_labels, positions
 
 
 def craft_trial(config: FromScratchConfig, attack: str, dataset, subset: np.ndarray, index: int,
-                surrogates: Sequence[classifier.TrainedModels]) -> attacks.PoisonSet:
+                surrogates: Sequence[classifier.TrainedModels],
+                target_pool: np.ndarray | None = None) -> attacks.PoisonSet:
   """Samples trial `index` and crafts its poisons with `attack` on the surrogate ensemble."""
-  trial = sample_scratch_trial(config, dataset, subset, index, surrogates)
+  trial = sample_scratch_trial(config, dataset, subset, index, surrogates, target_pool)
   key = jax.random.fold_in(trial_key(config.seed, index), CRAFT)
   attack_config = config.attack_config(attack)
   ensemble = _gradient_models(surrogates)
@@ -401,17 +452,18 @@ def craft_trial(config: FromScratchConfig, attack: str, dataset, subset: np.ndar
 
 
 def load_or_craft(out_dir: Path, config: FromScratchConfig, attack: str, dataset,
-                  subset: np.ndarray, index: int, surrogates) -> attacks.PoisonSet:
+                  subset: np.ndarray, index: int, surrogates,
+                  target_pool: np.ndarray | None = None) -> attacks.PoisonSet:
   """Trial `index`'s poisons from their file (checked against this run), or crafted and saved."""
   path = poison_path(out_dir, attack, index)
   if path.is_file():
     poison_set = attacks.load_poisons(path, dataset)
-    trial = sample_scratch_trial(config, dataset, subset, index, surrogates)
+    trial = sample_scratch_trial(config, dataset, subset, index, surrogates, target_pool)
     expected = config.attack_config(attack).to_dict()
     # Sleeper Agent's bases are chosen while crafting, so only the target is the trial's.
     common.check_poison_file(path, poison_set, attack, expected, trial, check_bases=False)
     return poison_set
-  poison_set = craft_trial(config, attack, dataset, subset, index, surrogates)
+  poison_set = craft_trial(config, attack, dataset, subset, index, surrogates, target_pool)
   attacks.save_poisons(path, poison_set)
   return poison_set
 
@@ -568,8 +620,10 @@ def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, vi
   # Runs from before these settings existed keep their identity.
   if settings["poison_class"] == "random":
     settings.pop("poison_class")
-  if not settings["clean_start_epochs"]:
-    settings.pop("clean_start_epochs")
+  for name, paper in (("clean_start_epochs", 0), ("clean_start_from", "own"),
+                      ("correct_targets", False)):
+    if settings[name] == paper:
+      settings.pop(name)
   settings["victim"] = _config_dict(config.victim_config)
   settings["surrogate"] = _config_dict(config.surrogate_config)
   return {
@@ -593,9 +647,11 @@ def _training_label(config: FromScratchConfig, victim_init_source: str | None) -
   if victim_init_source is not None:
     text = f"from {victim_init_source}, {victim.epochs:g} epochs"
   if config.clean_start_epochs:
-    text = f"from a clean-trained network, {config.clean_start_epochs} epochs"
+    start = ("the surrogate" if config.clean_start_from == "surrogate"
+             else "a clean-trained network")
+    text = f"from {start}, {config.clean_start_epochs} epochs"
     if config.warm_start_epochs:
-      text = (f"from a clean-trained network: {config.warm_start_epochs} epochs tampered, then "
+      text = (f"from {start}: {config.warm_start_epochs} epochs tampered, then "
               f"{config.clean_start_epochs - config.warm_start_epochs} denoised")
   return text
 
@@ -648,12 +704,15 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
                        "victims start; give one")
   surrogates = load_or_train_surrogates(out_dir, config, dataset, subset, log)
   clean_start = start_for_victims = None
-  if config.clean_start_epochs:
+  if config.clean_start_from == "surrogate":
+    clean_start = start_for_victims = surrogates[0]  # config: white-box, the victim's norm
+  elif config.clean_start_epochs:
     # The run's identity holds the undefended start; a defense that changes the architecture
     # (DP-SGD's group norm) starts from its own, trained with the same key.
     clean_start = load_or_train_clean_start(out_dir, config, dataset, subset, log)
     start_for_victims = load_or_train_clean_start(out_dir, config, dataset, subset, log,
                                                   defended=True)
+  target_pool = correct_target_pool(surrogates, dataset) if config.correct_targets else None
   denoiser, denoiser_meta = common.resolve_denoiser(denoiser, config.sigmas)
   folder = common.claim_run(out_dir, run_identity(config, dataset=dataset, surrogates=surrogates,
                                                   denoiser=denoiser_meta, victim_init=init_meta,
@@ -674,8 +733,8 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
     attack = common.attack_of_unit(unit)
     chunk_start = time.perf_counter()
-    poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i, surrogates)
-                   for i in chunk]
+    poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i, surrogates,
+                                 target_pool) for i in chunk]
     craft_seconds = time.perf_counter() - chunk_start
     scores = evaluate_trials(config, poison_sets, chunk, dataset=dataset, subset=subset,
                              denoiser=denoiser, victim_init=victim_init,
