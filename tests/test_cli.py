@@ -55,6 +55,15 @@ def test_argument_parser_error_is_one_line(capsys):
   assert parser.parse_args(["--xs", "0.1, 2,"]).xs == (0.1, 2.0)
 
 
+def test_parse_bool_reads_the_usual_spellings_and_names_a_bad_value():
+  import argparse
+  for text, value in (("true", True), ("False", False), ("1", True), ("0", False),
+                      (" yes ", True), ("NO", False)):
+    assert cli.parse_bool(text) is value
+  with pytest.raises(argparse.ArgumentTypeError, match="'maybe' is not a boolean"):
+    cli.parse_bool("maybe")
+
+
 def test_one_line():
   assert cli.one_line("a\n\n  b\nc") == "a; b; c"
   assert cli.one_line("Differences:\n  seed: 0 vs 1\n  sigma: 1 vs 2") == \
