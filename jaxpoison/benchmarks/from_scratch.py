@@ -524,8 +524,9 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
                     clean_start: classifier.TrainedModels | None = None,
                     pad_to: int | None = None) -> list[dict[str, list]]:
   """Trains one victim per trial and σ from scratch (or from `victim_init`, or warm-started on
-  the tampered set, or for `clean_start_epochs` from `clean_start`, the network
-  `load_or_train_clean_start` gives) under the config's defense, and scores it; per trial: target_prediction,
+  the tampered set, or for `clean_start_epochs` from `clean_start`: the network
+  `load_or_train_clean_start` gives, or surrogate 0) under the config's defense, and scores
+  it; per trial: target_prediction,
   clean_accuracy, for Sleeper Agent source_success, and with Deep k-NN or DPA + ROE the
   defense's numbers (defense_details), one entry per σ; without those two defenses also
   target_poison_probability (the victim's softmax probability of the poison class on the
