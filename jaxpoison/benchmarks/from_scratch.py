@@ -336,11 +336,15 @@ def runner_up_class(surrogates: Sequence[classifier.TrainedModels], image,
                     true_class: int) -> int:
   """The class other than `true_class` with the highest mean softmax probability over the
   surrogate ensemble (every model of every TrainedModels) for one uint8 image [H, W, C]."""
-  probabilities = np.concatenate([
-      np.asarray(jax.nn.softmax(classifier.logits(m, np.asarray(image)[None]), axis=-1))[:, 0]
-      for m in surrogates]).mean(axis=0)
+  probabilities = _ensemble_probabilities(surrogates, np.asarray(image)[None])[0]
   probabilities[int(true_class)] = -np.inf
   return int(np.argmax(probabilities))
+
+
+def _ensemble_probabilities(surrogates: Sequence[classifier.TrainedModels], images) -> np.ndarray:
+  """The mean softmax over every model of every TrainedModels for uint8 images: [N, C]."""
+  return np.concatenate([np.asarray(jax.nn.softmax(classifier.logits(m, images), axis=-1))
+                         for m in surrogates]).mean(axis=0)
 
 
 def correct_target_pool(surrogates: Sequence[classifier.TrainedModels], dataset,
@@ -348,12 +352,8 @@ def correct_target_pool(surrogates: Sequence[classifier.TrainedModels], dataset,
   """Sorted indices of the test images the surrogate ensemble (mean softmax over every model)
   classifies correctly: the targets `correct_targets` draws from."""
   x_test, y_test = np.asarray(dataset.x_test), np.asarray(dataset.y_test)
-  probabilities = []
-  for start in range(0, x_test.shape[0], batch_size):
-    batch = x_test[start:start + batch_size]
-    probabilities.append(np.mean(np.concatenate([
-        np.asarray(jax.nn.softmax(classifier.logits(m, batch), axis=-1)) for m in surrogates]),
-        axis=0))
+  probabilities = [_ensemble_probabilities(surrogates, x_test[start:start + batch_size])
+                   for start in range(0, x_test.shape[0], batch_size)]
   return np.flatnonzero(np.concatenate(probabilities).argmax(-1) == y_test)
 
 
@@ -710,9 +710,11 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   elif config.clean_start_epochs:
     # The run's identity holds the undefended start; a defense that changes the architecture
     # (DP-SGD's group norm) starts from its own, trained with the same key.
-    clean_start = load_or_train_clean_start(out_dir, config, dataset, subset, log)
-    start_for_victims = load_or_train_clean_start(out_dir, config, dataset, subset, log,
-                                                  defended=True)
+    clean_start = start_for_victims = load_or_train_clean_start(out_dir, config, dataset,
+                                                                subset, log)
+    if config.clean_start_config.norm != config.victim_config.norm:
+      start_for_victims = load_or_train_clean_start(out_dir, config, dataset, subset, log,
+                                                    defended=True)
   target_pool = correct_target_pool(surrogates, dataset) if config.correct_targets else None
   denoiser, denoiser_meta = common.resolve_denoiser(denoiser, config.sigmas)
   folder = common.claim_run(out_dir, run_identity(config, dataset=dataset, surrogates=surrogates,
