@@ -119,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   defense.add_argument("--dp_clip_norm", type=float, help="DP-SGD's clip (default 1.0)")
   defense.add_argument("--dp_noise_multiplier", type=float,
                        help="DP-SGD's noise multiplier (default 0.05)")
+  defense.add_argument("--dp_norm", choices=("group", "frozen_batch"),
+                       help="DP-SGD's normalization: group norm (default), or batch norm frozen "
+                            "at its running statistics (victims from a batch-norm clean start)")
   return p.parse_args(argv)
 
 
@@ -127,7 +130,7 @@ TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "f
 SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts", "retrain_every",
                 "warm_start_epochs", "clean_start_epochs", "clean_start_from", "correct_targets",
                 "victim_init")
-DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier")
+DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier", "dp_norm")
 
 
 def _defense_changes(args, config) -> dict:

@@ -330,6 +330,28 @@ def test_defenses_after_a_clean_start_start_from_a_clean_network_of_their_archit
   dp_victim = defenses.dp_sgd_config(config.victim_config).replace(epochs=1)
   assert record["defense_settings"]["epsilon_at_delta"] == pytest.approx(
       defenses.privacy_spent(dp_victim, 200, defenses.DefenseConfig().dp_delta))
+  # With batch norm frozen at its statistics, DP-SGD continues from the batch-norm start (no
+  # network of its own), and so may start from the attacker's surrogate, which group norm may
+  # not; its own records folder, as another setting of the defense.
+  frozen = defenses.DefenseConfig(name="dp_sgd", dp_norm="frozen_batch")
+  with pytest.raises(ValueError, match="cannot start a dp_sgd"):
+    dataclasses.replace(config, clean_start_from="surrogate",
+                        defense=defenses.DefenseConfig(name="dp_sgd"))
+  for start_from, folder in (("own", "frozen"), ("surrogate", "frozen_surrogate")):
+    defended = dataclasses.replace(config, defense=frozen, clean_start_from=start_from)
+    calls.clear()
+    record = fs.run_benchmark(defended, dataset, tmp_path / folder, denoiser=denoiser,
+                              log=lambda _: None)[0]
+    start = (fs.load_or_train_clean_start(tmp_path / folder, defended, dataset, subset)
+             if start_from == "own" else
+             fs.load_or_train_surrogates(tmp_path / folder, defended, dataset, subset)[0])
+    assert start.config.norm == "batch"
+    [(train_config, _, init)] = calls
+    assert (train_config.norm, train_config.dp_clip_norm) == ("frozen_batch", 1.0)
+    assert fingerprint(init) == fingerprint(start)
+    assert record["defense"] == "DP-SGD (C = 1, z = 0.05, frozen batch norm)"
+    assert record["defense_settings"]["dp_norm"] == "frozen_batch"
+  assert not (tmp_path / "frozen" / "pretrained" / "clean_start_batch").exists()
 
 
 def test_correct_targets_come_from_what_the_surrogates_classify_correctly(scratch, tmp_path):
@@ -465,6 +487,12 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
                              str(tmp_path / "out"), "--defense", "deep_knn", "--knn_k", "7"])
   assert seen["config"].defense.settings() == {"name": "deep_knn", "knn_k": 7,
                                                "knn_rule": "plurality"}
+  with pytest.raises(SystemExit):
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--defense", "dp_sgd", "--dp_norm",
+                             "frozen_batch", "--dp_noise_multiplier", "0.5"])
+  assert seen["config"].defense == defenses.DefenseConfig(
+      "dp_sgd", dp_norm="frozen_batch", dp_noise_multiplier=0.5)
   with pytest.raises(SystemExit) as info:
     cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
                              str(tmp_path / "out"), "--defense", "dpa_roe",

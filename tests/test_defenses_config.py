@@ -28,6 +28,13 @@ def test_settings_and_labels():
   assert DefenseConfig().settings() == {"name": "none"} and not DefenseConfig().active
   assert DefenseConfig("adversarial_training").label() == "AT (PGD-7, ε = 4/255)"
   assert DefenseConfig("dp_sgd").label() == "DP-SGD (C = 1, z = 0.05)"
+  # dp_norm came after records without it (group norm): recorded only when it is not that.
+  assert DefenseConfig("dp_sgd").settings() == {
+      "name": "dp_sgd", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5}
+  frozen = DefenseConfig("dp_sgd", dp_norm="frozen_batch")
+  assert frozen.settings()["dp_norm"] == "frozen_batch"
+  assert frozen.label() == "DP-SGD (C = 1, z = 0.05, frozen batch norm)"
+  assert frozen.training_config(classifier.tiny_config()).norm == "frozen_batch"
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -36,6 +43,7 @@ def test_settings_and_labels():
     (dict(name="deep_knn", knn_rule="vote"), "knn_rule"),
     (dict(name="dp_sgd", dp_delta=0.0), "dp_delta"),
     (dict(name="dp_sgd", dp_noise_multiplier=-1.0), "dp_noise_multiplier"),
+    (dict(name="dp_sgd", dp_norm="layer"), "dp_norm"),
 ])
 def test_errors(changes, match):
   with pytest.raises(ValueError, match=match):

@@ -101,6 +101,36 @@ def test_group_norm_examples_do_not_interact():
   np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
 
 
+def _batch_stats(models):
+  return _flat(nnx.split_state(models.state, nnx.BatchStat, ...)[0])
+
+
+def test_frozen_batch_norm_continues_a_batch_norm_network_privately():
+  images, labels = _data(48, seed=4)
+  keys = jax.random.split(jax.random.key(5), 1)
+  base = classifier.tiny_config(num_classes=3, epochs=1, batch_size=16, whitening_images=16,
+                                lookahead=False)
+  start = classifier.train_models(keys, images, labels, base)  # running statistics ≠ 0, 1
+  frozen = base.replace(norm="frozen_batch")
+  assert frozen.parameter_norm == "batch" and base.replace(norm="group").parameter_norm == "group"
+  plain = classifier.train_models(keys, images, labels, frozen, init=start)
+  private = classifier.train_models(keys, images, labels,
+                                    frozen.replace(dp_clip_norm=1e9, dp_noise_multiplier=0.0),
+                                    init=start)
+  # The statistics are the start's, untouched; the other parameters trained.
+  np.testing.assert_array_equal(_batch_stats(plain), _batch_stats(start))
+  np.testing.assert_array_equal(_batch_stats(private), _batch_stats(start))
+  assert np.abs(_params(plain) - _params(start)).max() > 1e-3
+  # Examples do not interact: the per-example gradients' sum is the batch gradient (float32
+  # summation order aside), which batch norm in training mode would not give.
+  np.testing.assert_allclose(classifier.logits(private, images[:8]),
+                             classifier.logits(plain, images[:8]), atol=1e-5)
+  trained_mode = classifier.train_models(keys, images, labels, base, init=start)
+  assert np.abs(_batch_stats(trained_mode) - _batch_stats(start)).max() > 1e-3
+  assert np.abs(classifier.logits(trained_mode, images[:8])
+                - classifier.logits(plain, images[:8])).max() > 1e-3
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="per-example gradients.*norm='group'"):
     classifier.tiny_config(dp_clip_norm=1.0)
@@ -110,6 +140,11 @@ def test_config_errors():
     classifier.tiny_config(norm="group", dp_clip_norm=1.0, dp_noise_multiplier=-1.0)
   classifier.tiny_config(dp_clip_norm=1.0, trainable="head")  # frozen features: allowed
   assert dp_sgd.dp_sgd_config(classifier.tiny_config()).norm == "group"
+  assert dp_sgd.dp_sgd_config(classifier.tiny_config(), norm="frozen_batch").norm == (
+      "frozen_batch")
+  classifier.tiny_config(dp_clip_norm=1.0, norm="frozen_batch")
+  with pytest.raises(ValueError, match="norm: expected one of"):
+    dp_sgd.dp_sgd_config(classifier.tiny_config(), norm="batch")
 
 
 def test_accounting():

@@ -249,10 +249,11 @@ class FromScratchConfig:
   @property
   def clean_start_config(self) -> classifier.TrainConfig:
     """The recipe of the network victims start from under `clean_start_epochs`: the victim's,
-    with the defended recipe's normalization (DP-SGD's group norm); the defense itself acts
-    during the K epochs on the tampered set."""
+    with the parameters of the defended recipe's normalization (DP-SGD's group norm; its
+    frozen batch norm has batch norm's, so it starts from the victim's own clean network);
+    the defense itself acts during the K epochs on the tampered set."""
     defended = self.defense.training_config(self.victim_config)
-    return self.victim_config.replace(norm=defended.norm)
+    return self.victim_config.replace(norm=defended.parameter_norm)
 
   @property
   def white_box(self) -> bool:

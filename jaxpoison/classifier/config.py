@@ -19,7 +19,7 @@ SCHEDULES = ("airbench", "cosine", "multistep", "constant")
 MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
 FLIPS = ("alternating", "random", "none")
 PAD_MODES = ("reflect", "zeros")
-NORMS = ("batch", "group")
+NORMS = ("batch", "group", "frozen_batch")
 NOISES = ("none", "bernoulli", "uniform", "gaussian")
 # TrainConfig fields added after run folders were written with it; each default reproduces the
 # training before the field existed (jaxpoison.runs lets a run with that value resume a folder
@@ -111,12 +111,16 @@ class TrainConfig:
     norm: "batch" (batch norm) or "group": group norm with min(32, C) groups of the same
       channels (scale and bias as the batch norm it replaces, epsilon 1e-5), the substitution
       Opacus makes (`ModuleValidator.fix`) so that examples do not interact and per-example
-      gradients exist (DP-SGD).
+      gradients exist (DP-SGD); or "frozen_batch": batch norm on its running statistics in
+      training too (never updated; scale and bias train), the other way to per-example
+      gradients, for a network that continues from a batch-norm checkpoint (its parameters
+      are batch norm's, so it loads one; from scratch its statistics stay at mean 0, var 1).
     dp_clip_norm: DP-SGD (Abadi et al. 2016): 0 (the default) is standard training; when > 0
       every example's gradient is clipped to this global ℓ2 norm (`privatize_gradients`),
       Gaussian noise of std dp_noise_multiplier · dp_clip_norm is added to their sum, and the
       step uses that sum divided by the batch size (by 1 with `decoupled`, whose loss is a
-      sum). Needs norm="group" (or trainable="head", whose features run in inference mode).
+      sum). Needs norm="group" or "frozen_batch" (or trainable="head", whose features run in
+      inference mode).
     dp_noise_multiplier: z, the noise's std in units of dp_clip_norm (>= 0).
     grayscale_prob: each image of each batch turned grayscale with this probability, after
       flip and translation (torchvision's RandomGrayscale: PIL's L = 0.299 R + 0.587 G +
@@ -231,10 +235,11 @@ class TrainConfig:
          f"dp_clip_norm: expected a clipping norm >= 0 (0 = no DP-SGD), got {self.dp_clip_norm}"),
         (self.dp_noise_multiplier >= 0,
          f"dp_noise_multiplier: expected >= 0, got {self.dp_noise_multiplier}"),
-        (self.dp_clip_norm == 0 or self.norm == "group" or self.trainable == "head",
+        (self.dp_clip_norm == 0 or self.norm in ("group", "frozen_batch")
+         or self.trainable == "head",
          "dp_clip_norm: DP-SGD needs per-example gradients, which batch norm in training mode "
-         "does not have (it mixes the batch's examples); set norm='group' (or train the head "
-         "alone, trainable='head')"),
+         "does not have (it mixes the batch's examples); set norm='group' or 'frozen_batch' "
+         "(or train the head alone, trainable='head')"),
         (self.noise in NOISES, f"noise: expected one of {NOISES}, got {self.noise!r}"),
         (self.pad_mode in PAD_MODES,
          f"pad_mode: expected one of {PAD_MODES}, got {self.pad_mode!r}"),
@@ -267,6 +272,12 @@ class TrainConfig:
     # Lists from JSON become tuples, so that the config stays hashable.
     object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
     object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+
+  @property
+  def parameter_norm(self) -> str:
+    """The normalization layer's parameters: "frozen_batch" has batch norm's (it loads and
+    saves batch-norm checkpoints), so two configs whose parameter_norm agree share weights."""
+    return "group" if self.norm == "group" else "batch"
 
   def replace(self, **changes) -> "TrainConfig":
     return dataclasses.replace(self, **changes)

@@ -80,7 +80,8 @@ class GroupNorm(nnx.GroupNorm):
 
 def make_norm(config: TrainConfig, channels: int, out_dtype, rngs: nnx.Rngs, *,
               use_scale: bool = True) -> nnx.Module:
-  """The config's normalization layer (`TrainConfig.norm`) over `channels` channels."""
+  """The config's normalization layer (`TrainConfig.norm`) over `channels` channels
+  ("frozen_batch" is batch norm; the trainer runs it on its running statistics)."""
   if config.norm == "group":
     return GroupNorm(channels, use_scale=use_scale, out_dtype=out_dtype, rngs=rngs)
   return BatchNorm(channels, use_scale=use_scale, momentum=config.bn_momentum,

@@ -18,11 +18,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxpoison._checks import check_images
 from jaxpoison.classifier.adversarial import pgd_linf
 from jaxpoison.classifier.friendly import chunked_friendly_noise
 from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
@@ -318,7 +316,8 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
         # Linear probe: frozen features, batch norm on its running statistics.
         logits = model.head_logits(jax.lax.stop_gradient(model.features(x01, train=False)))
       else:
-        logits = model(x01, train=True)
+        # frozen_batch: batch norm on its running statistics (they stay as they are).
+        logits = model(x01, train=config.norm != "frozen_batch")
       _, _, new_r = nnx.split(model, nnx.Param, ...)
       targets = optax.smooth_labels(jax.nn.one_hot(y, config.num_classes),
                                     config.label_smoothing)
@@ -339,7 +338,8 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
       total, _ = privatize_gradients(per_example, key, config.dp_clip_norm,
                                      config.dp_noise_multiplier)
       scale = 1.0 if config.decoupled else 1.0 / x.shape[0]  # the loss's sum or mean
-      # Group norm (or the head on frozen features) keeps no batch statistics: r unchanged.
+      # Group norm, frozen batch norm or the head on frozen features: no batch statistics,
+      # r unchanged.
       return jax.tree.map(lambda g: g * scale, total), r
 
     def single_step(p, r, buf, x, y, factor, whiten_on, key, step):

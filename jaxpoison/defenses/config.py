@@ -5,7 +5,9 @@ suggestion) where it does not (`../shared/specs/round2.md` §4):
 
 * deep_knn: k = 500, plurality rule; features of a network of the victim's recipe trained
   on the tampered training set (the extractor Hong et al. leave unspecified).
-* dp_sgd: clip C = 1.0, noise multiplier 0.05 (the "(1.0, 0.05)" read as (C, z)); group norm.
+* dp_sgd: clip C = 1.0, noise multiplier 0.05 (the "(1.0, 0.05)" read as (C, z)); group norm
+  (or, `dp_norm` "frozen_batch", batch norm frozen at its running statistics: victims that
+  continue from a batch-norm network).
 * adversarial_training: PGD-7, ε = 4/255, step ε/4 = 1/255, adversarial examples only.
 * friends: friendly noise at epoch 0, Bernoulli ±8/255 (the reference's defaults).
 * dpa_roe: k = 250 hash partitions, one base classifier each (the victim's recipe); the
@@ -22,7 +24,7 @@ from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.classifier.config import TrainConfig
 from jaxpoison.defenses.adversarial_training import adversarial_config
 from jaxpoison.defenses.deep_knn import RULES
-from jaxpoison.defenses.dp_sgd import dp_sgd_config
+from jaxpoison.defenses.dp_sgd import DP_NORMS, dp_sgd_config
 from jaxpoison.defenses.friends import friends_config
 
 __all__ = ["DEFENSES", "DefenseConfig", "TRAINING_DEFENSES"]
@@ -41,6 +43,7 @@ class DefenseConfig:
   dp_clip_norm: float = 1.0
   dp_noise_multiplier: float = 0.05
   dp_delta: float = 1e-5
+  dp_norm: str = "group"
   adversarial_epsilon: float = 4 / 255
   adversarial_steps: int = 7
   adversarial_step_size: float = 1 / 255
@@ -60,6 +63,8 @@ class DefenseConfig:
       _store(self, field, check_positive(field, getattr(self, field)))
     _store(self, "dp_noise_multiplier", check_positive(
         "dp_noise_multiplier", self.dp_noise_multiplier, allow_zero=True))
+    if self.dp_norm not in DP_NORMS:
+      raise ValueError(f"dp_norm: expected one of {DP_NORMS}, got {self.dp_norm!r}")
     if not 0 < self.dp_delta < 1:
       raise ValueError(f"dp_delta: expected a value in (0, 1), got {self.dp_delta}")
 
@@ -70,7 +75,7 @@ class DefenseConfig:
   def training_config(self, config: TrainConfig) -> TrainConfig:
     """The victim's recipe under this defense (unchanged for filters and DPA)."""
     if self.name == "dp_sgd":
-      return dp_sgd_config(config, self.dp_clip_norm, self.dp_noise_multiplier)
+      return dp_sgd_config(config, self.dp_clip_norm, self.dp_noise_multiplier, self.dp_norm)
     if self.name == "adversarial_training":
       return adversarial_config(config, self.adversarial_epsilon, self.adversarial_steps,
                                 self.adversarial_step_size)
@@ -86,6 +91,9 @@ class DefenseConfig:
     if prefix:
       out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name.startswith(prefix)})
+    if out.get("dp_norm") == "group":
+      # Added after records were written without it; they used group norm.
+      del out["dp_norm"]
     return out
 
   def label(self) -> str:
@@ -93,7 +101,8 @@ class DefenseConfig:
     if self.name == "deep_knn":
       return f"Deep k-NN (k = {self.knn_k})"
     if self.name == "dp_sgd":
-      return f"DP-SGD (C = {self.dp_clip_norm:g}, z = {self.dp_noise_multiplier:g})"
+      frozen = ", frozen batch norm" if self.dp_norm == "frozen_batch" else ""
+      return f"DP-SGD (C = {self.dp_clip_norm:g}, z = {self.dp_noise_multiplier:g}{frozen})"
     if self.name == "adversarial_training":
       return (f"AT (PGD-{self.adversarial_steps}, ε = "
               f"{round(self.adversarial_epsilon * 255, 2):g}/255)")

@@ -12,7 +12,10 @@ second, `noise_multiplier_for_epsilon(1.0, 0.05, config, n)` for the z of the fi
 
 Batch norm mixes examples, so per-example gradients need another normalization: the recipe
 switches the network to group norm (`TrainConfig.norm = "group"`), as Opacus's
-`ModuleValidator.fix` does.
+`ModuleValidator.fix` does; or (`norm="frozen_batch"`) keeps batch norm on its running
+statistics, for victims that continue from a batch-norm network (the statistics are the start's
+and are not updated, so they hold no information about the tampered set; the usual way to
+fine-tune a batch-norm network privately).
 
 Accounting (`privacy_spent`) uses Google's `dp-accounting` (RDP or PLD accountant) for the
 Poisson-subsampled Gaussian mechanism with sampling rate q = batch / N, composed over the
@@ -27,20 +30,26 @@ from jaxpoison._checks import check_positive
 from jaxpoison.classifier.config import TrainConfig
 from jaxpoison.classifier.train import steps_per_epoch, total_steps
 
-__all__ = ["ACCOUNTANTS", "dp_sgd_config", "noise_multiplier_for_epsilon", "privacy_spent"]
+__all__ = ["ACCOUNTANTS", "DP_NORMS", "dp_sgd_config", "noise_multiplier_for_epsilon", "privacy_spent"]
 
 ACCOUNTANTS = ("rdp", "pld")
 
 
+DP_NORMS = ("group", "frozen_batch")
+
+
 def dp_sgd_config(config: TrainConfig, clip_norm: float = 1.0,
-                  noise_multiplier: float = 0.05) -> TrainConfig:
-  """`config` with DP-SGD: per-example clipping to `clip_norm`, noise multiplier z, and group
-  norm in place of batch norm (unless only the head trains)."""
+                  noise_multiplier: float = 0.05, norm: str = "group") -> TrainConfig:
+  """`config` with DP-SGD: per-example clipping to `clip_norm`, noise multiplier z, and `norm`
+  (group norm, or batch norm frozen at its running statistics) in place of batch norm (unless
+  only the head trains)."""
   if not isinstance(config, TrainConfig):
     raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
   check_positive("clip_norm", clip_norm)
   check_positive("noise_multiplier", noise_multiplier, allow_zero=True)
-  norm = config.norm if config.trainable == "head" else "group"
+  if norm not in DP_NORMS:
+    raise ValueError(f"norm: expected one of {DP_NORMS}, got {norm!r}")
+  norm = config.norm if config.trainable == "head" else norm
   return config.replace(norm=norm, dp_clip_norm=float(clip_norm),
                         dp_noise_multiplier=float(noise_multiplier))
 
