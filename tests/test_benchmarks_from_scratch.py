@@ -3,6 +3,7 @@ end to end on tiny models, a tiny dataset and a tiny random denoiser, with resum
 
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -151,14 +152,24 @@ def test_defenses_share_the_runs_poisons(tmp_path, scratch):
       (details,) = record["defense_details"]
       assert details["poisons"] == 4 and details["removed"] + details["kept"] == 200
       assert 0 <= details["true_positives"] <= 4
+      # The filtered victim's softmax on the target, consistent with its prediction.
+      (probability,) = record["target_poison_probability"]
+      assert 0 <= probability <= 1
+      assert probability <= 0.5 or record["target_prediction"] == [record["base_class"]]
     if name == "dpa_roe":
       (details,) = record["defense_details"]
       assert 0 <= details["certified_poisons"] <= 1  # k = 3 base classifiers: at most ⌊3/2⌋
+      assert details["poison_class_votes"] in (0, 1 / 3, 2 / 3, 1)
+      assert "target_poison_probability" not in record  # no single victim
   assert poison_file.stat().st_mtime_ns == crafted  # crafted once, reused by every defense
   table = (out / "table.md").read_text()
   assert "| defense |" in table and "Deep k-NN (k = 5)" in table and "DPA + ROE (k = 3)" in table
   assert "| Witches' Brew | white-box | ℓ∞ 16/255 | none | 1 |" in table
   assert "removed" in table and "target certified against" in table
+  assert re.search(r"base classifiers vote the poison class", table)
+  # The poison-class probability table has the filtered victim's row (DPA + ROE has none).
+  assert re.search(r"\| witches_brew \|[^\n]*\| Deep k-NN \(k = 5\) \| 1 \| 0\.\d{3} \|", table)
+  assert not re.search(r"\| witches_brew \|[^\n]*\| DPA \+ ROE", table)
   with pytest.raises(ValueError, match="other|defense settings"):
     fs.run_benchmark(dataclasses.replace(base, defense=defenses.DefenseConfig("deep_knn",
                                                                               knn_k=7)),

@@ -434,7 +434,8 @@ def load_results(out_dir: str | Path, attack_names: Sequence[str] | None = None)
 def render_defense_table(results: Sequence[dict]) -> str:
   """The defenses' own numbers per row and σ (Markdown; "" without them): Deep k-NN's poisons
   and clean images removed (Hong et al. Table 4, means per trial), and DPA + ROE's certified
-  number of poisons for the target with plain DPA's beside it (means over trials)."""
+  number of poisons for the target with plain DPA's beside it and the share of base
+  classifiers voting the poison class on it (means over trials)."""
   rows: dict[tuple, dict[float, list[dict]]] = {}
   for record in results:
     for sigma, details in zip(record["sigmas"], record.get("defense_details", [])):
@@ -456,6 +457,9 @@ def render_defense_table(results: Sequence[dict]) -> str:
         roe = np.mean([d["certified_poisons"] for d in details])
         dpa = np.mean([d["dpa_certified_poisons"] for d in details])
         text = f"target certified against {roe:.2f} poisons (plain DPA: {dpa:.2f})"
+        votes = [d["poison_class_votes"] for d in details if "poison_class_votes" in d]
+        if votes:  # records from before the vote share existed have none
+          text += f"; {np.mean(votes):.0%} of base classifiers vote the poison class"
       lines.append(f"| {title} | {scenario} | {bound} | {defense} | {sigma:g} | {len(details)} "
                    f"| {text} |")
   return "\n".join(lines) + "\n"

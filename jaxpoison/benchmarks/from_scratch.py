@@ -499,21 +499,27 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
     model = _train(victim, key[None], images[kept][None], labels[kept], init)
     predictions = np.asarray(classifier.predict(model, queries))[0]
     details = defenses.removal_report(result, positions)
+    target_logits = np.asarray(classifier.logits(model, target[None]))[0, 0]
+    poison_probability = float(jax.nn.softmax(target_logits)[base_class])
   else:  # dpa_roe
     models, parts = defenses.train_partition_models(key, images, labels,
                                                     defense.dpa_partitions, victim)
     scores = np.asarray(classifier.logits(models, queries))
     roe, plain = defenses.roe_certify(scores), defenses.dpa_certify(scores)
     predictions = roe.prediction
+    poison_probability = None  # no single victim; the base classifiers' votes stand for it
     details = {"certified_poisons": int(roe.radius[0]),
                "dpa_target_prediction": int(plain.prediction[0]),
                "dpa_certified_poisons": int(plain.radius[0]),
                "dpa_clean_accuracy": float((plain.prediction[1:1 + num_eval]
                                             == eval_labels).mean()),
-               "partition_sizes": [int(parts.sizes.min()), int(parts.sizes.max())]}
+               "partition_sizes": [int(parts.sizes.min()), int(parts.sizes.max())],
+               "poison_class_votes": float((scores[:, 0].argmax(-1) == base_class).mean())}
   out = {"target_prediction": int(predictions[0]),
          "clean_accuracy": float((predictions[1:1 + num_eval] == eval_labels).mean()),
          "details": details}
+  if poison_probability is not None:
+    out["target_poison_probability"] = poison_probability
   if sources is not None:
     out["source_success"] = _source_success(predictions[1 + num_eval:], base_class)
   return out
@@ -529,7 +535,8 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
   `load_or_train_clean_start` gives, or surrogate 0) under the config's defense, and scores
   it; per trial: target_prediction,
   clean_accuracy, for Sleeper Agent source_success, and with Deep k-NN or DPA + ROE the
-  defense's numbers (defense_details), one entry per σ; without those two defenses also
+  defense's numbers (defense_details), one entry per σ; except under DPA + ROE (no single
+  victim; its details hold the base classifiers' poison-class vote share) also
   target_poison_probability (the victim's softmax probability of the poison class on the
   target: Sleeper Agent's is the patched target's)."""
   defense = config.defense
@@ -590,6 +597,8 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
         out[i]["defense_details"].append(score["details"])
         if "source_success" in score:
           out[i]["source_success"].append(score["source_success"])
+        if "target_poison_probability" in score:
+          out[i]["target_poison_probability"].append(score["target_poison_probability"])
       continue
     images = np.stack(denoised)[order]
     models = _train(remaining, train_keys, images, train_labels, init)
