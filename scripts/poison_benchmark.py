@@ -27,6 +27,7 @@ from pathlib import Path
 
 from jaxpoison import cli
 from jaxpoison.defenses.config import DEFENSES as DEFENSE_NAMES
+from jaxpoison.defenses.dp_sgd import DP_NORMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   defense.add_argument("--dp_clip_norm", type=float, help="DP-SGD's clip (default 1.0)")
   defense.add_argument("--dp_noise_multiplier", type=float,
                        help="DP-SGD's noise multiplier (default 0.05)")
-  defense.add_argument("--dp_norm", choices=("group", "frozen_batch"),
+  defense.add_argument("--dp_norm", choices=DP_NORMS,
                        help="DP-SGD's normalization: group norm (default), or batch norm frozen "
                             "at its running statistics (victims from a batch-norm clean start)")
   return p.parse_args(argv)

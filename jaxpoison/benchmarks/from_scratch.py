@@ -497,10 +497,10 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
                                       num_classes=victim.num_classes)
     kept = np.flatnonzero(result.keep)
     model = _train(victim, key[None], images[kept][None], labels[kept], init)
-    predictions = np.asarray(classifier.predict(model, queries))[0]
+    query_logits = np.asarray(classifier.logits(model, queries))[0]  # predict's argmax input
+    predictions = query_logits.argmax(-1)
     details = defenses.removal_report(result, positions)
-    target_logits = np.asarray(classifier.logits(model, target[None]))[0, 0]
-    poison_probability = float(jax.nn.softmax(target_logits)[base_class])
+    poison_probability = float(jax.nn.softmax(query_logits[0])[base_class])  # the target
   else:  # dpa_roe
     models, parts = defenses.train_partition_models(key, images, labels,
                                                     defense.dpa_partitions, victim)

@@ -30,11 +30,10 @@ from jaxpoison._checks import check_positive
 from jaxpoison.classifier.config import TrainConfig
 from jaxpoison.classifier.train import steps_per_epoch, total_steps
 
-__all__ = ["ACCOUNTANTS", "DP_NORMS", "dp_sgd_config", "noise_multiplier_for_epsilon", "privacy_spent"]
+__all__ = ["ACCOUNTANTS", "DP_NORMS", "dp_sgd_config", "noise_multiplier_for_epsilon",
+           "privacy_spent"]
 
 ACCOUNTANTS = ("rdp", "pld")
-
-
 DP_NORMS = ("group", "frozen_batch")
 
 
