@@ -123,6 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   defense.add_argument("--dp_norm", choices=DP_NORMS,
                        help="DP-SGD's normalization: group norm (default), or batch norm frozen "
                             "at its running statistics (victims from a batch-norm clean start)")
+  defense.add_argument("--friendly_lr", type=float,
+                       help="FrieNDs' friendly-noise step size (default 100, the reference's)")
   return p.parse_args(argv)
 
 
@@ -131,7 +133,8 @@ TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "f
 SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts", "retrain_every",
                 "warm_start_epochs", "clean_start_epochs", "clean_start_from", "correct_targets",
                 "victim_init")
-DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier", "dp_norm")
+DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier", "dp_norm",
+                 "friendly_lr")
 
 
 def _defense_changes(args, config) -> dict:

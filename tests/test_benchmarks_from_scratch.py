@@ -96,6 +96,7 @@ def test_end_to_end_then_resume_equals_uninterrupted(tmp_path, scratch):
     assert record["sigmas"] == [0.0, 0.25] and record["num_poisons"] == 4
     assert record["train_size"] == 200 and record["scenario"] == "white-box"
     assert record["success"] == [p == record["base_class"] for p in record["target_prediction"]]
+    assert record["diverged"] == [False, False]
     probabilities = record["target_poison_probability"]
     assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities)
     # The victim's argmax is its prediction: a probability above 1/2 means success.
@@ -174,6 +175,102 @@ def test_defenses_share_the_runs_poisons(tmp_path, scratch):
     fs.run_benchmark(dataclasses.replace(base, defense=defenses.DefenseConfig("deep_knn",
                                                                               knn_k=7)),
                      dataset, out, denoiser=denoiser, log=lambda _: None)
+
+
+def _diverge(models, which):
+  """`models` with NaN weights in the models `which` selects (a bool [M] mask)."""
+  mask = np.asarray(which)
+
+  def poison(leaf):
+    if not jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact):
+      return leaf
+    shape = (-1,) + (1,) * (leaf.ndim - 1)
+    return jax.numpy.where(mask.reshape(shape), jax.numpy.nan, leaf)
+  return classifier.TrainedModels(models.graphdef, jax.tree.map(poison, models.state),
+                                  models.config)
+
+
+def test_finite_models_marks_each_diverged_model():
+  victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE)
+  models = classifier.train_models(jax.random.split(jax.random.key(0), 3),
+                                   np.zeros((64, *E2E_SHAPE), np.uint8), np.arange(64) % 10,
+                                   victim.replace(epochs=0))
+  np.testing.assert_array_equal(classifier.finite_models(models), [True] * 3)
+  np.testing.assert_array_equal(classifier.finite_models(_diverge(models, [False, True, False])),
+                                [True, False, True])
+  with pytest.raises(TypeError, match="expected TrainedModels"):
+    classifier.finite_models(models.state)
+
+
+def test_diverged_victims_are_flagged_not_scored(tmp_path, scratch, monkeypatch):
+  # A victim whose training diverged (NaN weights) is recorded as such and left out of the
+  # success table, instead of counting as a failed attack; likewise under Deep k-NN and when a
+  # DPA base classifier diverges.
+  dataset, config, denoiser = scratch
+  base = dataclasses.replace(config, attacks=("witches_brew",), num_trials=2, sigmas=(0.0,),
+                             trials_per_step=2)
+  train = fs._train
+
+  def diverging_train(train_config, keys, images, labels, init=None):
+    models = train(train_config, keys, images, labels, init)
+    # The last victim of a batch of two (trial 1); under Deep k-NN every network.
+    return _diverge(models, [False, True] if models.num_models == 2 else [True])
+
+  partition_models = defenses.train_partition_models
+
+  def one_diverged_base(*args, **kwargs):
+    models, parts = partition_models(*args, **kwargs)
+    return _diverge(models, np.arange(models.num_models) == 0), parts
+
+  monkeypatch.setattr(fs, "_train", diverging_train)
+  monkeypatch.setattr(defenses, "train_partition_models", one_diverged_base)
+  records = fs.run_benchmark(base, dataset, tmp_path, denoiser=denoiser, log=lambda _: None)
+  assert [r["diverged"] for r in records] == [[False], [True]]
+  assert np.isnan(records[1]["target_poison_probability"][0])
+  line = [l for l in (tmp_path / "table.md").read_text().splitlines()
+          if l.startswith("| Witches' Brew")][0]
+  assert line.endswith(", 1 diverged |") and "| 2 |" in line
+  assert "| 1 |" in [l for l in (tmp_path / "table.md").read_text().splitlines()
+                     if l.startswith("| witches_brew")][0]  # the probability table: trial 0
+  one = dataclasses.replace(base, num_trials=1, trials_per_step=1)
+  knn = fs.run_benchmark(dataclasses.replace(one, defense=defenses.DefenseConfig(
+      "deep_knn", knn_k=5)), dataset, tmp_path, denoiser=denoiser, log=lambda _: None)
+  assert [r["diverged"] for r in knn if r.get("defense_settings")] == [[True]]
+  dpa = fs.run_benchmark(dataclasses.replace(one, defense=defenses.DefenseConfig(
+      "dpa_roe", dpa_partitions=3)), dataset, tmp_path, denoiser=denoiser, log=lambda _: None)
+  (record,) = [r for r in dpa if r.get("defense_settings", {}).get("name") == "dpa_roe"]
+  assert record["diverged"] == [True]
+  assert record["defense_details"][0]["diverged_base_classifiers"] == 1
+
+
+def test_no_poison_control_measures_the_trigger_without_poisons(tmp_path, scratch, monkeypatch):
+  # The control's source_success: its victim (trained on the clean set) on the source-class
+  # test images with Sleeper Agent's trigger pasted where trial t's Sleeper Agent pastes it.
+  dataset, config, denoiser = scratch
+  control = dataclasses.replace(config, attacks=("no_poison",), num_trials=1, sigmas=(0.0,),
+                                trials_per_step=1)
+  victims = []
+  train = fs._train
+
+  def keep(*args, **kwargs):
+    victims.append(train(*args, **kwargs))
+    return victims[-1]
+
+  monkeypatch.setattr(fs, "_train", keep)
+  (record,) = fs.run_benchmark(control, dataset, tmp_path, denoiser=denoiser,
+                               log=lambda _: None)
+  sources = np.flatnonzero(np.asarray(dataset.y_test) == record["target_class"])
+  key = jax.random.fold_in(jax.random.fold_in(common.trial_key(config.seed, 0), common.SAMPLE), 2)
+  patched, _ = attacks.patch_images(key, np.asarray(dataset.x_test[sources]),
+                                    attacks.SleeperAgentConfig())
+  predictions = np.asarray(classifier.predict(victims[-1], np.asarray(patched)))[0]
+  assert record["source_success"] == [pytest.approx((predictions == record["base_class"]).mean())]
+  assert "no poisons" in record["source_measure"]
+  # Its target is the clean test image (the Witches' Brew control's), not a patched one.
+  clean = np.asarray(classifier.predict(victims[-1], dataset.x_test[record["target_index"]][None]))
+  assert record["target_prediction"] == [int(clean[0, 0])]
+  table = (tmp_path / "table.md").read_text()
+  assert re.search(r"\| no_poison \| white-box \|[^\n]*\| none \| 1 \| \d+\.\d% \|", table)
 
 
 def test_sleeper_agent_selects_the_largest_gradients(scratch, tmp_path):
@@ -504,6 +601,15 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
                              "frozen_batch", "--dp_noise_multiplier", "0.5"])
   assert seen["config"].defense == defenses.DefenseConfig(
       "dp_sgd", dp_norm="frozen_batch", dp_noise_multiplier=0.5)
+  with pytest.raises(SystemExit):
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--defense", "friends", "--friendly_lr", "10"])
+  assert seen["config"].defense == defenses.DefenseConfig("friends", friendly_lr=10.0)
+  with pytest.raises(SystemExit) as info:
+    cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
+                             str(tmp_path / "out"), "--defense", "friends",
+                             "--friendly_lr", "-1"])
+  assert info.value.code == 2 and "friendly_lr" in capsys.readouterr().err
   with pytest.raises(SystemExit) as info:
     cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
                              str(tmp_path / "out"), "--defense", "dpa_roe",

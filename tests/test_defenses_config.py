@@ -35,6 +35,15 @@ def test_settings_and_labels():
   assert frozen.settings()["dp_norm"] == "frozen_batch"
   assert frozen.label() == "DP-SGD (C = 1, z = 0.05, frozen batch norm)"
   assert frozen.training_config(classifier.tiny_config()).norm == "frozen_batch"
+  # friendly_lr likewise (the reference's 100 before it).
+  assert DefenseConfig("friends").settings() == {"name": "friends", "friendly_begin_epoch": 0}
+  assert DefenseConfig("friends").label() == "FrieNDs"
+  tuned = DefenseConfig("friends", friendly_lr=10.0)
+  assert tuned.settings()["friendly_lr"] == 10.0
+  assert tuned.label() == "FrieNDs (friendly lr 10)"
+  recipe = tuned.training_config(classifier.tiny_config())
+  assert (recipe.friendly_lr, recipe.noise, recipe.friendly_epoch) == (10.0, "bernoulli", 0)
+  assert DefenseConfig("friends").training_config(classifier.tiny_config()).friendly_lr == 100.0
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -44,6 +53,7 @@ def test_settings_and_labels():
     (dict(name="dp_sgd", dp_delta=0.0), "dp_delta"),
     (dict(name="dp_sgd", dp_noise_multiplier=-1.0), "dp_noise_multiplier"),
     (dict(name="dp_sgd", dp_norm="layer"), "dp_norm"),
+    (dict(name="friends", friendly_lr=0.0), "friendly_lr"),
 ])
 def test_errors(changes, match):
   with pytest.raises(ValueError, match=match):

@@ -110,23 +110,54 @@ def test_render_table_csv_on_hand_made_results():
   rows = list(csv.reader(io.StringIO(pb.render_table(HAND_MADE, format="csv"))))
   assert rows[0] == ["attack", "scenario", "bound", "finetune", "defense", "trials",
                      "success % σ=0", "success low % σ=0", "success high % σ=0",
-                     "clean accuracy % σ=0", "success % σ=0.1", "success low % σ=0.1",
-                     "success high % σ=0.1", "clean accuracy % σ=0.1"]
+                     "clean accuracy % σ=0", "diverged σ=0", "success % σ=0.1",
+                     "success low % σ=0.1", "success high % σ=0.1", "clean accuracy % σ=0.1",
+                     "diverged σ=0.1"]
 
   def cell(k, n, accuracy):
     low, high = _clopper_pearson(k, n)
-    return [f"{100 * k / n:.1f}", f"{100 * low:.1f}", f"{100 * high:.1f}", accuracy]
+    return [f"{100 * k / n:.1f}", f"{100 * low:.1f}", f"{100 * high:.1f}", accuracy, "0"]
 
   head = ["ℓ∞ 16/255", "linear_probe, augment none", "none"]
   assert rows[1] == ["poison_frogs", "white-box", *head, "2", *cell(1, 2, "93.0"),
                      *cell(0, 2, "92.0")]
   assert rows[2] == ["bullseye_polytope", "white-box", *head, "2", *cell(2, 2, "85.0"),
                      *cell(1, 2, "75.0")]
-  assert rows[3] == ["poison_frogs", "black-box (a → b)", *head, "1", "", "", "", "",
+  assert rows[3] == ["poison_frogs", "black-box (a → b)", *head, "1", "", "", "", "", "",
                      *cell(1, 1, "60.0")]
   assert rows[4] == ["convex_polytope", "black-box (a → b)", *head, "1", *cell(1, 1, "50.0"),
-                     "", "", "", ""]
+                     "", "", "", "", ""]
   assert len(rows) == 5
+
+
+def test_diverged_victims_are_counted_apart_not_scored_as_failures():
+  # Trial 1's victim diverged at σ = 0.1 (NaN weights: its "prediction" and accuracy are
+  # argmaxes of NaN); trial 2 at both σ.
+  records = [dict(_record("poison_frogs", 0, [0.0, 0.1], [True, False], [0.9, 0.8]),
+                  diverged=[False, False]),
+             dict(_record("poison_frogs", 1, [0.0, 0.1], [False, False], [0.7, 0.1]),
+                  diverged=[False, True]),
+             dict(_record("poison_frogs", 2, [0.0, 0.1], [False, False], [0.1, 0.1]),
+                  diverged=[True, True])]
+  (row,) = pb.summarize(records)
+  assert row["trials"] == 3
+  rate, accuracy, trials, interval, diverged = row["cells"][0.0]
+  assert (rate, trials, diverged) == (0.5, 2, 1) and accuracy == pytest.approx(0.8)
+  assert interval == pytest.approx(_clopper_pearson(1, 2))
+  rate, accuracy, trials, interval, diverged = row["cells"][0.1]
+  assert (rate, trials, diverged) == (0.0, 1, 2) and accuracy == pytest.approx(0.8)
+  table = pb.render_table(records).splitlines()[2]
+  assert table.endswith(f"| {_cell(1, 2, '80.0%')}, 1 diverged | {_cell(0, 1, '80.0%')}, "
+                        "2 diverged |")
+  # Every victim diverged: no numbers, the count only.
+  only = [dict(records[2], trial=3)]
+  assert pb.render_table(only).splitlines()[2].endswith("| —, 1 diverged | —, 1 diverged |")
+  csv_row = list(csv.reader(io.StringIO(pb.render_table(only, format="csv"))))[1]
+  assert csv_row[-10:] == ["", "", "", "", "1", "", "", "", "", "1"]
+  # Records from before the check (no `diverged`) count as trained.
+  assert pb.summarize([HAND_MADE[0]])[0]["cells"][0.0][4] == 0
+  with pytest.raises(ValueError, match="and diverged"):
+    pb.summarize([dict(records[0], diverged=[False])])
 
 
 def test_render_table_errors():
@@ -350,7 +381,8 @@ def test_each_sigma_finetunes_on_the_denoised_poisoned_set(e2e, monkeypatch):
 
   def record(train_config, train_keys, images, *rest):
     seen.append(np.array(images))
-    return np.zeros(images.shape[0], np.int32), np.zeros(images.shape[0], np.float32)
+    return (np.zeros(images.shape[0], np.int32), np.zeros(images.shape[0], np.float32),
+            np.zeros(images.shape[0], bool))
 
   monkeypatch.setattr(transfer, "_finetune_and_score", record)
   pb.evaluate_trials(config, poison_sets, keys, finetune_images=finetune,
@@ -381,6 +413,7 @@ def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
     assert record["sigmas"] == [0.0, 0.25] and record["num_poisons"] == 3
     assert record["finetune_size"] == 60 and record["scenario"] == "white-box"
     assert record["success"] == [p == record["base_class"] for p in record["target_prediction"]]
+    assert record["diverged"] == [False, False]
     # Accuracy on exactly num_eval test images: whole multiples of 1/num_eval (a mean over
     # any other count, e.g. the whole test split of 60, mostly is not).
     for a in record["clean_accuracy"]:
@@ -431,6 +464,7 @@ def test_two_trials_end_to_end_then_resume_equals_uninterrupted(tmp_path, e2e):
     assert record["poison_file"] == plain["poison_file"]
     assert [d["poisons"] for d in record["defense_details"]] == [3, 3]
     assert all(d["removed"] + d["kept"] == 60 for d in record["defense_details"])
+    assert record["diverged"] == [False, False]
   assert "Deep k-NN (k = 5)" in (tmp_path / "resumed" / "table.md").read_text()
   other_denoiser = dataclasses.replace(denoiser, params=jax.tree.map(lambda p: p + 1,
                                                                      denoiser.params))

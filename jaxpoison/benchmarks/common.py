@@ -8,7 +8,8 @@ progress) is `jaxpoison.runs`.
 
 Records are JSON files, one per finished trial, under `results/<attack>/trial_XXX.json`; a
 record has at least `attack`, `scenario`, `bound`, `sigmas` [S], `success` [S] and
-`clean_accuracy` [S], which the tables summarize.
+`clean_accuracy` [S], which the tables summarize, and `diverged` [S] (the victim's weights or
+logits not finite: the tables count it apart instead of as a failed attack).
 """
 
 from __future__ import annotations
@@ -324,6 +325,13 @@ def success_interval(successes: int, trials: int, confidence: float = 0.95) -> t
   return float(interval.low), float(interval.high)
 
 
+def diverged(record: dict) -> list[bool]:
+  """Per σ, whether the record's victim diverged (non-finite weights); records from before
+  the check have no `diverged` and count as trained."""
+  flags = record.get("diverged")
+  return [False] * len(record["sigmas"]) if flags is None else [bool(f) for f in flags]
+
+
 def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
   """Mean attack success and clean accuracy per row (attack, scenario, bound, fine-tuning,
   defense) and σ.
@@ -336,27 +344,34 @@ def summarize(results: Sequence[dict]) -> list[dict[str, Any]]:
   Returns:
     One dict per row: attack, scenario, bound, finetune, defense, trials, and `cells`, a dict σ ->
     (success rate, mean clean accuracy, trials at that σ, (low, high) the 95% Clopper–Pearson
-    interval of the success rate), fractions in [0, 1].
+    interval of the success rate, diverged victims), fractions in [0, 1]. A victim whose
+    training diverged (`diverged` in its record) is neither a failed attack nor a clean
+    accuracy: it is counted apart, and the rate, accuracy and trials are the other victims'
+    (NaN where none is left).
   """
   rows: dict[tuple, dict[float, list]] = {}
   counts: dict[tuple, int] = {}
   for record in results:
     key = _row_key(record)
     sigmas, success, accuracy = record["sigmas"], record["success"], record["clean_accuracy"]
-    if not len(sigmas) == len(success) == len(accuracy):
+    if not len(sigmas) == len(success) == len(accuracy) == len(record.get("diverged", sigmas)):
       raise ValueError(f"trial {record.get('trial')} of {record['attack']}: sigmas, success and "
-                       "clean_accuracy must have one entry per σ")
+                       "clean_accuracy (and diverged) must have one entry per σ")
     counts[key] = counts.get(key, 0) + 1
     cells = rows.setdefault(key, {})
-    for sigma, hit, acc in zip(sigmas, success, accuracy):
-      cells.setdefault(float(sigma), []).append((float(bool(hit)), float(acc)))
+    for sigma, hit, acc, broken in zip(sigmas, success, accuracy, diverged(record)):
+      cells.setdefault(float(sigma), []).append(
+          None if broken else (float(bool(hit)), float(acc)))
   summary = []
   for key in sorted(rows, key=lambda k: (*k[:6], k[6] != NO_DEFENSE, k[6])):
     cells = {}
-    for sigma, values in sorted(rows[key].items()):
+    for sigma, entries in sorted(rows[key].items()):
+      values = [v for v in entries if v is not None]
       hits = [h for h, _ in values]
-      cells[sigma] = (float(np.mean(hits)), float(np.mean([a for _, a in values])), len(values),
-                      success_interval(int(sum(hits)), len(hits)))
+      cells[sigma] = (float(np.mean(hits)) if values else float("nan"),
+                      float(np.mean([a for _, a in values])) if values else float("nan"),
+                      len(values), success_interval(int(sum(hits)), len(hits)),
+                      len(entries) - len(values))
     summary.append({"attack": key[3], "scenario": key[1], "bound": key[4], "finetune": key[5],
                     "defense": key[6], "trials": counts[key], "cells": cells})
   return summary
@@ -366,15 +381,15 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
   """The paper's Table 1 layout: a row per attack, scenario and bound, a column per σ.
 
   Each cell is "success% [95% interval] (clean accuracy%)" over the row's trials; "—" where no
-  trial has that σ. A fine-tuning column appears when the records mix fine-tuning recipes, a
+  trial has that σ; ", k diverged" where k victims diverged (left out of the cell's numbers). A fine-tuning column appears when the records mix fine-tuning recipes, a
   defense column when any record ran under a baseline defense (Hong et al. Tables 4 and 5).
   Pure: depends only on `results` (trial records, see `summarize`).
 
   Args:
     results: trial records.
     format: "markdown" (a GitHub table) or "csv" (columns attack, scenario, bound, finetune,
-      defense, trials, then per σ "success % σ=…", its interval's ends and "clean accuracy % σ=…",
-      numbers with one decimal).
+      defense, trials, then per σ "success % σ=…", its interval's ends, "clean accuracy % σ=…"
+      and "diverged σ=…", numbers with one decimal, empty where every victim diverged).
   """
   if format not in ("markdown", "csv"):
     raise ValueError(f"format: expected 'markdown' or 'csv', got {format!r}")
@@ -386,13 +401,14 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
     writer.writerow(["attack", "scenario", "bound", "finetune", "defense", "trials"]
                     + [f"{name} σ={sigma:g}" for sigma in sigmas
                        for name in ("success %", "success low %", "success high %",
-                                    "clean accuracy %")])
+                                    "clean accuracy %", "diverged")])
     for row in summary:
       values = []
       for sigma in sigmas:
         cell = row["cells"].get(sigma)
-        values += (["", "", "", ""] if cell is None else
-                   [f"{100 * v:.1f}" for v in (cell[0], cell[3][0], cell[3][1], cell[1])])
+        values += (["", "", "", "", ""] if cell is None else
+                   [f"{100 * v:.1f}" if cell[2] else ""
+                    for v in (cell[0], cell[3][0], cell[3][1], cell[1])] + [str(cell[4])])
       writer.writerow([row["attack"], row["scenario"], row["bound"], row["finetune"],
                        row["defense"], row["trials"]] + values)
     return buffer.getvalue()
@@ -407,9 +423,12 @@ def render_table(results: Sequence[dict], *, format: str = "markdown") -> str:
     cells = []
     for sigma in sigmas:
       cell = row["cells"].get(sigma)
-      cells.append("—" if cell is None else
-                   f"{100 * cell[0]:.0f}% [{100 * cell[3][0]:.0f}, {100 * cell[3][1]:.0f}] "
-                   f"({100 * cell[1]:.1f}%)")
+      if cell is None:
+        cells.append("—")
+        continue
+      text = (f"{100 * cell[0]:.0f}% [{100 * cell[3][0]:.0f}, {100 * cell[3][1]:.0f}] "
+              f"({100 * cell[1]:.1f}%)" if cell[2] else "—")
+      cells.append(text + (f", {cell[4]} diverged" if cell[4] else ""))
     title = ATTACK_TITLES.get(row["attack"], row["attack"])
     lines.append(f"| {title} | {row['scenario']} | {row['bound']} | "
                  + (f"{row['finetune']} | " if mixed else "")
@@ -633,12 +652,14 @@ def own_target_logits(models, targets):
 
 
 def score_victims(models, targets, eval_images, eval_labels, own_logits=None):
-  """(model m's prediction of target m [M], each model's accuracy on the eval images [M]);
-  `own_logits` ([M, C], `own_target_logits`) when the caller has them already."""
+  """(model m's prediction of target m [M], each model's accuracy on the eval images [M],
+  whether model m diverged [M] (non-finite weights or logits on its target; see
+  `diverged`)); `own_logits` ([M, C], `own_target_logits`) when the caller has them already."""
   if own_logits is None:
     own_logits = own_target_logits(models, targets)
   predictions = jax.numpy.argmax(own_logits, axis=-1).astype(jax.numpy.int32)
-  return predictions, classifier.evaluate(models, eval_images, eval_labels)
+  broken = ~(classifier.finite_models(models) & np.isfinite(np.asarray(own_logits)).all(-1))
+  return predictions, classifier.evaluate(models, eval_images, eval_labels), broken
 
 
 def result_path(out_dir: str | Path, attack: str, trial: int) -> Path:
@@ -687,8 +708,9 @@ def run_trial_loop(folder: runs.RunFolder, attack_names: Sequence[str], num_tria
         folder.write_json(result_path("", attack, i), record)
       finished += len(chunk)
       hits = np.array([record["success"] for record in records], float).mean(axis=0)
-      rates = ", ".join(f"σ={sigma:g}: {rate:.2f}"
-                        for sigma, rate in zip(records[0]["sigmas"], hits))
+      broken = np.array([diverged(record) for record in records]).sum(axis=0)
+      rates = ", ".join(f"σ={sigma:g}: {rate:.2f}" + (f" ({k} diverged)" if k else "")
+                        for sigma, rate, k in zip(records[0]["sigmas"], hits, broken))
       trials = f"trial {chunk[0]}" if len(chunk) == 1 else f"trials {chunk[0]}–{chunk[-1]}"
       progress.update(len(chunk), f"{attack}: {trials} done in "
                       f"{time.perf_counter() - chunk_start:.1f} s (success {rates})")

@@ -21,7 +21,9 @@ trained from scratch (Witches' Brew, Sleeper Agent), with and without the denois
   the source test image with the trigger pasted), success when it is the poison class, the
   clean accuracy on `num_eval` random test images, and for Sleeper Agent also the fraction of
   all patched source-class test images classified as the target class (`source_success`, the
-  reference's own measure). Trials are trained together, one model each on the trainer's
+  reference's own measure). The no-poison control (bases unchanged) records the same measure
+  with Sleeper Agent's trigger pasted as trial t's Sleeper Agent pastes it: what the trigger
+  does without poisons. Trials are trained together, one model each on the trainer's
   model axis (`trials_per_step`).
 * Warm start (Table 3, `warm_start_epochs` = K > 0): the victim first trains K epochs on the
   tampered (undenoised) set, once per trial, then every σ continues from those weights for the
@@ -499,12 +501,21 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
     model = _train(victim, key[None], images[kept][None], labels[kept], init)
     query_logits = np.asarray(classifier.logits(model, queries))[0]  # predict's argmax input
     predictions = query_logits.argmax(-1)
+    # A diverged extractor's NaN features make the filter's removals meaningless too.
+    broken = not (classifier.finite_models(extractor)[0] and classifier.finite_models(model)[0]
+                  and np.isfinite(query_logits[0]).all())
     details = defenses.removal_report(result, positions)
     poison_probability = float(jax.nn.softmax(query_logits[0])[base_class])  # the target
   else:  # dpa_roe
     models, parts = defenses.train_partition_models(key, images, labels,
                                                     defense.dpa_partitions, victim)
     scores = np.asarray(classifier.logits(models, queries))
+    # A diverged base classifier (NaN logits) breaks the ensemble: the trial is flagged, and
+    # the vote still counted (that classifier's scores zeroed, a vote for class 0, as an
+    # argmax of NaN would be) so that the record is complete.
+    finite = classifier.finite_models(models) & np.isfinite(scores).all(axis=(1, 2))
+    broken = not finite.all()
+    scores = np.where(finite[:, None, None], scores, 0.0)
     roe, plain = defenses.roe_certify(scores), defenses.dpa_certify(scores)
     predictions = roe.prediction
     poison_probability = None  # no single victim; the base classifiers' votes stand for it
@@ -514,10 +525,11 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
                "dpa_clean_accuracy": float((plain.prediction[1:1 + num_eval]
                                             == eval_labels).mean()),
                "partition_sizes": [int(parts.sizes.min()), int(parts.sizes.max())],
-               "poison_class_votes": float((scores[:, 0].argmax(-1) == base_class).mean())}
+               "poison_class_votes": float((scores[:, 0].argmax(-1) == base_class).mean()),
+               "diverged_base_classifiers": int((~finite).sum())}
   out = {"target_prediction": int(predictions[0]),
          "clean_accuracy": float((predictions[1:1 + num_eval] == eval_labels).mean()),
-         "details": details}
+         "details": details, "diverged": broken}
   if poison_probability is not None:
     out["target_poison_probability"] = poison_probability
   if sources is not None:
@@ -550,11 +562,14 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
   keys = [trial_key(config.seed, i) for i in trials]
   targets, sources = [], []
   for p, index in zip(poison_sets, trials):
-    if p.attack == "sleeper_agent":
+    if p.attack in ("sleeper_agent", NO_POISON):
       trial = attacks.Trial(p.target_index, p.target_class, p.base_class, p.indices)
-      target, patched = patched_source_tests(config, dataset, trial, index,
-                                             attacks.config_from_dict(p.attack, p.config))
-      targets.append(target)
+      trigger = (attacks.config_from_dict(p.attack, p.config) if p.attack == "sleeper_agent"
+                 else config.attack_config("sleeper_agent"))
+      target, patched = patched_source_tests(config, dataset, trial, index, trigger)
+      # The control's target stays clean (its success is Witches' Brew's control).
+      targets.append(target if p.attack == "sleeper_agent"
+                     else np.asarray(dataset.x_test[p.target_index]))
       sources.append(patched)
     else:
       targets.append(np.asarray(dataset.x_test[p.target_index]))
@@ -580,7 +595,8 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     remaining = victim.replace(epochs=victim.epochs - config.warm_start_epochs, reinit_head=False)
     train_keys = jnp.stack([jax.random.fold_in(k, 1) for k in train_keys])
   out = [{"target_prediction": [], "clean_accuracy": [], "source_success": [],
-          "defense_details": [], "target_poison_probability": []} for _ in range(num)]
+          "defense_details": [], "target_poison_probability": [], "diverged": []}
+         for _ in range(num)]
   for s, sigma in enumerate(config.sigmas):
     denoised = [_denoise(denoiser, tampered[i], sigma, denoise_key(keys[i], s),
                          config.denoise_batch_size) for i in range(num)]
@@ -595,6 +611,7 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
         out[i]["target_prediction"].append(score["target_prediction"])
         out[i]["clean_accuracy"].append(score["clean_accuracy"])
         out[i]["defense_details"].append(score["details"])
+        out[i]["diverged"].append(score["diverged"])
         if "source_success" in score:
           out[i]["source_success"].append(score["source_success"])
         if "target_poison_probability" in score:
@@ -603,7 +620,7 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     images = np.stack(denoised)[order]
     models = _train(remaining, train_keys, images, train_labels, init)
     own_logits = common.own_target_logits(models, targets)
-    predictions, accuracy = (np.asarray(a) for a in common.score_victims(
+    predictions, accuracy, broken = (np.asarray(a) for a in common.score_victims(
         models, targets, eval_images, eval_labels, own_logits))
     # Each victim's softmax on its own trial's target: how far the attack moved it, even where
     # the prediction did not change (the effect a handful of trials can show).
@@ -611,6 +628,7 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
     for i in range(num):
       out[i]["target_prediction"].append(int(predictions[i]))
       out[i]["clean_accuracy"].append(float(accuracy[i]))
+      out[i]["diverged"].append(bool(broken[i]))
       out[i]["target_poison_probability"].append(
           float(own_probabilities[i, poison_sets[i].base_class]))
       if sources[i] is not None:
@@ -762,7 +780,7 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
           "num_poisons": poison_set.num_poisons, "train_size": int(subset.size),
           "sigmas": list(config.sigmas), "target_prediction": score["target_prediction"],
           "success": [p == poison_set.base_class for p in score["target_prediction"]],
-          "clean_accuracy": score["clean_accuracy"],
+          "clean_accuracy": score["clean_accuracy"], "diverged": score["diverged"],
           "victim": config.victim_config.model,
           "crafted_on": f"{config.num_surrogates} × {config.surrogate_config.model}",
           "poison_file": str(poison_path(out_dir, attack, i).relative_to(out_dir)),
@@ -771,6 +789,10 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
         record["target_poison_probability"] = score["target_poison_probability"]
       if attack == "sleeper_agent":
         record["success_measure"] = "the single patched source test image (target_index)"
+        record["source_success"] = score["source_success"]
+      if attack == NO_POISON:
+        record["source_measure"] = ("source-class test images with Sleeper Agent's trigger "
+                                    "pasted as in this trial, no poisons")
         record["source_success"] = score["source_success"]
       record.update(common.defense_fields(defense, score["defense_details"],
                                           train_config=victim_config,
@@ -796,8 +818,9 @@ def _per_sigma_means(results: Sequence[dict], field: str, title: str, columns: S
     if field not in record:
       continue
     key = tuple(record.get(c, defaults.get(c)) for c in columns)
-    for sigma, value in zip(record["sigmas"], record[field]):
-      rows.setdefault(key, {}).setdefault(float(sigma), []).append(value)
+    for sigma, value, broken in zip(record["sigmas"], record[field], common.diverged(record)):
+      if not broken:  # a diverged victim's numbers are NaN's argmaxes (counted in the table)
+        rows.setdefault(key, {}).setdefault(float(sigma), []).append(value)
   if not rows:
     return ""
   sigmas = sorted({s for cells in rows.values() for s in cells})
@@ -818,7 +841,8 @@ def render_source_table(results: Sequence[dict]) -> str:
   classified as the target class, per row and σ (Markdown); "" without such records."""
   return _per_sigma_means(
       results, "source_success", "Sleeper Agent, patched source-class test images classified "
-      "as the target class (mean over trials):", ("scenario", "bound", "finetune", "defense"),
+      "as the target class (mean over trials; the no-poison control: the trigger without "
+      "poisons):", ("attack", "scenario", "bound", "finetune", "defense"),
       lambda rate: f"{100 * rate:.1f}%")
 
 

@@ -477,7 +477,7 @@ def finetune_train_config(victim, finetune: FineTuneConfig):
 def _finetune_and_score(train_config, keys, images, labels, init, targets, eval_images,
                         eval_labels):
   """Fine-tunes M victims (`train_models`: compiled once per shape, and on the CPU with the
-  steps called from Python, see TrainConfig.loop) and scores them."""
+  steps called from Python, see TrainConfig.loop) and scores them (`score_victims`)."""
   # The labels are the same for every trial (clean-label poisons keep the bases' labels);
   # given per model, [M, N], like the images.
   labels = np.broadcast_to(labels, images.shape[:2])
@@ -509,7 +509,7 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
                        pool=eval_pool)
   eval_images = dataset.x_test[subset]
   eval_labels = dataset.y_test[subset]
-  out = [{"target_prediction": [], "clean_accuracy": [], "defense_details": []}
+  out = [{"target_prediction": [], "clean_accuracy": [], "defense_details": [], "diverged": []}
          for _ in range(num)]
   for s, sigma in enumerate(config.sigmas):
     images = np.stack([_denoise(denoiser, poisoned[i], sigma, denoise_key(keys[i], s),
@@ -523,22 +523,24 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
                                           rule=defense.knn_rule,
                                           num_classes=victim.config.num_classes)
         kept = np.flatnonzero(result.keep)
-        predictions, accuracy = _finetune_and_score(
+        predictions, accuracy, broken = _finetune_and_score(
             train_config, train_keys[i:i + 1], images[i][kept][None],
             np.asarray(finetune_labels)[kept], victim, targets[i:i + 1], eval_images,
             eval_labels)
         out[i]["target_prediction"].append(int(np.asarray(predictions)[0]))
         out[i]["clean_accuracy"].append(float(np.asarray(accuracy)[0]))
+        out[i]["diverged"].append(bool(broken[0]))
         out[i]["defense_details"].append(defenses.removal_report(
             result, np.searchsorted(finetune_indices, poison_sets[i].indices)))
       continue
-    predictions, accuracy = _finetune_and_score(train_config, train_keys, images,
-                                                finetune_labels, victim, targets, eval_images,
-                                                eval_labels)
+    predictions, accuracy, broken = _finetune_and_score(train_config, train_keys, images,
+                                                        finetune_labels, victim, targets,
+                                                        eval_images, eval_labels)
     predictions, accuracy = np.asarray(predictions), np.asarray(accuracy)
     for i in range(num):
       out[i]["target_prediction"].append(int(predictions[i]))
       out[i]["clean_accuracy"].append(float(accuracy[i]))
+      out[i]["diverged"].append(bool(broken[i]))
   return out
 
 
@@ -709,6 +711,7 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
         "target_prediction": score["target_prediction"],
         "success": [p == poison_set.base_class for p in score["target_prediction"]],
         "clean_accuracy": score["clean_accuracy"],
+        "diverged": score["diverged"],
         "victim": victim.config.model,
         "crafted_on": surrogate_label if attack == "label_consistent" else crafted_on,
         "pretraining": victim_meta.get("pretraining", victim_meta["source"]),

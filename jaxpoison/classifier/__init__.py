@@ -15,6 +15,7 @@ from jaxpoison.classifier.api import (
     evaluate,
     feature_extractor,
     features,
+    finite_models,
     load_models,
     logits,
     logits_extractor,
@@ -50,7 +51,7 @@ from jaxpoison.classifier.train import (
 __all__ = [
     "Airbench94", "CheckpointMismatchError", "InsufficientMemoryError", "ResNet18",
     "TrainConfig", "TrainedModels", "airbench94_config", "conservative_config", "create_model", "device_memory_limit",
-    "estimate_bytes", "evaluate", "feature_extractor", "features", "head_lr_scale_for",
+    "estimate_bytes", "evaluate", "feature_extractor", "features", "finite_models", "head_lr_scale_for",
     "load_models", "logits", "logits_extractor", "gradient_model",
     "lr_factor", "make_train_fn", "make_train_parts", "plan_models_per_step", "predict",
     "privatize_gradients",

@@ -394,6 +394,18 @@ def evaluate(models: TrainedModels, images, labels, *, batch_size: int = 1000) -
   return jnp.mean(pred == labels[None, :], axis=1, dtype=jnp.float32)
 
 
+def finite_models(models: TrainedModels) -> np.ndarray:
+  """Whether each model's parameters and statistics are all finite, bool [M]: False marks a
+  model whose training diverged (its predictions are argmaxes of NaN, not a classifier's)."""
+  if not isinstance(models, TrainedModels):
+    raise TypeError(f"models: expected TrainedModels, got {type(models).__name__}")
+  finite = np.ones(models.num_models, bool)
+  for leaf in jax.tree.leaves(models.state):
+    if jnp.issubdtype(leaf.dtype, jnp.inexact):
+      finite &= np.asarray(jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1))
+  return finite
+
+
 # ----------------------------------------------------------------------------- collections
 
 

@@ -9,7 +9,10 @@ suggestion) where it does not (`../shared/specs/round2.md` §4):
   (or, `dp_norm` "frozen_batch", batch norm frozen at its running statistics: victims that
   continue from a batch-norm network).
 * adversarial_training: PGD-7, ε = 4/255, step ε/4 = 1/255, adversarial examples only.
-* friends: friendly noise at epoch 0, Bernoulli ±8/255 (the reference's defaults).
+* friends: friendly noise at epoch 0 (30 steps at `friendly_lr` 100), Bernoulli ±8/255 (the
+  reference's defaults). The step size is the one setting that depends on the network: the
+  reference's 100 suits its ResNet-18; a network with larger input gradients (airbench's
+  whitening) overshoots to the bound and the noise stops being friendly (BENCHMARKS.md).
 * dpa_roe: k = 250 hash partitions, one base classifier each (the victim's recipe); the
   prediction is the run-off election's, with DPA's plurality recorded beside it.
 """
@@ -32,6 +35,9 @@ __all__ = ["DEFENSES", "DefenseConfig", "TRAINING_DEFENSES"]
 DEFENSES = ("none", "deep_knn", "dp_sgd", "adversarial_training", "friends", "dpa_roe")
 # Defenses that only change the victim's training recipe.
 TRAINING_DEFENSES = ("dp_sgd", "adversarial_training", "friends")
+# Settings added after records were written without them, with the value those records used:
+# `settings()` leaves one out while it has that value, so the old records keep their identity.
+ADDED_FIELDS = {"dp_norm": "group", "friendly_lr": 100.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +54,7 @@ class DefenseConfig:
   adversarial_steps: int = 7
   adversarial_step_size: float = 1 / 255
   friendly_begin_epoch: int = 0
+  friendly_lr: float = 100.0
   dpa_partitions: int = 250
 
   def __post_init__(self):
@@ -59,7 +66,8 @@ class DefenseConfig:
       _store(self, field, check_positive(field, getattr(self, field), integer=True))
     _store(self, "friendly_begin_epoch", check_positive(
         "friendly_begin_epoch", self.friendly_begin_epoch, integer=True, allow_zero=True))
-    for field in ("dp_clip_norm", "adversarial_epsilon", "adversarial_step_size"):
+    for field in ("dp_clip_norm", "adversarial_epsilon", "adversarial_step_size",
+                  "friendly_lr"):
       _store(self, field, check_positive(field, getattr(self, field)))
     _store(self, "dp_noise_multiplier", check_positive(
         "dp_noise_multiplier", self.dp_noise_multiplier, allow_zero=True))
@@ -80,7 +88,8 @@ class DefenseConfig:
       return adversarial_config(config, self.adversarial_epsilon, self.adversarial_steps,
                                 self.adversarial_step_size)
     if self.name == "friends":
-      return friends_config(config, begin_epoch=self.friendly_begin_epoch)
+      return friends_config(config, begin_epoch=self.friendly_begin_epoch,
+                            lr=self.friendly_lr)
     return config
 
   def settings(self) -> dict[str, Any]:
@@ -91,9 +100,9 @@ class DefenseConfig:
     if prefix:
       out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name.startswith(prefix)})
-    if out.get("dp_norm") == "group":
-      # Added after records were written without it; they used group norm.
-      del out["dp_norm"]
+    for field, before in ADDED_FIELDS.items():
+      if field in out and out[field] == before:
+        del out[field]
     return out
 
   def label(self) -> str:
@@ -107,7 +116,8 @@ class DefenseConfig:
       return (f"AT (PGD-{self.adversarial_steps}, ε = "
               f"{round(self.adversarial_epsilon * 255, 2):g}/255)")
     if self.name == "friends":
-      return "FrieNDs"
+      return "FrieNDs" + ("" if self.friendly_lr == ADDED_FIELDS["friendly_lr"] else
+                          f" (friendly lr {self.friendly_lr:g})")
     if self.name == "dpa_roe":
       return f"DPA + ROE (k = {self.dpa_partitions})"
     return "none"
