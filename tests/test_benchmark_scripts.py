@@ -201,3 +201,32 @@ def test_bench_sep_times_both_loops_and_they_agree(capsys):
   with pytest.raises(SystemExit) as info:
     cli.run(_script("bench_sep").main, ["--widths", "4,8"])
   assert info.value.code == 2 and "--widths" in capsys.readouterr().err
+
+
+def test_friendly_noise_check_reports_each_step_size(tmp_path, capsys):
+  import jax
+  from jaxpoison import classifier, defenses
+  data = _tiny_cifar(tmp_path)
+  arrays = np.load(data)
+  config = classifier.tiny_config(epochs=1, batch_size=32, whitening_images=64)
+  models = classifier.train_models(jax.random.split(jax.random.key(0), 1), arrays["x_train"],
+                                   arrays["y_train"], config)
+  classifier.save_models(tmp_path / "models", models)
+  out = _main_output(capsys, "friendly_noise_check",
+                     ["--checkpoint", str(tmp_path / "models"), "--data", str(data),
+                      "--lrs", "100,1", "--num_images", "8"])
+  rows = [line for line in out.splitlines() if re.match(r"\| [\d.]+ \|", line)]
+  assert [row.split(" | ")[0] for row in rows] == ["| 100", "| 1"]
+  index = np.random.default_rng(1).choice(32, 8, replace=False)
+  report = defenses.friendliness(models, arrays["x_test"][index], jax.random.key(3), lr=1.0)
+  assert rows[1] == (f"| 1 | {report.mean_abs[0]:.2f} | {100 * report.at_bound[0]:.1f}% | "
+                     f"{100 * report.kept[0]:.1f}% |")
+  clean = (np.asarray(classifier.predict(models, arrays["x_test"][index]))[0]
+           == arrays["y_test"][index]).mean()
+  assert out.startswith(f"8 test images: accuracy {100 * clean:.1f}% clean, ")
+  for argv, match in ((["--lrs", "0"], "positive step sizes"),
+                      (["--checkpoint", str(tmp_path / "none")], "none")):
+    with pytest.raises(SystemExit) as info:
+      cli.run(_script("friendly_noise_check").main,
+              ["--checkpoint", str(tmp_path / "models"), "--data", str(data), *argv])
+    assert info.value.code == 2 and match in capsys.readouterr().err

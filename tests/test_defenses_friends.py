@@ -130,3 +130,30 @@ def test_friendly_noise_of_trained_models_and_errors():
     classifier.tiny_config(noise="bernoulli")
   with pytest.raises(ValueError, match="noise: expected"):
     classifier.tiny_config(noise="salt", noise_scale=0.1)
+
+
+def test_friendliness_measures_size_bound_and_kept_predictions():
+  images, labels = _data(32)
+  config = classifier.tiny_config(num_classes=3, epochs=1, batch_size=16, whitening_images=16)
+  models = classifier.train_models(jax.random.split(jax.random.key(0), 2), images, labels,
+                                   config)
+  options = dict(steps=3, lr=50.0, batch_size=8)
+  report = friends.friendliness(models, images[:12], jax.random.key(1), **options)
+  # The same noise friendly_noise gives, measured independently.
+  noise = np.asarray(friends.friendly_noise(models, images[:12], jax.random.key(1), **options))
+  x = images[:12].astype(np.float32) / 255
+  np.testing.assert_allclose(report.mean_abs, np.abs(noise).reshape(2, -1).mean(1) * 255,
+                             rtol=1e-5)
+  np.testing.assert_allclose(report.at_bound, (np.abs(noise) >= 15.5 / 255).reshape(2, -1)
+                             .mean(1))
+  for m in range(2):
+    one = classifier.select(models, m)
+    expected = (np.asarray(classifier.predict(one, np.clip(x + noise[m], 0, 1)))[0]
+                == np.asarray(classifier.predict(one, images[:12]))[0]).mean()
+    assert report.kept[m] == pytest.approx(expected)
+  # A zero-size step keeps the uniform start: nothing at the bound, mean |δ| ≈ 4/255.
+  still = friends.friendliness(models, images[:12], jax.random.key(1), steps=3, lr=1e-12,
+                               batch_size=8)
+  np.testing.assert_array_equal(still.at_bound, 0.0)
+  # 2·12·3072 draws of |U(±8)|: mean 4 grey levels, standard error ≈ 0.01.
+  np.testing.assert_allclose(still.mean_abs, 4.0, atol=0.1)

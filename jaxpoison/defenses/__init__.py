@@ -11,7 +11,8 @@ benchmarks apply it (`--defense`).
   place of batch norm; `dp_sgd_config`) and its privacy accounting (`privacy_spent`,
   `noise_multiplier_for_epsilon`, with dp-accounting).
 * `friends`: FrieNDs (friendly noise computed mid-run by the trainer, then random noise on
-  every batch; `friends_config`, `friendly_noise`).
+  every batch; `friends_config`, `friendly_noise`; `friendliness`: whether the noise's step
+  size suits a network).
 * `dpa`: Deep Partition Aggregation over a hash partition (`train_partition_models`: one base
   classifier per part, trained together) with plain DPA's and the run-off election's
   certificates (`dpa_certify`, `roe_certify`).
@@ -24,7 +25,7 @@ from jaxpoison.defenses.config import DEFENSES, TRAINING_DEFENSES, DefenseConfig
 from jaxpoison.defenses.deep_knn import (DeepKnnResult, deep_knn_filter, neighbour_label_counts,
                                          removal_report)
 from jaxpoison.defenses.dp_sgd import dp_sgd_config, noise_multiplier_for_epsilon, privacy_spent
-from jaxpoison.defenses.friends import friendly_noise, friends_config
+from jaxpoison.defenses.friends import Friendliness, friendliness, friendly_noise, friends_config
 from jaxpoison.defenses.iss import ISS_JPEG_QUALITY, iss_grayscale, iss_jpeg
 from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet, dpa_certify,
                                     hash_partition, partition_training_sets,
@@ -33,7 +34,8 @@ from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet
 
 __all__ = [
     "DEFENSES", "DefenseConfig", "TRAINING_DEFENSES", "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
-    "deep_knn_filter", "dp_sgd_config", "dpa_certify", "friendly_noise", "friends_config",
+    "deep_knn_filter", "dp_sgd_config", "dpa_certify", "Friendliness", "friendliness",
+    "friendly_noise", "friends_config",
     "ISS_JPEG_QUALITY", "hash_partition", "iss_grayscale", "iss_jpeg",
     "neighbour_label_counts", "noise_multiplier_for_epsilon", "partition_training_sets",
     "partitioned_certified_accuracy", "pgd_linf", "privacy_spent", "removal_report",

@@ -20,17 +20,21 @@ the decay on norms and biases and the second milestone (24).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxpoison._checks import check_images
-from jaxpoison.classifier.api import _as_unit
+from jaxpoison.classifier.api import _as_unit, predict, select
 from jaxpoison.classifier.config import TrainConfig
 from jaxpoison.classifier.friendly import chunked_friendly_noise, friendly_perturbation
 from jaxpoison.classifier.train import TrainedModels
 
-__all__ = ["friendly_noise", "friendly_perturbation", "friends_config"]
+__all__ = ["Friendliness", "friendliness", "friendly_noise", "friendly_perturbation",
+           "friends_config"]
 
 
 def friends_config(config: TrainConfig, *, begin_epoch: int = 0, noise: str = "bernoulli",
@@ -74,3 +78,33 @@ def _friendly_noise(models, images, key, *, steps, lr, mu, clamp, init, batch):
     return jax.vmap(one_model)(state, keys)
 
   return run(models.state, key, images)
+
+
+class Friendliness(NamedTuple):
+  """How friendly each model's friendly noise is on a set of images (each field [M]).
+
+  mean_abs: mean |δ| in grey levels (0–255 units); at_bound: fraction of pixels with |δ| at the
+  clamp (within half a grey level); kept: fraction of images whose prediction the noise leaves
+  unchanged (the model on clip(x + δ) against the model on x).
+  """
+  mean_abs: np.ndarray
+  at_bound: np.ndarray
+  kept: np.ndarray
+
+
+def friendliness(models: TrainedModels, images, key, *, steps: int = 30, lr: float = 100.0,
+                 mu: float = 1.0, clamp: float = 16 / 255, init: float = 8 / 255,
+                 batch_size: int = 512) -> Friendliness:
+  """Measures `friendly_noise` (same arguments) on `images`: whether its step size suits the
+  network. An optimization that overshoots leaves |δ| at the clamp (whose gradient is zero
+  outside it) and changes predictions, and is then not the friendly noise FrieNDs means; the
+  reference's lr = 100 is tuned to its ResNet-18 (BENCHMARKS.md, issue 16)."""
+  noise = np.asarray(friendly_noise(models, images, key, steps=steps, lr=lr, mu=mu, clamp=clamp,
+                                    init=init, batch_size=batch_size))
+  x = np.asarray(_as_unit(images))
+  clean = np.asarray(predict(models, x))
+  kept = [float((np.asarray(predict(select(models, m), np.clip(x + noise[m], 0.0, 1.0)))[0]
+                 == clean[m]).mean()) for m in range(models.num_models)]
+  magnitude = np.abs(noise).reshape(models.num_models, -1)
+  return Friendliness(mean_abs=magnitude.mean(1) * 255.0,
+                      at_bound=(magnitude >= clamp - 0.5 / 255).mean(1), kept=np.asarray(kept))
