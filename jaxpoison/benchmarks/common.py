@@ -651,6 +651,13 @@ def own_target_logits(models, targets):
   return jax.numpy.diagonal(classifier.logits(models, targets), axis1=0, axis2=1).T
 
 
+def finite_victims(models, logits) -> np.ndarray:
+  """Whether each model trained without diverging, bool [M]: its weights and `logits`
+  ([M, ..., C], the model axis first) all finite."""
+  logits = np.asarray(logits)
+  return classifier.finite_models(models) & np.isfinite(logits).reshape(len(logits), -1).all(1)
+
+
 def score_victims(models, targets, eval_images, eval_labels, own_logits=None):
   """(model m's prediction of target m [M], each model's accuracy on the eval images [M],
   whether model m diverged [M] (non-finite weights or logits on its target; see
@@ -658,7 +665,7 @@ def score_victims(models, targets, eval_images, eval_labels, own_logits=None):
   if own_logits is None:
     own_logits = own_target_logits(models, targets)
   predictions = jax.numpy.argmax(own_logits, axis=-1).astype(jax.numpy.int32)
-  broken = ~(classifier.finite_models(models) & np.isfinite(np.asarray(own_logits)).all(-1))
+  broken = ~finite_victims(models, own_logits)
   return predictions, classifier.evaluate(models, eval_images, eval_labels), broken
 
 

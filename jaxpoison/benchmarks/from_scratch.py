@@ -502,8 +502,8 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
     query_logits = np.asarray(classifier.logits(model, queries))[0]  # predict's argmax input
     predictions = query_logits.argmax(-1)
     # A diverged extractor's NaN features make the filter's removals meaningless too.
-    broken = not (classifier.finite_models(extractor)[0] and classifier.finite_models(model)[0]
-                  and np.isfinite(query_logits[0]).all())
+    broken = not (classifier.finite_models(extractor)[0]
+                  and common.finite_victims(model, query_logits[None, 0])[0])
     details = defenses.removal_report(result, positions)
     poison_probability = float(jax.nn.softmax(query_logits[0])[base_class])  # the target
   else:  # dpa_roe
@@ -513,7 +513,7 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
     # A diverged base classifier (NaN logits) breaks the ensemble: the trial is flagged, and
     # the vote still counted (that classifier's scores zeroed, a vote for class 0, as an
     # argmax of NaN would be) so that the record is complete.
-    finite = classifier.finite_models(models) & np.isfinite(scores).all(axis=(1, 2))
+    finite = common.finite_victims(models, scores)
     broken = not finite.all()
     scores = np.where(finite[:, None, None], scores, 0.0)
     roe, plain = defenses.roe_certify(scores), defenses.dpa_certify(scores)
