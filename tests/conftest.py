@@ -1,8 +1,5 @@
-import atexit
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from unittest import mock
 
@@ -21,14 +18,11 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_backend_optimization_level=1").strip()
 
-# One persistent XLA compilation cache per test session, shared by the pytest-xdist workers
-# (they inherit this environment from the controlling process) and by the scripts the tests
-# start as subprocesses: test_certify_script runs the same certify programs several times, and
-# compiling is about half of each run on a CPU. A fresh directory keeps sessions independent.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _cache_dir = tempfile.mkdtemp(prefix="jaxpoison-test-xla-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
-  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+# No persistent XLA compilation cache (JAX_COMPILATION_CACHE_DIR) in the test session: writing
+# an entry serializes the compiled executable, and jaxlib 0.10.2's XLA:CPU serializer crashed a
+# pytest-xdist worker with a segmentation fault in CI (stop 32, in
+# compilation_cache.put_executable_and_time). The shared cache had stopped paying for itself:
+# the whole suite took 859 s without it on 2 quiet cores, about what it took with it.
 
 
 REPO = Path(__file__).resolve().parent.parent
