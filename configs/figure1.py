@@ -18,8 +18,10 @@ What to expect: the paper reports clean accuracy from 92% (σ = 0.1) down to 58%
 35.7M-parameter DDPM (convert google/ddpm-cifar10-32 or improved-diffusion's CIFAR-10 model
 with scripts/convert_checkpoint.py and pass --denoiser for that comparison), and a budget of
 1.7 GPU-days (15 s per model on an A100). With all 2,500 models agreeing the largest certifiable
-radius is σ·Φ⁻¹(0.001^(1/2400)) ≈ 2.76σ. Expected time on one GPU: BENCHMARKS.md ("Issue 13",
-full-scale estimate; no GPU figure has been measured yet).
+radius is σ·Φ⁻¹(0.001^(1/2400)) ≈ 2.76σ. Expected time on one GPU (BENCHMARKS.md, "Issue 13",
+"Figure 1 at full scale"; an estimate from measured arithmetic and airbench's published A100
+times, no GPU having been lent): about 4–4.4 s per model on an A100, 11–12 A100-hours for the
+first command and 5.3 more for the noise-only one; scripts/gpu_check.py measures s/model.
 """
 
 from jaxpoison.pipeline import CertifyConfig
