@@ -27,15 +27,12 @@ an early-training gap need not be a capacity gap, so the run's own evaluation de
 """
 
 import dataclasses
-import importlib.util
 from pathlib import Path
+
+from jaxpoison.cli import load_config_file
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "default_denoiser", Path(__file__).with_name("default_denoiser.py"))
-  shipped = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(shipped)
-  config = shipped.get_config()
+  config = load_config_file(Path(__file__).with_name("default_denoiser.py"))
   return dataclasses.replace(
       config, unet=dataclasses.replace(config.unet, block_out_channels=(32, 64, 128, 128)))

@@ -12,15 +12,12 @@ BENCHMARKS.md "Issue 13"): training loss 0.0515 / 0.0496 at steps 350 / 400 (the
 """
 
 import dataclasses
-import importlib.util
 from pathlib import Path
+
+from jaxpoison.cli import load_config_file
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "denoiser_pilot", Path(__file__).with_name("denoiser_pilot.py"))
-  pilot = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(pilot)
-  config = pilot.get_config()
+  config = load_config_file(Path(__file__).with_name("denoiser_pilot.py"))
   return dataclasses.replace(
       config, unet=dataclasses.replace(config.unet, block_out_channels=(32, 64, 128, 128)))
