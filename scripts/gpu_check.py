@@ -10,7 +10,9 @@ per model, sequential against vmap at M = 1, 4, 16 (airbench94, full width, batc
 memory planner's choice; one full airbench94 run of 4 models (test accuracy with TTA; needs
 --data); one end-to-end certification chunk and its split; diffusers' UNet on the same GPU
 where PyTorch with CUDA is importable; ECLIPSE's purification (100 reverse steps, the paper's
-52.5M UNet size, batch 500) in both loops and dtypes beside the authors' PyTorch loop. No internet and no extra wheels are needed. Prints the
+52.5M UNet size, batch 500) in both loops and dtypes beside the authors' PyTorch loop; the
+embedded denoiser's training step (shipped and double-width UNet, batch 64) and the minutes
+24,000 steps take. No internet and no extra wheels are needed. Prints the
 BENCHMARKS.md block, and writes it (gpu_check.md) and every figure (gpu_check.json) to --out.
 Stages that would start after the budget are skipped and say so.
 """

@@ -4,6 +4,7 @@ cannot rot before a GPU is lent; its JSON and Markdown hold every stage."""
 import json
 
 import numpy as np
+import pytest
 
 from jaxpoison.data import CIFAR10_LABEL_NAMES
 
@@ -22,7 +23,8 @@ def test_dry_run_runs_every_stage(tmp_path, capsys, run_script):
   assert code == 0, printed.err[-3000:]
   results = json.loads((out / "gpu_check.json").read_text())
   assert results["dry_run"] and results["environment"]["backend"] == "cpu"
-  for stage in ("denoise", "trainer", "planner", "accuracy", "certify", "peers", "eclipse"):
+  for stage in ("denoise", "trainer", "planner", "accuracy", "certify", "peers", "eclipse",
+                "denoiser_training"):
     assert stage in results and "error" not in results[stage], (stage, results[stage])
   # Denoising: f32 and bf16 measured with XLA's attention; cuDNN's refused on the CPU, saying why.
   measured = {(r["dtype"], r["attention"]) for r in results["denoise"] if "img_per_s" in r}
@@ -45,6 +47,12 @@ def test_dry_run_runs_every_stage(tmp_path, capsys, run_script):
   assert all(r["img_per_s"] > 0 and r["ratio_torch_over_jax"] > 0 for r in eclipse.values())
   assert eclipse[("scan", "float32")]["max_grey_level_diff"] <= 1.0
   assert eclipse[("host", "float32")]["max_grey_level_diff"] <= 1.0
+  # Denoiser training: the stepwise chunk (on the CPU) trained and was timed.
+  (training,) = results["denoiser_training"]
+  assert training["finite_loss"] and training["ms_per_step"] > 0 and training["batch"] == 64
+  assert training["minutes_for_24000_steps"] == pytest.approx(
+      training["ms_per_step"] * 24_000 / 60_000)
   block = (out / "gpu_check.md").read_text()
   assert "**ECLIPSE purification" in block
   assert "DRY RUN" in block and "**Trainer**" in block and block in printed.out
+  assert "**Denoiser training" in block

@@ -21,6 +21,10 @@ Stages, in the order they run (a deadline skips whatever no longer fits, and say
    (`scan`) and the host loop, float32 and bfloat16, beside the authors' PyTorch loop on the
    same GPU, weights, images and noise where PyTorch with CUDA is importable
    (`benchmarks.purification_speed`).
+8. denoiser_training: ms per step of the embedded denoiser's training recipe (batch 64, the
+   σ-weighted loss, AdamW, EMA; one scanned chunk) for the shipped UNet and the candidate at
+   double width (configs/default_denoiser_wide.py), and the minutes their 24,000 steps take:
+   what training the next default on this GPU costs (issue 13; 9–10 h on 2 CPU cores).
 
 Every stage's figures go to one JSON-able dict; `markdown(results)` renders the block for
 BENCHMARKS.md. `dry_run=True` runs every stage at toy sizes (a CPU test runs it).
@@ -64,6 +68,8 @@ class CheckSizes:
   eclipse_unet: diffusion.UNetConfig
   eclipse_batch: int
   eclipse_t_star: int
+  denoiser_unets: tuple[tuple[str, diffusion.UNetConfig], ...]
+  denoiser_train_steps: int
 
   @classmethod
   def full(cls) -> "CheckSizes":
@@ -73,7 +79,8 @@ class CheckSizes:
                accuracy_models=4, accuracy_trainer=trainer, certify_trainer=trainer,
                # Two chunks of 8 (the first compiles): about 2.5 min on an H100, within budget.
                certify_num_train=50_000, certify_models=8, peer_batch=1000,
-               eclipse_unet=eclipse_paper_size_unet(), eclipse_batch=500, eclipse_t_star=100)
+               eclipse_unet=eclipse_paper_size_unet(), eclipse_batch=500, eclipse_t_star=100,
+               denoiser_unets=default_denoiser_unets(), denoiser_train_steps=50)
 
   @classmethod
   def dry(cls) -> "CheckSizes":
@@ -90,7 +97,23 @@ class CheckSizes:
                certify_num_train=128, certify_models=3, peer_batch=4,
                eclipse_unet=dataclasses.replace(unet, out_channels=6, attention_resolutions=(),
                                                 mid_attention=False, scale_shift_norm=True),
-               eclipse_batch=4, eclipse_t_star=5)
+               eclipse_batch=4, eclipse_t_star=5,
+               denoiser_unets=(("tiny", unet),), denoiser_train_steps=2)
+
+
+# configs/default_denoiser_wide.py's widths: the shipped UNet's first three levels doubled.
+WIDE_DENOISER_CHANNELS = (32, 64, 128, 128)
+# The embedded default's recipe (configs/default_denoiser.py).
+DENOISER_TRAIN_BATCH = 64
+DENOISER_TRAIN_STEPS = 24_000
+
+
+def default_denoiser_unets() -> tuple[tuple[str, diffusion.UNetConfig], ...]:
+  """The shipped default's UNet (as recorded with its weights) and the double-width candidate."""
+  shipped = diffusion.default_denoiser().unet
+  return (("shipped default", shipped),
+          ("double width", dataclasses.replace(shipped,
+                                               block_out_channels=WIDE_DENOISER_CHANNELS)))
 
 
 def eclipse_paper_size_unet() -> diffusion.UNetConfig:
@@ -364,6 +387,41 @@ def eclipse_stage(sizes: CheckSizes, deadline: Deadline) -> list[dict]:
   return rows
 
 
+def denoiser_training_stage(sizes: CheckSizes, deadline: Deadline, rng) -> list[dict]:
+  """ms per training step of each UNet in `sizes.denoiser_unets` at the default's recipe."""
+  images = jax.device_put(_images(rng, 512))
+  # As train_denoiser runs a chunk: one scanned program, but step by step on XLA:CPU (where
+  # convolutions inside a while loop take a far slower path).
+  on_cpu = jax.default_backend() == "cpu"
+  chunk = diffusion.train.train_chunk_stepwise if on_cpu else diffusion.train.train_chunk
+  rows = []
+  for name, unet in sizes.denoiser_unets:
+    if not deadline.allows(60):
+      rows.append({"unet": name, "skipped": "out of time"})
+      continue
+    cfg = diffusion.DenoiserTrainConfig(
+        unet=unet, schedule=diffusion.linear_schedule(), batch_size=DENOISER_TRAIN_BATCH,
+        loss_weight_exponent=0.4, num_steps=DENOISER_TRAIN_STEPS,
+        steps_per_chunk=sizes.denoiser_train_steps)
+    state = diffusion.init_train_state(cfg)
+    params = sum(int(v.size) for v in state.params.values())
+    n = sizes.denoiser_train_steps
+    start = time.perf_counter()
+    state, losses = chunk(state, images, cfg, n)  # compiles; the state is donated
+    jax.block_until_ready(losses)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    state, losses = chunk(state, images, cfg, n)
+    jax.block_until_ready(losses)
+    per_step = (time.perf_counter() - start) / n
+    rows.append({"unet": name, "channels": "/".join(map(str, unet.block_out_channels)),
+                 "params": params, "batch": DENOISER_TRAIN_BATCH, "ms_per_step": 1e3 * per_step,
+                 "minutes_for_24000_steps": per_step * DENOISER_TRAIN_STEPS / 60,
+                 "compile_s": first - n * per_step,
+                 "finite_loss": bool(np.isfinite(np.asarray(losses)).all())})
+  return rows
+
+
 def run(*, dry_run: bool = False, data=None, budget_s: float = 480.0, log=print) -> dict:
   """Every stage in order within `budget_s` seconds; returns the results dict."""
   sizes = CheckSizes.dry() if dry_run else CheckSizes.full()
@@ -376,7 +434,8 @@ def run(*, dry_run: bool = False, data=None, budget_s: float = 480.0, log=print)
             ("accuracy", lambda: accuracy_stage(sizes, data, deadline)),
             ("certify", lambda: certify_stage(sizes, data, deadline, rng, dry_run)),
             ("peers", lambda: peers_stage(sizes, deadline)),
-            ("eclipse", lambda: eclipse_stage(sizes, deadline))]
+            ("eclipse", lambda: eclipse_stage(sizes, deadline)),
+            ("denoiser_training", lambda: denoiser_training_stage(sizes, deadline, rng))]
   for name, stage in stages:
     start = time.perf_counter()
     try:
@@ -423,6 +482,10 @@ def markdown(results: dict) -> str:
         rows_of("eclipse"), ["loop", "dtype", "batch", "params", "img_per_s",
                              "torch_f32_img_per_s", "ratio_torch_over_jax", "compile_s",
                              "max_grey_level_diff", "skipped", "error"])
+  table(f"Denoiser training (the embedded default's recipe: batch {DENOISER_TRAIN_BATCH}, "
+        f"{DENOISER_TRAIN_STEPS:,} steps)", rows_of("denoiser_training"),
+        ["unet", "channels", "params", "ms_per_step", "minutes_for_24000_steps", "compile_s",
+         "finite_loss", "skipped", "error"])
   peers = results.get("peers") or {}
   if "skipped" in peers or "error" in peers:
     table("Peers (diffusers)", [peers], sorted(peers))
