@@ -390,10 +390,7 @@ def eclipse_stage(sizes: CheckSizes, deadline: Deadline) -> list[dict]:
 def denoiser_training_stage(sizes: CheckSizes, deadline: Deadline, rng) -> list[dict]:
   """ms per training step of each UNet in `sizes.denoiser_unets` at the default's recipe."""
   images = jax.device_put(_images(rng, 512))
-  # As train_denoiser runs a chunk: one scanned program, but step by step on XLA:CPU (where
-  # convolutions inside a while loop take a far slower path).
-  on_cpu = jax.default_backend() == "cpu"
-  chunk = diffusion.train.train_chunk_stepwise if on_cpu else diffusion.train.train_chunk
+  chunk = diffusion.train.chunk_function()  # as train_denoiser runs a chunk on this backend
   rows = []
   for name, unet in sizes.denoiser_unets:
     if not deadline.allows(60):
@@ -404,7 +401,7 @@ def denoiser_training_stage(sizes: CheckSizes, deadline: Deadline, rng) -> list[
         loss_weight_exponent=0.4, num_steps=DENOISER_TRAIN_STEPS,
         steps_per_chunk=sizes.denoiser_train_steps)
     state = diffusion.init_train_state(cfg)
-    params = sum(int(v.size) for v in state.params.values())
+    params = diffusion.count_params(state.params)
     n = sizes.denoiser_train_steps
     start = time.perf_counter()
     state, losses = chunk(state, images, cfg, n)  # compiles; the state is donated

@@ -260,6 +260,14 @@ def train_chunk_stepwise(state: DenoiserTrainState, images, cfg: DenoiserTrainCo
   return state, jnp.stack(losses)
 
 
+def chunk_function(use_scan: bool | None = None):
+  """`train_chunk` (one scanned program) or `train_chunk_stepwise`; by default the scan
+  everywhere but on a CPU, where convolutions inside its while loop take a far slower path."""
+  if use_scan is None:
+    use_scan = jax.default_backend() != "cpu"
+  return train_chunk if use_scan else train_chunk_stepwise
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -307,9 +315,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, images: np.ndarray, out_dir: str | 
     state = _restore_state(out / "state", state)
     log(f"resumed from {out / 'state'} at step {int(state.step)}")
   data = jax.device_put(images)
-  if use_scan is None:
-    use_scan = jax.default_backend() != "cpu"
-  chunk_fn = train_chunk if use_scan else train_chunk_stepwise
+  chunk_fn = chunk_function(use_scan)
   lo, hi = cfg.timestep_range()
   log(f"training t ∈ [{lo}, {hi}] of T={cfg.schedule.num_timesteps}, batch {cfg.batch_size}, "
       f"{sum(int(v.size) for v in state.params.values()):,} params")
