@@ -615,7 +615,6 @@ def test_the_old_module_name_still_serves_the_api():
 # --- the backdoors in the harness ----------------------------------------------------------------
 
 def test_backdoors_end_to_end_score_the_triggered_target(tmp_path, e2e, monkeypatch):
-  from jaxpoison import classifier
   from jaxpoison.defenses import adversarial_config
   dataset, config, _ = e2e
   surrogate = adversarial_config(dataclasses.replace(config.victim, epochs=1), steps=1,

@@ -39,7 +39,7 @@ from jaxpoison.diffusion.denoise import reverse_process_table
 from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas,
                                          timestep_for_sigma)
 from jaxpoison.diffusion.unet import UNetConfig
-from jaxpoison.io import atomic_write_dir, atomic_write_json
+from jaxpoison.io import atomic_write_dir
 
 
 @dataclasses.dataclass(frozen=True)
