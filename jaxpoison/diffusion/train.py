@@ -38,7 +38,7 @@ from jaxpoison.diffusion.model import Denoiser, create_denoiser, save_denoiser, 
 from jaxpoison.diffusion.denoise import reverse_process_table
 from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas,
                                          timestep_for_sigma)
-from jaxpoison.diffusion.unet import UNetConfig
+from jaxpoison.diffusion.unet import UNetConfig, count_params
 from jaxpoison.io import atomic_write_dir
 
 
@@ -318,7 +318,7 @@ def train_denoiser(cfg: DenoiserTrainConfig, images: np.ndarray, out_dir: str | 
   chunk_fn = chunk_function(use_scan)
   lo, hi = cfg.timestep_range()
   log(f"training t ∈ [{lo}, {hi}] of T={cfg.schedule.num_timesteps}, batch {cfg.batch_size}, "
-      f"{sum(int(v.size) for v in state.params.values()):,} params")
+      f"{count_params(state.params):,} params")
   start = time.time()
   last_ckpt = start
   first_step = int(state.step)
