@@ -21,10 +21,11 @@ What to expect: 55–60 s per model on 2 quiet cores (2026-12-03; an earlier mac
 kind: 41 s), so 1.5 h per σ and about 7 h for all five runs; the run's own log gives the rate.
 The table in BENCHMARKS.md ("Issue 13", "Figure 1, reduced") is this config's first 24 models per
 σ (`--num_models 24 --n0 4` on the first two commands; 22 min per σ), what one 3-hour session
-fits: per-model clean accuracy 51.6% / 44.8% / 34.2% / 29.9% at σ = 0.1 / 0.25 / 0.5 / 1.0, falling with σ
-as in the paper (92% → 58% there, with 50,000 images, a 35.7M-parameter DDPM and 2,500 models
-per σ); 88 estimation models cap the certifiable radius at σ·Φ⁻¹(0.001^(1/88)) ≈ 1.44σ (the
-paper's 2,500 models: 2.76σ). The paper's curves exist only as a figure (no numbers in its text).
+fits: per-model clean accuracy 51.6% / 44.8% / 34.2% / 29.9% at σ = 0.1 / 0.25 / 0.5 / 1.0,
+falling with σ as in the paper (92% → 58% there, with 50,000 images, a 35.7M-parameter DDPM
+and 2,500 models per σ); 88 estimation models cap the certifiable radius at
+σ·Φ⁻¹(0.001^(1/88)) ≈ 1.44σ (the paper's 2,500 models: 2.76σ). The paper's curves exist only as
+a figure (no numbers in its text).
 """
 
 from jaxpoison.classifier import airbench94_config
