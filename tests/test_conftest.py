@@ -31,7 +31,7 @@ def test_crashes_once():
 def test_crashes_always(): os.kill(os.getpid(), signal.SIGSEGV)
 def test_after_the_crashes(): pass
 """,
-    # The last file: a one-test work unit put back on the queue when nothing else is left.
+    # The last test: put back on the queue when nothing else is left there.
     "test_c.py": """
 import os, pathlib, signal
 def test_last_crashes_once():
