@@ -4,8 +4,8 @@ fails it, an ordinary failure is never rerun, and the rest of the suite still ru
 toy suite in a subprocess, with the project's own addopts and conftest, on one worker at a time:
 with two, pytest-xdist 3.8 itself can end such a toy run in an INTERNALERROR (BrokenPipeError
 from worksteal's check_schedule sending "steal" to the worker that has just died, before the
-controller has seen it die; twice in 32 runs here). The toy's tests take microseconds, so the
-window is hit often; the suite's take seconds."""
+controller has seen it die): 2 of 32 two-worker runs here failed, the one captured this way.
+The toy's tests take microseconds, so the window is hit often; the suite's take seconds."""
 
 import os
 import re
