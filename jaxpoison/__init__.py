@@ -23,8 +23,9 @@ Public API, re-exported from the submodules:
 * run folders: the module `runs` (claimed settings, refusal naming differences, atomic
   per-unit records, resume, progress), under both the certification pipeline and the
   benchmarks.
-* certification runs: the module `pipeline` (`CertifyConfig`, `run_certification`, the results
-  folder and chunk helpers behind scripts/certify.py), and `multihost` (its launch over several
+* certification runs: the subpackage `certification` (`CertifyConfig`, `run_certification`, the
+  results folder, the plan and the chunk computer behind scripts/certify.py; `pipeline` is its
+  earlier name), and `multihost` (its launch over several
   processes with `jax.distributed`, and the steps at which they agree).
 * ECLIPSE: the module `eclipse` (sparse DDPM, purification, compensation, `run_eclipse`).
 * classifiers: the subpackage `classifier` (airbench94 and ResNet-18 trained many at a time,
@@ -33,64 +34,37 @@ Public API, re-exported from the submodules:
   `classifier.predict` (the top-level name would clash with `certify.predict`).
 """
 
-from importlib import metadata as _metadata
+import lazy_loader
 
-from jaxpoison import attacks
-from jaxpoison.attacks import (
-    PoisonSet,
-    apply_poisons,
-    bullseye_polytope,
-    convex_polytope,
-    hidden_trigger_backdoor,
-    label_consistent_backdoor,
-    load_poisons,
-    poison_frogs,
-    sample_trial,
-    save_poisons,
-)
-from jaxpoison import certify
-from jaxpoison import classifier
-from jaxpoison.classifier import TrainConfig, airbench94_config, resnet18_config, train_models
-from jaxpoison.certify import (
-    ABSTAIN,
-    Certificate,
-    certified_accuracy,
-    lower_confidence_bound,
-    poisoning_radius,
-    top_class_lower_bound,
-    vote_counts,
-)
-from jaxpoison.data import (
-    CIFAR10,
-    TINY_IMAGENET,
-    DataError,
-    Dataset,
-    DatasetSpec,
-    cutout,
-    load_cifar10,
-    load_dataset,
-    load_image_folder,
-    load_npz,
-    load_tiny_imagenet,
-    make_dataset,
-    random_flip,
-    random_translate,
-)
-from jaxpoison import diffusion
-from jaxpoison.diffusion import Denoiser, default_denoiser, load_denoiser, noise_and_denoise
-from jaxpoison.io import atomic_save_npz, atomic_write_json, atomic_write_text
-from jaxpoison import runs
-from jaxpoison import benchmarks, defenses, poison_benchmark
-from jaxpoison.benchmarks import (
-    BenchmarkConfig,
-    FineTuneConfig,
-    render_table,
-    run_benchmark,
-)
-from jaxpoison import eclipse, multihost, pipeline
-from jaxpoison.pipeline import CertifyConfig, run_certification
+from jaxpoison._version import __version__
 
-try:
-  __version__ = _metadata.version("jaxpoison")
-except _metadata.PackageNotFoundError:  # Running from a source tree that is not installed.
-  __version__ = "0.1.0"
+# PEP 562 lazy re-exports: `import jaxpoison` (or `import jaxpoison.certify`, which runs this
+# file first) imports no submodule, and so no jax, until a name below is first used.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=[
+        "attacks", "benchmarks", "certification", "certify", "classifier", "data", "defenses",
+        "diffusion", "eclipse", "io", "multihost", "pipeline", "poison_benchmark", "runs",
+    ],
+    submod_attrs={
+        "attacks": [
+            "PoisonSet", "apply_poisons", "bullseye_polytope", "convex_polytope",
+            "hidden_trigger_backdoor", "label_consistent_backdoor", "load_poisons",
+            "poison_frogs", "sample_trial", "save_poisons",
+        ],
+        "classifier": ["TrainConfig", "airbench94_config", "resnet18_config", "train_models"],
+        "certify": [
+            "ABSTAIN", "Certificate", "certified_accuracy", "lower_confidence_bound",
+            "poisoning_radius", "top_class_lower_bound", "vote_counts",
+        ],
+        "data": [
+            "CIFAR10", "TINY_IMAGENET", "DataError", "Dataset", "DatasetSpec", "cutout",
+            "load_cifar10", "load_dataset", "load_image_folder", "load_npz", "load_tiny_imagenet",
+            "make_dataset", "random_flip", "random_translate",
+        ],
+        "diffusion": ["Denoiser", "default_denoiser", "load_denoiser", "noise_and_denoise"],
+        "io": ["atomic_save_npz", "atomic_write_json", "atomic_write_text"],
+        "benchmarks": ["BenchmarkConfig", "FineTuneConfig", "render_table", "run_benchmark"],
+        "certification": ["CertifyConfig", "run_certification"],
+    },
+)

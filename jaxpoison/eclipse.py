@@ -38,7 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison import classifier, diffusion, runs
+from jaxpoison import attacks, classifier, diffusion, runs
+from jaxpoison.attacks import self_ensemble, unlearnable
+from jaxpoison.defenses import adversarial_config, iss_grayscale, iss_jpeg
 from jaxpoison.classifier import TrainConfig
 from jaxpoison.data import Dataset
 from jaxpoison.diffusion.train import DenoiserTrainConfig
@@ -53,7 +55,7 @@ ENLARGE_MODES = ("union", "copies")
 # ISS's JPEG and grayscale, and adversarial training (Table 1 baselines).
 DEFENSES = ("none", "eclipse", "purification_only", "compensation_only", "iss_jpeg",
             "iss_grayscale", "adversarial_training")
-POISONS = ("none", "urp", "lsp", "ar", "em", "tap", "rem", "sep")
+POISONS = ("none", *attacks.DATA_POISONS, *attacks.TRAINED_POISONS)
 ECLIPSE_T_STAR = 100  # of T = 4000 (ECLIPSE §4.1; purification.py)
 
 # Stream tags for fold_in: every random choice of a run derives from (seed, tag[, index]).
@@ -256,16 +258,15 @@ def poison_training_set(data: EclipseData, config: EclipseConfig, num_classes: i
   config.poison_settings; trained poisons craft against surrogates trained here), uint8."""
   if config.poison == "none":
     return data.x_train
-  from jaxpoison import attacks
-  from jaxpoison.attacks import unlearnable
   key = jax.random.fold_in(jax.random.key(config.seed), _POISON)
   settings = dict(config.poison_settings, num_classes=num_classes)
   surrogate = dict(config.poison_surrogate, num_classes=num_classes,
                    image_shape=tuple(data.x_train.shape[1:]))
-  if config.poison in attacks.INDISCRIMINATE_POISONS:
-    entry = attacks.INDISCRIMINATE_POISONS[config.poison]
-    return np.asarray(entry.poison(key, data.x_train, data.y_train,
-                                   entry.config_type(**settings)))
+  if attacks.attack_kind(config.poison) == attacks.INDISCRIMINATE:
+    entry = attacks.get_attack(config.poison)
+    return np.asarray(entry.craft(key, data.x_train, data.y_train,
+                                  entry.config_type(**settings)))
+  # The trained poisons: each crafts against its reference's surrogate, trained here.
   if config.poison == "em":
     return unlearnable.em_poison(key, data.x_train, data.y_train,
                                  unlearnable.EMConfig(**settings),
@@ -275,7 +276,6 @@ def poison_training_set(data: EclipseData, config: EclipseConfig, num_classes: i
                                   unlearnable.REMConfig(**settings),
                                   train_config=unlearnable.rem_surrogate_config(**surrogate)).poisons
   if config.poison == "sep":
-    from jaxpoison.attacks import self_ensemble
     sep_config = self_ensemble.SEPConfig(**settings)
     checkpoints = self_ensemble.train_checkpoints(
         jax.random.fold_in(key, 0), data.x_train, data.y_train,
@@ -296,7 +296,6 @@ def defense_training(defense: str, config: EclipseConfig
   """(which images: "poisoned" or "purified"; a transform of them or None; the TrainConfig)."""
   compensated = compensation_config(config.victim, grayscale_prob=config.grayscale_prob,
                                     noise_std=config.noise_std)
-  from jaxpoison.defenses import adversarial_config, iss_grayscale, iss_jpeg
   # AT as ECLIPSE's baseline (Tao et al. 2021; its settings unspecified there): PGD at the
   # poisons' own budget, 8/255, with Madry's CIFAR-10 steps (10 of 2/255).
   adversarial = adversarial_config(config.victim, epsilon=8 / 255, steps=10, step_size=2 / 255)

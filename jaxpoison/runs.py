@@ -69,15 +69,29 @@ def jsonable(obj) -> Any:
 
 # --- the settings and their differences ---------------------------------------------------------
 
+_ADDED_SETTINGS: dict[str, Any] = {}
+
+
+def register_added_settings(added: dict[str, Any]) -> None:
+  """Declares settings that a config gained after run folders were written without them, each
+  with the value that reproduces what the earlier version did.
+
+  The module that defines the config calls this when it is imported (e.g. the classifier's
+  `TrainConfig.ADDED_FIELDS`, the UNet's patch_size). A run can only hold such a setting after
+  building it from that config, so the registration is always in place when `claim` compares.
+  Registering a name twice with another value is a programming error.
+  """
+  for name, value in jsonable(added).items():
+    if name in _ADDED_SETTINGS and _ADDED_SETTINGS[name] != value:
+      raise ValueError(f"added setting {name!r} registered as {_ADDED_SETTINGS[name]!r} and "
+                       f"again as {value!r}")
+    _ADDED_SETTINGS[name] = value
+
+
 def added_settings() -> dict[str, Any]:
-  """Settings added to the configs after run folders were written with them, each with the
-  value that reproduces what the earlier version did (TrainConfig's `ADDED_FIELDS`, the UNet's
-  patch_size): a folder without the key was written before it existed."""
-  from jaxpoison.classifier.config import ADDED_FIELDS, TrainConfig
-  defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-  added = {name: defaults[name] for name in ADDED_FIELDS}
-  added["patch_size"] = 1  # diffusion.UNetConfig: no space-to-depth
-  return jsonable(added)
+  """Every registered added setting (`register_added_settings`) with its earlier value: a folder
+  without the key was written before it existed."""
+  return dict(_ADDED_SETTINGS)
 
 
 def differences(folder, given, prefix: str = "") -> list[str]:

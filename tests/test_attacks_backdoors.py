@@ -1,5 +1,7 @@
 """The label-consistent and hidden-trigger backdoors (Hong et al.'s Table 1) and their triggers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -302,13 +304,25 @@ def test_registry_and_craft():
                                             "backdoor")
   assert A.get_attack("bullseye_polytope").kind == "feature_collision"
   assert set(A.ALL_ATTACKS) == set(A.ATTACKS) | {"label_consistent", "hidden_trigger",
-                                                 "witches_brew", "sleeper_agent"}
+                                                 "witches_brew", "sleeper_agent", "urp", "lsp",
+                                                 "ar", "em", "tap", "rem", "sep"}
   assert A.attack_kind("witches_brew") == A.attack_kind("sleeper_agent") == "from_scratch"
+  assert {A.attack_kind(n) for n in ("urp", "lsp", "ar")} == {"indiscriminate"}
+  assert {A.attack_kind(n) for n in ("em", "tap", "rem", "sep")} == {"trained_indiscriminate"}
+  assert A.get_attack("sep") == (A.sep_poison, A.SEPConfig, "trained_indiscriminate")
+  assert set(A.ATTACK_KINDS.values()) == set(A.KINDS)
+  # Every poison's config round-trips through the registry, as every attack's does.
+  for name in ("urp", "lsp", "ar", "em", "tap", "rem", "sep"):
+    config = A.get_attack(name).config_type()
+    assert A.config_from_dict(name, dataclasses.asdict(config)) == config
   bases = _images(7)
   for name, function in [("label_consistent", "label_consistent_backdoor"),
                          ("hidden_trigger", "hidden_trigger_backdoor")]:
     with pytest.raises(TypeError, match=f"is a backdoor attack.*call jaxpoison.attacks.{function}"):
       A.craft(name, KEY, EXTRACTORS, bases[0], bases)
+  with pytest.raises(TypeError, match="'lsp' poisons every training image.*call "
+                     r"jaxpoison.attacks.lsp_poison\(key, images, labels, config\)"):
+    A.craft("lsp", KEY, EXTRACTORS, bases[0], bases)
 
 
 @pytest.mark.parametrize("config_type", [A.LabelConsistentConfig, A.HiddenTriggerConfig])

@@ -113,7 +113,7 @@ def test_choose_models_per_step_plans_by_concurrency_and_caps_vmap(monkeypatch, 
   monkeypatch.setattr(classifier, "plan_models_per_step", lambda c, n, memory_bytes: 500)
   assert pipeline.choose_models_per_step(None, config, 1000, 1, concurrency="vmap") == 32
   # A request past vmap's cap is cut, with a message; sequential keeps it.
-  with caplog.at_level("WARNING", logger="jaxpoison.certify"):
+  with caplog.at_level("WARNING", logger="jaxpoison.certification"):
     assert pipeline.choose_models_per_step(128, config, 1000, 2, concurrency="vmap") == 64
   assert "crashed at 64" in caplog.text
   assert pipeline.choose_models_per_step(128, config, 1000, 2) == 128

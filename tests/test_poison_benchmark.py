@@ -173,6 +173,8 @@ def test_render_table_errors():
 @pytest.mark.parametrize("changes, error, match", [
     (dict(attacks=("poison_frogs", "frogs")), ValueError, "unknown attack 'frogs'"),
     (dict(attacks=("poison_frogs", "poison_frogs")), ValueError, "names an attack twice"),
+    (dict(attacks=("witches_brew",)), ValueError, "trains the victim from scratch"),
+    (dict(attacks=("lsp",)), ValueError, "poisons every training image without a target"),
     (dict(sigmas=(0.0, 0.1, 0.1)), ValueError, "lists a noise level twice"),
     (dict(sigmas=(-0.1,)), ValueError, "sigmas: expected a noise level >= 0"),
     (dict(sigmas=(25.0,)), ValueError, "not \\[0, 255\\]"),

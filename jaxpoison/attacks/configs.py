@@ -25,6 +25,7 @@ from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.triggers import get_trigger
+from jaxpoison.classifier.config import MULTISTEP_DIVISORS
 
 LINF_EPSILON = 16 / 255
 # 3.48 ≈ (16/255)·√(32·32·3): the ℓ2 ball that holds every ℓ∞ 16/255 perturbation of a CIFAR
@@ -322,7 +323,8 @@ FOREST_CIFAR10_MEAN = (0.4914672374725342, 0.4822617471218109, 0.446770131587982
 FOREST_CIFAR10_STD = (0.24703224003314972, 0.24348513782024384, 0.26158785820007324)
 # forest's MultiStepLR milestones: num_steps // 2.667, // 1.6, // 1.142 (Python float floor
 # division: 93, 156 and 218 for 250 steps).
-MATCHING_LR_DROP_DIVISORS = (2.667, 1.6, 1.142)
+# The victims' MultiStepLR drops at the same fractions of their epochs.
+MATCHING_LR_DROP_DIVISORS = MULTISTEP_DIVISORS
 
 
 @dataclasses.dataclass(frozen=True)

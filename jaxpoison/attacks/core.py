@@ -1,4 +1,4 @@
-"""Feature extractors as pure functions, ensembles of them, and the attacks' shared checks.
+"""Ensembles of feature extractors (`jaxpoison.surrogates`), and the attacks' shared checks.
 
 A feature extractor is a pair (apply_fn, params): `apply_fn(params, images)` maps float images
 in [0, 1], [B, H, W, C], to features [B, D] (the penultimate layer, normalization of the input
@@ -13,79 +13,16 @@ different architectures are evaluated one after the other inside the same jitted
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
 
 from jaxpoison._checks import check_images
-
-
-@struct.dataclass
-class FeatureExtractor:
-  """A pure feature function and its parameters.
-
-  Attributes:
-    apply_fn: `apply_fn(params, images) -> features`, images float [B, H, W, C] in [0, 1],
-      features [B, D]; with `stochastic=True`, `apply_fn(params, images, key)`. Static.
-    params: the parameter pytree (traced).
-    stochastic: whether apply_fn takes a key (e.g. dropout on while crafting). Static.
-  """
-  apply_fn: Callable = struct.field(pytree_node=False)
-  params: Any
-  stochastic: bool = struct.field(pytree_node=False, default=False)
-
-
-@dataclasses.dataclass(frozen=True)
-class NNXApply:
-  """`apply_fn` for an NNX module's method: merges the split state and calls `method`.
-
-  Equal for equal graph definitions, so two checkpoints of one architecture share a jit cache
-  entry and are stacked into one vmapped group of an ensemble. A stochastic method is called as
-  `method(images, key=key)`.
-  """
-  graphdef: Any
-  method: str = "features"
-
-  def __call__(self, params, images, key=None):
-    model = nnx.merge(self.graphdef, params, copy=True)
-    features = getattr(model, self.method)
-    return features(images) if key is None else features(images, key=key)
-
-
-def nnx_extractor(model: nnx.Module, method: str = "features", *,
-                  stochastic: bool = False) -> FeatureExtractor:
-  """Wraps an NNX module's feature method (e.g. the penultimate layer) as a FeatureExtractor.
-
-  Put the module in evaluation mode first (`model.eval()`) when it has batch norm: crafting
-  must not update running statistics. The module itself is not modified.
-  """
-  if not hasattr(model, method):
-    raise AttributeError(f"{type(model).__name__} has no method {method!r} to extract features")
-  graphdef, state = nnx.split(model)
-  return FeatureExtractor(NNXApply(graphdef, method), state, stochastic)
-
-
-def as_ensemble(extractors) -> tuple[FeatureExtractor, ...]:
-  """A FeatureExtractor or a non-empty sequence of them, as a tuple."""
-  if isinstance(extractors, FeatureExtractor):
-    return (extractors,)
-  if not isinstance(extractors, Sequence) or isinstance(extractors, (str, bytes)):
-    raise TypeError(
-        f"extractors: expected a FeatureExtractor or a sequence of them, got "
-        f"{type(extractors).__name__}")
-  if len(extractors) == 0:
-    raise ValueError("extractors: the ensemble is empty; expected at least one FeatureExtractor")
-  for i, extractor in enumerate(extractors):
-    if not isinstance(extractor, FeatureExtractor):
-      raise TypeError(
-          f"extractors[{i}]: expected a FeatureExtractor(apply_fn, params), got "
-          f"{type(extractor).__name__}")
-  return tuple(extractors)
+from jaxpoison.keys import as_key
+from jaxpoison.surrogates import FeatureExtractor, NNXApply, as_ensemble, nnx_extractor  # noqa: F401  (re-exported)
 
 
 class Group(NamedTuple):
@@ -154,7 +91,7 @@ def extract_features(extractors, images, key: jax.Array | None = None) -> list[j
   """Every member's features of float images [B, H, W, C] in [0, 1], in ensemble order."""
   ensemble = as_ensemble(extractors)
   check_images(images, name="images", dtypes=("float32", "bfloat16", "float16"))
-  key = jax.random.key(0) if key is None else check_key(key)
+  key = jax.random.key(0) if key is None else as_key(key)
   return _extract_features(ensemble, images, key)
 
 
@@ -182,21 +119,6 @@ def check_extractor_outputs(ensemble: Sequence[FeatureExtractor], image_shape) -
   return widths
 
 
-def check_key(key) -> jax.Array:
-  """A typed PRNG key (shape ()) or a raw uint32[2] key."""
-  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if key.shape != ():
-      raise ValueError(f"key: expected a single PRNG key, got a key array of shape {key.shape}")
-    return key
-  shape = getattr(key, "shape", None)
-  dtype = getattr(key, "dtype", None)
-  if shape != (2,) or dtype != jnp.uint32:
-    raise TypeError(
-        f"key: expected a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got "
-        f"{type(key).__name__} with shape {shape} and dtype {dtype}")
-  return key
-
-
 def check_bases(base_images, image_shape=None) -> tuple[int, int, int]:
   """Checks a non-empty batch of uint8 bases [P, H, W, C] (of `image_shape` when given);
   returns (H, W, C)."""
@@ -215,10 +137,3 @@ def check_target_and_bases(target_image, base_images) -> tuple[int, int, int]:
 def to_unit_float(images: jax.Array) -> jax.Array:
   """uint8 [0, 255] to float32 [0, 1]."""
   return jnp.asarray(images, jnp.float32) / 255.0
-
-
-def key_data(key) -> np.ndarray:
-  """The raw uint32 data of a typed or raw key, on the host."""
-  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.key_data(key)
-  return np.asarray(key, np.uint32)

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from jaxpoison._checks import check_images
 from jaxpoison.attacks import constraints, core, triggers
 from jaxpoison.attacks.configs import AttackResult, HiddenTriggerConfig
+from jaxpoison.keys import as_key
 
 
 def pairwise_distances(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -193,7 +194,7 @@ def hidden_trigger_backdoor(key: jax.Array, extractors, base_images: jax.Array,
   config = HiddenTriggerConfig() if config is None else config
   if not isinstance(config, HiddenTriggerConfig):
     raise TypeError(f"config: expected a HiddenTriggerConfig, got {type(config).__name__}")
-  key = core.check_key(key)
+  key = as_key(key)
   ensemble = core.as_ensemble(extractors)
   image_shape = core.check_bases(base_images)
   check_images(source_images, name="source_images", image_shape=image_shape, dtypes=("uint8",))

@@ -128,7 +128,7 @@ def _choice(name: str, value, options: tuple[str, ...]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _PoisonConfig:
+class PoisonConfig:
   num_classes: int = 10
 
   def __post_init__(self):
@@ -139,7 +139,7 @@ class _PoisonConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class URPConfig(_PoisonConfig):
+class URPConfig(PoisonConfig):
   """Class-wise random noise (URP).
 
   Attributes:
@@ -174,7 +174,7 @@ class URPConfig(_PoisonConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class LSPConfig(_PoisonConfig):
+class LSPConfig(PoisonConfig):
   """Linearly separable perturbations (LSP), Yu et al.'s synthetic_perturbations/cifar_train.py.
 
   Attributes:
@@ -210,7 +210,7 @@ class LSPConfig(_PoisonConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class ARConfig(_PoisonConfig):
+class ARConfig(PoisonConfig):
   """Autoregressive perturbations (AR), Sandoval-Segura et al.'s create_ar_poisons_3channel.py.
 
   Attributes:
@@ -261,7 +261,7 @@ def _check_inputs(images, labels, num_classes: int) -> tuple[np.ndarray, np.ndar
   return images, np.asarray(labels).astype(np.int32)
 
 
-def _indexed_keys(key, indices):
+def indexed_keys(key, indices):
   """One key per index (image, class or candidate): fold_in(key, i) for each i."""
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
@@ -305,7 +305,7 @@ def urp_class_noise(key, image_shape, config: URPConfig | None = None) -> jax.Ar
   """
   config = URPConfig() if config is None else config
   shape = tuple(int(s) for s in image_shape)
-  keys = _indexed_keys(key, jnp.arange(config.num_classes))
+  keys = indexed_keys(key, jnp.arange(config.num_classes))
   if config.distribution == "uniform":
     draw = lambda k: jax.random.uniform(k, shape, jnp.float32, -config.epsilon, config.epsilon)
   else:
@@ -400,7 +400,7 @@ def lsp_points(key, indices, labels, classes: LSPClasses) -> jax.Array:
   """The synthetic points of images `indices` with `labels`: float32 [N, d], image i's from
   fold_in(key, i)."""
   d = classes.centroids.shape[1]
-  z = jax.vmap(lambda k: jax.random.normal(k, (d,), jnp.float32))(_indexed_keys(key, indices))
+  z = jax.vmap(lambda k: jax.random.normal(k, (d,), jnp.float32))(indexed_keys(key, indices))
   return jnp.einsum("nd,nde->ne", z, classes.mixing[labels]) + classes.centroids[labels]
 
 
@@ -567,13 +567,13 @@ def ar_samples(keys, coefficients, size, crop, norm, epsilon):
 def _ar_candidates(key, indices, num_channels, trials):
   """The finder's candidates `indices`: their coefficients [B, C, 3, 3], the unscaled norms of
   their `trials` test samples [B, trials], and the last sample scaled to ℓ2 = 1."""
-  keys = _indexed_keys(key, indices)
+  keys = indexed_keys(key, indices)
   raw = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (num_channels, 3, 3),
                                              jnp.float32))(keys)
   raw = raw.at[:, :, 2, 2].set(0.0)
   coefficients = raw / jnp.sum(raw, axis=(2, 3), keepdims=True)
   trial_keys = jax.vmap(
-      lambda k: _indexed_keys(jax.random.fold_in(k, 1), jnp.arange(trials)))(keys)
+      lambda k: indexed_keys(jax.random.fold_in(k, 1), jnp.arange(trials)))(keys)
   samples, norms = ar_samples(trial_keys.reshape(-1, *keys.shape[1:]),
                               jnp.repeat(coefficients, trials, axis=0),
                               (_FINDER_SIZE, _FINDER_SIZE), _FINDER_CROP, "l2", 1.0)
@@ -654,7 +654,7 @@ def ar_perturbations(key, indices, labels, coefficients, image_shape,
   config = ARConfig() if config is None else config
   h, w, _ = (int(s) for s in image_shape)
   _, start_key = _ar_keys(key)
-  keys = _indexed_keys(start_key, jnp.asarray(indices))
+  keys = indexed_keys(start_key, jnp.asarray(indices))
   coefficients = jnp.asarray(coefficients, jnp.float32)[jnp.asarray(labels)]
   samples, _ = ar_samples(keys, coefficients, (h + config.crop, w + config.crop), config.crop,
                           config.norm, config.epsilon)
@@ -712,3 +712,8 @@ INDISCRIMINATE_POISONS = {
     "lsp": IndiscriminatePoison(lsp_poison, LSPConfig),
     "ar": IndiscriminatePoison(ar_poison, ARConfig),
 }
+
+
+# Earlier private names of the two helpers the trained poisons share.
+_PoisonConfig = PoisonConfig
+_indexed_keys = indexed_keys

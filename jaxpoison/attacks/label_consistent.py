@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxpoison.attacks import constraints, core, triggers
 from jaxpoison.attacks.configs import AttackResult, LabelConsistentConfig
+from jaxpoison.keys import as_key
 
 
 def _cross_entropy(groups, images, label, key):
@@ -127,7 +128,7 @@ def label_consistent_backdoor(key: jax.Array, surrogate, base_images: jax.Array,
   config = LabelConsistentConfig() if config is None else config
   if not isinstance(config, LabelConsistentConfig):
     raise TypeError(f"config: expected a LabelConsistentConfig, got {type(config).__name__}")
-  key = core.check_key(key)
+  key = as_key(key)
   ensemble = core.as_ensemble(surrogate)
   image_shape = core.check_bases(base_images)
   triggers.trigger_position(config, image_shape)

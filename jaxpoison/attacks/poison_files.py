@@ -27,7 +27,8 @@ import numpy as np
 
 from jaxpoison import io
 from jaxpoison._checks import check_images
-from jaxpoison.attacks import constraints, core
+from jaxpoison.attacks import constraints
+from jaxpoison.keys import key_data
 
 FORMAT_VERSION = 1
 
@@ -101,7 +102,7 @@ def make_poison_set(dataset, trial, poisons, *, attack: str, config, key) -> Poi
                      f"{poisons.shape[0]}")
   config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   poison_set = PoisonSet(
-      attack=str(attack), config=config_dict, key=core.key_data(key),
+      attack=str(attack), config=config_dict, key=key_data(key),
       target_index=int(trial.target_index), target_class=int(trial.target_class),
       base_class=int(trial.base_class), indices=indices, images=poisons,
       fingerprint=dataset_fingerprint(dataset, indices, trial.target_index))

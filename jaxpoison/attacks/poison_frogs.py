@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxpoison.attacks import constraints, core
 from jaxpoison.attacks.configs import AttackResult, PoisonFrogsConfig
+from jaxpoison.keys import as_key
 
 
 def _squared_distance(x, y):
@@ -107,7 +108,7 @@ def poison_frogs(key: jax.Array, extractors, target_image: jax.Array, base_image
   config = PoisonFrogsConfig() if config is None else config
   if not isinstance(config, PoisonFrogsConfig):
     raise TypeError(f"config: expected a PoisonFrogsConfig, got {type(config).__name__}")
-  key = core.check_key(key)
+  key = as_key(key)
   ensemble = core.as_ensemble(extractors)
   image_shape = core.check_target_and_bases(target_image, base_images)
   constraints.check_quantizable(config.norm, config.epsilon, image_shape)

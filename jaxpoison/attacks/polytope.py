@@ -31,6 +31,7 @@ from jaxpoison.attacks.configs import (
     ConvexPolytopeConfig,
     _PolytopeConfig,
 )
+from jaxpoison.keys import as_key
 
 
 def _safe_norm(x, axis):
@@ -123,7 +124,7 @@ def _run(name, config_type, key, extractors, target_image, base_images, config):
   if type(config) is not config_type:
     raise TypeError(f"config: expected a {config_type.__name__} for {name}, got "
                     f"{type(config).__name__}")
-  key = core.check_key(key)
+  key = as_key(key)
   ensemble = core.as_ensemble(extractors)
   image_shape = core.check_target_and_bases(target_image, base_images)
   constraints.check_quantizable(config.norm, config.epsilon, image_shape)

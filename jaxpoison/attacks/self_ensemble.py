@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,28 +49,22 @@ from flax import nnx
 from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
+from jaxpoison.attacks.unlearnable.common import (SurrogateRun, TrainedPoisonConfig, check_config,
+                                                check_data, check_target_offset, cross_entropy,
+                                                map_batches, target_classes)
+from jaxpoison.backend import resolve_loop
 from jaxpoison.attacks import constraints
-from jaxpoison.attacks.unlearnable import (
-    _as_key,
-    _check_config,
-    _check_data,
-    _cross_entropy,
-    _map_batches,
-    _SurrogateRun,
-    _TrainedPoisonConfig,
-    _target_offset,
-    target_classes,
-)
-from jaxpoison.attacks.witches_brew import resolve_loop
+from jaxpoison.classifier.api import features, stack
+from jaxpoison.classifier.config import TrainConfig, resnet18_config
+from jaxpoison.classifier.train import TrainedModels, total_steps
+from jaxpoison.keys import as_key
 
-if TYPE_CHECKING:
-  from jaxpoison.classifier import TrainConfig, TrainedModels
 
 SEP_EPSILON = 8 / 255
 
 
 @dataclasses.dataclass(frozen=True)
-class SEPConfig(_TrainedPoisonConfig):
+class SEPConfig(TrainedPoisonConfig):
   """SEP-FA-VR as the reference's CIFAR-10 task list runs it (`ens_feature_svre.py`,
   `yield_task_parameters`: `--num_model=15 --msvrg=15 --eps=8`, the other flags at their
   argparse defaults).
@@ -108,7 +102,7 @@ class SEPConfig(_TrainedPoisonConfig):
     _store(self, "num_checkpoints", _positive("num_checkpoints", self.num_checkpoints,
                                               integer=True))
     _store(self, "inner_steps", _positive("inner_steps", self.inner_steps, integer=True))
-    _store(self, "target_offset", _target_offset(self.target_offset, self.num_classes))
+    _store(self, "target_offset", check_target_offset(self.target_offset, self.num_classes))
     _store(self, "feature_alignment", bool(self.feature_alignment))
     _store(self, "variance_reduction", bool(self.variance_reduction))
     _store(self, "batch_size", _positive("batch_size", self.batch_size, integer=True))
@@ -127,7 +121,6 @@ def sep_surrogate_config(**changes) -> "TrainConfig":
   (`transform_train`). Its learning rate drops ×0.1 at epochs 75 and 90 after a one-epoch
   warm-up from 0.001; here the trainer's "multistep" schedule drops ×0.1 at E // 2.667,
   E // 1.6 and E // 1.142 (45, 75, 105 of 120) without warm-up. `changes` override any field."""
-  from jaxpoison.classifier.config import resnet18_config
   defaults = dict(epochs=120, batch_size=128, lr=0.1, momentum=0.9, nesterov=False,
                   weight_decay=5e-4, schedule="multistep", flip="random", translate=4,
                   pad_mode="zeros")
@@ -149,13 +142,10 @@ def train_checkpoints(key, images, labels, train_config: "TrainConfig",
   """Trains one network on (images, labels) with `train_config` and returns `num_checkpoints`
   snapshots of it (`checkpoint_steps`), stacked as TrainedModels with one model per checkpoint
   (the last the trained network)."""
-  from jaxpoison.classifier.config import TrainConfig
-  from jaxpoison.classifier.train import total_steps
-  from jaxpoison.classifier.api import stack
   if not isinstance(train_config, TrainConfig):
     raise TypeError(f"train_config: expected a classifier TrainConfig, got "
                     f"{type(train_config).__name__}")
-  images, labels = _check_data(images, labels, train_config.num_classes)
+  images, labels = check_data(images, labels, train_config.num_classes)
   if tuple(train_config.image_shape) != tuple(images.shape[1:]):
     raise ValueError(f"train_config.image_shape: expected the images' {tuple(images.shape[1:])}, "
                      f"got {train_config.image_shape}")
@@ -165,7 +155,7 @@ def train_checkpoints(key, images, labels, train_config: "TrainConfig",
   num_steps = total_steps(train_config, images.shape[0])
   stops = checkpoint_steps(num_steps, num_checkpoints)
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  run = _SurrogateRun(train_config, num_steps, _as_key(key), x, y)
+  run = SurrogateRun(train_config, num_steps, as_key(key), x, y)
   snapshots, done = [], 0
   for stop in stops:
     run.train(done, int(stop) - done, x, y)
@@ -179,7 +169,6 @@ def class_mean_features(checkpoints: "TrainedModels", images, labels, num_classe
                         batch_size: int = 1000) -> jax.Array:
   """Each checkpoint's mean penultimate feature of each class over (images, labels), in
   inference mode, float32 [M, K, D] (`get_mean_feature`)."""
-  from jaxpoison.classifier.api import features
   labels = jnp.asarray(labels)
   counts = jnp.bincount(labels, length=num_classes)
   if int(jnp.min(counts)) == 0:
@@ -191,7 +180,6 @@ def class_mean_features(checkpoints: "TrainedModels", images, labels, num_classe
 
 
 def _check_checkpoints(checkpoints, images, config: SEPConfig):
-  from jaxpoison.classifier.train import TrainedModels
   if not isinstance(checkpoints, TrainedModels):
     raise TypeError(f"checkpoints: expected classifier TrainedModels (e.g. train_checkpoints(...)), "
                     f"got {type(checkpoints).__name__}")
@@ -214,7 +202,7 @@ def _loss(graphdef, feature_alignment: bool):
     if feature_alignment:
       distance = model.features(z, train=False) - class_means[targets]
       return jnp.sum(jnp.mean(jnp.square(distance), axis=-1))
-    return jnp.sum(_cross_entropy(model(z, train=False), targets))
+    return jnp.sum(cross_entropy(model(z, train=False), targets))
   return loss
 
 
@@ -265,7 +253,7 @@ def _sep_scan(graphdef, states, means, images, labels, draws, config: SEPConfig)
 
     return jax.lax.scan(outer, x, draws)[0]
 
-  return _map_batches(batch, (images, labels), config.batch_size)
+  return map_batches(batch, (images, labels), config.batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "feature_alignment"))
@@ -320,7 +308,7 @@ def _target_rate(graphdef, states, z, labels, config: SEPConfig):
 
   def hits(state):
     model = nnx.merge(graphdef, state, copy=True)
-    predicted = _map_batches(lambda b: jnp.argmax(model(b, train=False), -1), (z,),
+    predicted = map_batches(lambda b: jnp.argmax(model(b, train=False), -1), (z,),
                              config.batch_size)
     return jnp.mean(predicted == targets, dtype=jnp.float32)
 
@@ -347,9 +335,9 @@ def sep_poison(key, checkpoints: "TrainedModels", images, labels,
   Returns:
     `SEPResult`: poisons uint8 within ⌊255ε⌋ grey levels, and each checkpoint's target rate.
   """
-  config = _check_config(config, SEPConfig)
-  key = _as_key(key)
-  images, labels = _check_data(images, labels, config.num_classes)
+  config = check_config(config, SEPConfig)
+  key = as_key(key)
+  images, labels = check_data(images, labels, config.num_classes)
   epsilon = constraints.check_quantizable("linf", config.epsilon, images.shape[1:])
   _check_checkpoints(checkpoints, images, config)
   loop = resolve_loop(loop)

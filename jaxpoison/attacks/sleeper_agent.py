@@ -50,6 +50,7 @@ from jaxpoison.attacks.witches_brew import (
     quantized_poisons,
     target_gradients,
 )
+from jaxpoison.keys import as_key
 
 
 def patch_images(key: jax.Array, images, config: SleeperAgentConfig | None = None):
@@ -147,7 +148,7 @@ def sleeper_agent(key: jax.Array, surrogates, source_images, target_class: int, 
     SleeperAgentResult.
   """
   config = SleeperAgentConfig() if config is None else config
-  key = core.check_key(key)
+  key = as_key(key)
   surrogates, image_shape, labels = _check_crafting_inputs(
       surrogates, base_images, target_class, config, SleeperAgentConfig)
   check_images(source_images, name="source_images", image_shape=image_shape, dtypes=("uint8",))

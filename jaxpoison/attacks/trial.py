@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison.attacks import core
+from jaxpoison.keys import as_key
 
 BASE_SELECTIONS = ("random", "nearest")
 
@@ -71,7 +72,7 @@ def feature_distances(extractors, images, target_image, *, key: jax.Array | None
   ensemble = core.as_ensemble(extractors)
   image_shape = core.check_target_and_bases(target_image, images)
   core.check_extractor_outputs(ensemble, image_shape)
-  key = jax.random.key(0) if key is None else core.check_key(key)
+  key = jax.random.key(0) if key is None else as_key(key)
   num_images = images.shape[0]
   batch_size = max(1, min(int(batch_size), num_images))
   out = []
@@ -107,7 +108,7 @@ def sample_trial(key: jax.Array, dataset, num_poisons: int, *, base_selection: s
   Returns:
     A `Trial`; base_indices are ordered by draw (random) or by distance (nearest).
   """
-  key = core.check_key(key)
+  key = as_key(key)
   if isinstance(num_poisons, bool) or not isinstance(num_poisons, (int, np.integer)) \
       or num_poisons < 1:
     raise ValueError(f"num_poisons: expected a positive integer, got {num_poisons!r}")

@@ -34,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
 
 from jaxpoison._checks import check_images
+from jaxpoison.backend import LOOPS, resolve_loop  # noqa: F401  (re-exported)
 from jaxpoison.attacks import constraints, core
+from jaxpoison.surrogates import GradientModel, as_gradient_models  # noqa: F401  (re-exported)
 from jaxpoison.attacks.configs import AttackResult, GradientMatchingConfig, WitchesBrewConfig
+from jaxpoison.keys import as_key
 
 # RandomTransform(shift=8) on 32-pixel images: a uniform shift of up to linspace(0, 1, 32)[8] =
 # 8/31 normalized units, i.e. ±4 pixels under align_corners (2 units span 31 pixels).
@@ -160,38 +162,6 @@ def matching_objective(apply_fn: Callable, params, target_grad, poisons, labels,
 
 
 # ----------------------------------------------------------------------------- surrogates
-
-
-@struct.dataclass
-class GradientModel:
-  """A classifier whose parameter gradient the attack matches.
-
-  Attributes:
-    apply_fn: `apply_fn(params, state, images) -> logits` for float images [B, H, W, C] in
-      [0, 1], in inference mode (batch norm on its running statistics). Static: reuse the same
-      function object (e.g. `classifier.gradient_model`'s) so that members of one architecture
-      share a compiled program and are stacked into one vmap.
-    params: the parameters the gradient is taken of (a pytree).
-    state: everything else the network reads and does not train on (running statistics,
-      fixed filters); any pytree, may be None.
-  """
-  apply_fn: Callable = struct.field(pytree_node=False)
-  params: Any
-  state: Any = None
-
-
-def as_gradient_models(models) -> tuple[GradientModel, ...]:
-  """A GradientModel or a non-empty sequence of them, as a tuple."""
-  if isinstance(models, GradientModel):
-    return (models,)
-  if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
-    raise TypeError(f"surrogates: expected a GradientModel or a non-empty sequence of them, got "
-                    f"{type(models).__name__}")
-  for i, model in enumerate(models):
-    if not isinstance(model, GradientModel):
-      raise TypeError(f"surrogates[{i}]: expected a GradientModel(apply_fn, params, state), got "
-                      f"{type(model).__name__}")
-  return tuple(models)
 
 
 class _Member(NamedTuple):
@@ -380,20 +350,6 @@ def _matching_step(state, key, surrogates, target_grads, bases, labels,
                    config)
 
 
-LOOPS = ("auto", "scan", "host")
-
-
-def resolve_loop(loop: str) -> str:
-  """"scan" (one program for all steps) or "host" (a jitted step called from Python: XLA:CPU
-  runs convolutions inside a while loop far slower than the same step on its own, as the
-  classifier's trainer finds); "auto" picks host on the CPU, scan elsewhere."""
-  if loop not in LOOPS:
-    raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
-  if loop != "auto":
-    return loop
-  return "host" if jax.default_backend() == "cpu" else "scan"
-
-
 def matching_steps(state: MatchingState, key, surrogates, target_grads, base_images, labels,
                    num_steps: int, config: GradientMatchingConfig, *, loop: str = "auto"):
   """`num_steps` sign-Adam steps from `state`; returns (new state, loss per step [num_steps]).
@@ -478,7 +434,7 @@ def witches_brew_restarts(key, surrogates, target_image, target_label, base_imag
                           loop: str = "auto") -> BrewResult:
   """`witches_brew`, also returning each restart's final loss and which one was kept."""
   config = WitchesBrewConfig() if config is None else config
-  key = core.check_key(key)
+  key = as_key(key)
   surrogates, image_shape, labels = _check_crafting_inputs(
       surrogates, base_images, base_labels, config, GradientMatchingConfig)
   check_images(target_image, name="target_image", ndims=(3,), image_shape=image_shape,

@@ -5,25 +5,33 @@ Witches' Brew and Sleeper Agent against a victim trained from scratch). Baseline
 ECLIPSE add modules here.
 """
 
-from jaxpoison.benchmarks import common, from_scratch, transfer
-from jaxpoison.benchmarks.from_scratch import FromScratchConfig
-from jaxpoison.benchmarks.common import (CRAFT, DENOISE, EVAL_SUBSET, FINETUNE, PRETRAIN_CRAFTER,
-                                         PRETRAIN_SURROGATE, PRETRAIN_VICTIM, SAMPLE, SPLIT,
-                                         ATTACK_TITLES, DEFAULT_SIGMAS, MODEL_NAMES, RUN_FILE,
-                                         BenchmarkConfigError, Split, bound_label,
-                                         check_run_file, claim_run, dataset_fingerprint,
-                                         denoise_key, denoiser_info, eval_indices,
-                                         finished_trials, load_or_pretrain, load_results,
-                                         model_config, params_fingerprint, poison_path,
-                                         poisoned_images, pretraining_note, render_table,
-                                         result_path, run_trial_loop, split_training_set,
-                                         success_interval, summarize, trial_key, write_tables)
-from jaxpoison.benchmarks.transfer import (AUGMENTATIONS, ATTACK_NAMES, EXECUTION_FIELDS,
-                                           FINETUNE_MODES, FORMAT_VERSION, NO_POISON, BenchmarkConfig,
-                                           NoPoisonConfig,
-                                           FineTuneConfig, craft_all, craft_poisons,
-                                           evaluate_trials, finetune_train_config,
-                                           load_or_craft, run_benchmark, run_identity,
-                                           sample_benchmark_trial)
+import lazy_loader
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+# Lazy re-exports (PEP 562): importing the package, or one module of it, imports no sibling
+# until one of these names is first used.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=[
+        'common', 'dpa_speed', 'from_scratch', 'gpu_check', 'matching_speed', 'peers',
+        'purification_speed', 'transfer'
+    ],
+    submod_attrs={
+        'from_scratch': ['FromScratchConfig'],
+        'common': [
+            'CRAFT', 'DENOISE', 'EVAL_SUBSET', 'FINETUNE', 'PRETRAIN_CRAFTER', 'PRETRAIN_SURROGATE',
+            'PRETRAIN_VICTIM', 'SAMPLE', 'SPLIT', 'ATTACK_TITLES', 'DEFAULT_SIGMAS', 'MODEL_NAMES',
+            'RUN_FILE', 'BenchmarkConfigError', 'Split', 'bound_label', 'check_run_file',
+            'claim_run', 'dataset_fingerprint', 'denoise_key', 'denoiser_info', 'eval_indices',
+            'finished_trials', 'load_or_pretrain', 'load_results', 'model_config',
+            'params_fingerprint', 'poison_path', 'poisoned_images', 'pretraining_note',
+            'render_table', 'result_path', 'run_trial_loop', 'split_training_set',
+            'success_interval', 'summarize', 'trial_key', 'write_tables'
+        ],
+        'transfer': [
+            'AUGMENTATIONS', 'ATTACK_NAMES', 'EXECUTION_FIELDS', 'FINETUNE_MODES', 'FORMAT_VERSION',
+            'NO_POISON', 'BenchmarkConfig', 'NoPoisonConfig', 'FineTuneConfig', 'craft_all',
+            'craft_poisons', 'evaluate_trials', 'finetune_train_config', 'load_or_craft',
+            'run_benchmark', 'run_identity', 'sample_benchmark_trial'
+        ],
+    },
+)

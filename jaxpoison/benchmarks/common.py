@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpoison import attacks, classifier, io, runs
+from jaxpoison import attacks, classifier, defenses, diffusion, io, runs
 
 ATTACK_TITLES = {
     "poison_frogs": "Poison Frogs",
@@ -247,7 +247,6 @@ NO_DEFENSE = "none"
 
 def checked_defense(value):
   """A config's `defense` field: a defenses.DefenseConfig (None: no defense)."""
-  from jaxpoison import defenses
   if value is None:
     return defenses.DefenseConfig()
   if not isinstance(value, defenses.DefenseConfig):
@@ -288,7 +287,6 @@ def defense_fields(defense, details: list, *, train_config=None, num_train: int 
     return {}
   settings = defense.settings()
   if defense.name == "dp_sgd" and train_config is not None:
-    from jaxpoison import defenses
     settings["epsilon_at_delta"] = defenses.privacy_spent(train_config, num_train,
                                                           defense.dp_delta)
   out = {"defense": defense.label(), "defense_settings": settings}
@@ -579,7 +577,6 @@ def load_or_pretrain(path: str | Path, dataset, split: Split, train_config, key:
 def _denoise(denoiser, images: np.ndarray, sigma: float, key, batch_size: int) -> np.ndarray:
   if sigma == 0:
     return images
-  from jaxpoison import diffusion
   return np.asarray(diffusion.noise_and_denoise(denoiser, images, sigma, key,
                                                 batch_size=batch_size))
 
@@ -610,14 +607,14 @@ def resolve_denoiser(denoiser, sigmas: Sequence[float]):
   path, or the embedded default; None when no σ > 0 needs one."""
   if not any(sigma > 0 for sigma in sigmas):
     return None, None
-  from jaxpoison import diffusion
-  if denoiser is None:
-    denoiser, source = diffusion.default_denoiser(), "default_denoiser()"
-  elif isinstance(denoiser, (str, Path)):
-    denoiser, source = diffusion.load_denoiser(denoiser), str(denoiser)
-  else:
-    source = "given Denoiser"
-  return denoiser, denoiser_info(denoiser, source)
+  # The identity records where the denoiser came from, in these words since the first runs.
+  source = ("default_denoiser()" if denoiser is None else
+            str(denoiser) if isinstance(denoiser, (str, Path)) else "given Denoiser")
+  resolved = diffusion.resolve_denoiser(denoiser)
+  if resolved is None:
+    raise ValueError(f"denoiser: {denoiser!r} (noise only) is not a denoiser; the "
+                               "benchmarks' σ = 0 column is the undefended one")
+  return resolved, denoiser_info(resolved, source)
 
 
 # --- the trial loop -------------------------------------------------------------------------------

@@ -233,6 +233,10 @@ class BenchmarkConfig:
         raise ValueError(f"attacks: {name!r} trains the victim from scratch; run it with "
                          "jaxpoison.benchmarks.from_scratch (scripts/poison_benchmark.py with a "
                          "FromScratchConfig, e.g. configs/poison_benchmark_from_scratch.py)")
+      if name != NO_POISON and attacks.attack_kind(name) not in (attacks.FEATURE_COLLISION,
+                                                                 attacks.BACKDOOR):
+        raise ValueError(f"attacks: {name!r} poisons every training image without a target; "
+                         "run it with jaxpoison.eclipse (scripts/eclipse.py --poison)")
     if len(set(names)) != len(names):
       raise ValueError(f"attacks: {list(names)} names an attack twice")
     _store(self, "attacks", names)
@@ -301,9 +305,8 @@ class BenchmarkConfig:
     """The label-consistent backdoor's surrogate recipe (see `surrogate`)."""
     if self.surrogate is not None:
       return self.surrogate
-    from jaxpoison.defenses import adversarial_config
     base = self.crafter if self.crafter is not None else self.victim
-    return adversarial_config(base if base is not None else classifier.resnet18_config())
+    return defenses.adversarial_config(base if base is not None else classifier.resnet18_config())
 
   def attack_config(self, name: str):
     if name == NO_POISON:

@@ -17,10 +17,10 @@ from flax import nnx
 
 from jaxpoison import io as jio
 from jaxpoison._checks import check_images, check_labels
-from jaxpoison.attacks.core import FeatureExtractor, NNXApply
-from jaxpoison.attacks.witches_brew import GradientModel
 from jaxpoison.classifier.config import TrainConfig, resolve_loop
 from jaxpoison.classifier.models import create_model
+from jaxpoison.keys import as_key
+from jaxpoison.surrogates import FeatureExtractor, GradientModel, NNXApply
 from jaxpoison.classifier.train import (
     InsufficientMemoryError,
     TrainedModels,
@@ -176,21 +176,6 @@ def plan_models_per_step(config: TrainConfig, num_train: int, memory_bytes: int 
   return max(0, int((int(limit) - base) // per_model))
 
 
-def _check_keys(keys) -> jax.Array:
-  if isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-    if keys.ndim != 1 or keys.shape[0] < 1:
-      raise ValueError(
-          f"keys: expected a 1-D array of M >= 1 PRNG keys (jax.random.split(key, M)), got "
-          f"shape {keys.shape}")
-    return keys
-  shape, dtype = getattr(keys, "shape", None), getattr(keys, "dtype", None)
-  if shape is not None and len(shape) == 2 and shape[1] == 2 and dtype == jnp.uint32:
-    return jax.random.wrap_key_data(jnp.asarray(keys))
-  raise TypeError(
-      f"keys: expected typed PRNG keys [M] (jax.random.split(jax.random.key(seed), M)), got "
-      f"{type(keys).__name__} with shape {shape} and dtype {dtype}")
-
-
 def _check_init(init, config: TrainConfig, num_models: int):
   if not isinstance(init, TrainedModels):
     raise TypeError(f"init: expected TrainedModels (or None), got {type(init).__name__}")
@@ -228,7 +213,7 @@ def train_models(keys, images, labels, config: TrainConfig,
   """
   if not isinstance(config, TrainConfig):
     raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
-  keys = _check_keys(keys)
+  keys = as_key(keys, name="keys", ndim=1)
   num_models = keys.shape[0]
   check_images(images, name="images", ndims=(4, 5), image_shape=config.image_shape,
                dtypes=("uint8",))

@@ -6,17 +6,20 @@ import dataclasses
 import json
 from typing import Any
 
-import jax
+import jax.numpy as jnp
 
-from jaxpoison.attacks.configs import MATCHING_LR_DROP_DIVISORS
+from jaxpoison import backend
+from jaxpoison.backend import COMPUTE_DTYPES, LOOPS
+from jaxpoison import runs
 
 MODELS = ("airbench94", "resnet18")
 TRAINABLE = ("all", "head")
 SCHEDULES = ("airbench", "cosine", "multistep", "constant")
 # The "multistep" schedule: ×0.1 from epoch E // d for each d, as the gradient-matching code's
 # MultiStepLR (forest/victims/optimization_strategy.py; 14, 24 and 35 for 40 epochs); its
-# crafting loop drops the attack's rate at the same fractions of its steps.
-MULTISTEP_DIVISORS = MATCHING_LR_DROP_DIVISORS
+# crafting loop drops the attack's rate at the same fractions of its steps
+# (jaxpoison.attacks.configs.MATCHING_LR_DROP_DIVISORS is this constant).
+MULTISTEP_DIVISORS = (2.667, 1.6, 1.142)
 FLIPS = ("alternating", "random", "none")
 PAD_MODES = ("reflect", "zeros")
 NORMS = ("batch", "group", "frozen_batch")
@@ -29,8 +32,6 @@ ADDED_FIELDS = ("adversarial_epsilon", "adversarial_steps", "adversarial_step_si
                 "noise", "noise_scale", "friendly_epoch", "friendly_steps", "friendly_lr",
                 "friendly_mu", "friendly_clamp", "friendly_init", "friendly_batch_size",
                 "pad_mode", "grayscale_prob", "noise_quantize")
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-LOOPS = ("auto", "scan", "host")
 
 # Per-channel statistics of the CIFAR-10 training set, in [0, 1] units; the networks normalize
 # their inputs with them.
@@ -297,6 +298,9 @@ class TrainConfig:
     return json.dumps(self.to_json(), sort_keys=True)
 
 
+runs.register_added_settings({f.name: f.default for f in dataclasses.fields(TrainConfig)
+                              if f.name in ADDED_FIELDS})
+
 # Logit scale of each model's final linear layer (models.Airbench94.scale; ResNet-18 has none).
 HEAD_LOGIT_SCALE = {"airbench94": 1.0 / 9.0, "resnet18": 1.0}
 
@@ -310,20 +314,16 @@ def head_lr_scale_for(model: str) -> float:
   return 1.0 / HEAD_LOGIT_SCALE[model] ** 2
 
 
-def resolve_compute_dtype(config: TrainConfig):
-  """The jnp dtype of convolutions and matmuls for this config on the default backend."""
-  import jax.numpy as jnp
-  name = config.compute_dtype
-  if name == "auto":
-    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  return jnp.dtype(name)
+def resolve_compute_dtype(config: TrainConfig, target: backend.Target | None = None):
+  """The jnp dtype of convolutions and matmuls for this config on `target` (default: the
+  default device); the rule is `backend.resolve_compute_dtype`."""
+  return jnp.dtype(backend.resolve_compute_dtype(config.compute_dtype, target))
 
 
-def resolve_loop(config: TrainConfig) -> str:
-  """"scan" or "host": how `train_models` runs this config's steps on the default backend."""
-  if config.loop != "auto":
-    return config.loop
-  return "host" if jax.default_backend() == "cpu" else "scan"
+def resolve_loop(config: TrainConfig, target: backend.Target | None = None) -> str:
+  """"scan" or "host": how `train_models` runs this config's steps on `target` (default: the
+  default device); the rule is `backend.resolve_loop`."""
+  return backend.resolve_loop(config.loop, target)
 
 
 def airbench94_config(**changes) -> TrainConfig:

@@ -20,24 +20,26 @@ benchmarks apply it (`--defense`).
   at quality 10 (`iss_jpeg`) and grayscale (`iss_grayscale`) applied to the training images.
 """
 
-from jaxpoison.defenses.adversarial_training import adversarial_config, pgd_linf, robust_accuracy
-from jaxpoison.defenses.config import DEFENSES, TRAINING_DEFENSES, DefenseConfig
-from jaxpoison.defenses.deep_knn import (DeepKnnResult, deep_knn_filter, neighbour_label_counts,
-                                         removal_report)
-from jaxpoison.defenses.dp_sgd import dp_sgd_config, noise_multiplier_for_epsilon, privacy_spent
-from jaxpoison.defenses.friends import Friendliness, friendliness, friendly_noise, friends_config
-from jaxpoison.defenses.iss import ISS_JPEG_QUALITY, iss_grayscale, iss_jpeg
-from jaxpoison.defenses.dpa import (PartitionCertificate, PartitionedTrainingSet, dpa_certify,
-                                    hash_partition, partition_training_sets,
-                                    partitioned_certified_accuracy, roe_certify,
-                                    train_partition_models)
+import lazy_loader
 
-__all__ = [
-    "DEFENSES", "DefenseConfig", "TRAINING_DEFENSES", "DeepKnnResult", "PartitionCertificate", "PartitionedTrainingSet", "adversarial_config",
-    "deep_knn_filter", "dp_sgd_config", "dpa_certify", "Friendliness", "friendliness",
-    "friendly_noise", "friends_config",
-    "ISS_JPEG_QUALITY", "hash_partition", "iss_grayscale", "iss_jpeg",
-    "neighbour_label_counts", "noise_multiplier_for_epsilon", "partition_training_sets",
-    "partitioned_certified_accuracy", "pgd_linf", "privacy_spent", "removal_report",
-    "robust_accuracy", "roe_certify", "train_partition_models",
-]
+# Lazy re-exports (PEP 562): importing the package, or one module of it, imports no sibling
+# until one of these names is first used.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=['adversarial_training', 'config', 'deep_knn', 'dp_sgd', 'dpa', 'friends', 'iss'],
+    submod_attrs={
+        'adversarial_training': ['adversarial_config', 'pgd_linf', 'robust_accuracy'],
+        'config': ['DEFENSES', 'TRAINING_DEFENSES', 'DefenseConfig'],
+        'deep_knn': [
+            'DeepKnnResult', 'deep_knn_filter', 'neighbour_label_counts', 'removal_report'
+        ],
+        'dp_sgd': ['dp_sgd_config', 'noise_multiplier_for_epsilon', 'privacy_spent'],
+        'friends': ['Friendliness', 'friendliness', 'friendly_noise', 'friends_config'],
+        'iss': ['ISS_JPEG_QUALITY', 'iss_grayscale', 'iss_jpeg'],
+        'dpa': [
+            'PartitionCertificate', 'PartitionedTrainingSet', 'dpa_certify', 'hash_partition',
+            'partition_training_sets', 'partitioned_certified_accuracy', 'roe_certify',
+            'train_partition_models'
+        ],
+    },
+)

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from jaxpoison._checks import check_images, check_labels, check_positive
+from jaxpoison import backend
 from jaxpoison.classifier.api import train_models
 from jaxpoison.classifier.config import TrainConfig
 from jaxpoison.classifier.train import TrainedModels
@@ -116,8 +117,7 @@ def train_partition_models(key, images, labels, num_partitions: int,
     raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
   check_images(images, name="images", image_shape=config.image_shape, dtypes=("uint8",))
   parts = partition_training_sets(images, labels, num_partitions)
-  if config.models_per_step == 0 and jax.default_backend() == "cpu":
-    config = config.replace(models_per_step=1)
+  config = config.replace(models_per_step=backend.resolve_models_at_once(config.models_per_step))
   keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(np.arange(num_partitions))
   images = np.asarray(images)
   labels = np.asarray(labels, np.int32)

@@ -25,18 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison._checks import check_images, check_sigma
+from jaxpoison import backend
+from jaxpoison.backend import LOOPS  # noqa: F401  (re-exported)
+from jaxpoison.keys import as_key
 from jaxpoison.diffusion.model import Denoiser, cast_params, predict_eps, unet_apply
 from jaxpoison.diffusion.schedule import alphas_cumprod, sigmas, timestep_for_sigma
-
-
-def _as_key(key):
-  if not hasattr(key, "dtype"):
-    raise TypeError(f"key: expected a jax.random.key, got {type(key).__name__}")
-  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return key
-  if key.shape[-1:] == (2,) and key.dtype == jnp.uint32:
-    return jax.random.wrap_key_data(key)  # a legacy uint32 [2] key
-  raise TypeError(f"key: expected a jax.random.key, got {key.dtype} {key.shape}")
 
 
 def _validate_inputs(denoiser: Denoiser, images) -> None:
@@ -166,7 +159,7 @@ def noise_and_denoise(denoiser: Denoiser, images, sigma: float, key, *, batch_si
   sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
   if int(batch_size) < 1:
     raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
-  return _noise_and_denoise_jit(denoiser, images, _as_key(key), t, sigma, int(batch_size),
+  return _noise_and_denoise_jit(denoiser, images, as_key(key), t, sigma, int(batch_size),
                                 jnp.dtype(compute_dtype), attention)
 
 
@@ -191,7 +184,7 @@ def add_noise(images, sigma: float, key):
                               jnp.issubdtype(images.dtype, jnp.floating)):
     raise ValueError(f"images: expected uint8 or float [N, H, W, C], got {images.dtype} "
                      f"{images.shape}")
-  return _add_noise_jit(images, _as_key(key), check_sigma(sigma))
+  return _add_noise_jit(images, as_key(key), check_sigma(sigma))
 
 
 @functools.partial(jax.jit, static_argnames=("t", "sigma", "batch_size", "compute_dtype",
@@ -213,9 +206,7 @@ def noise_and_denoise_many(denoiser: Denoiser, images, sigma: float, keys, *,
   same computation).
   """
   sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
-  keys = _as_key(keys)
-  if keys.ndim != 1:
-    raise ValueError(f"keys: expected a 1-D array of keys [M], got shape {keys.shape}")
+  keys = as_key(keys, name="keys", ndim=1)
   return _many_jit(denoiser, images, keys, t, sigma, int(batch_size), jnp.dtype(compute_dtype),
                    attention)
 
@@ -385,9 +376,6 @@ def _multistep_host(denoiser, images, key, steps, noise_scale, batch_size, compu
   return jnp.concatenate(out)[:n]
 
 
-LOOPS = ("auto", "scan", "host")
-
-
 def denoise_multistep(denoiser: Denoiser, images, sigma: float | None, key, *,
                       num_steps: int | None = None, start_timestep: int | None = None,
                       variance: str = "auto", rounding: str = "round",
@@ -415,8 +403,7 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float | None, key, *,
   call: on XLA:CPU about 6% faster for ECLIPSE's CPU UNet, BENCHMARKS.md issue 17) or "auto"
   (host on the CPU, scan elsewhere). Both compute the same steps with the same noise.
   """
-  if loop not in LOOPS:
-    raise ValueError(f"loop: expected one of {LOOPS}, got {loop!r}")
+  loop = backend.resolve_loop(loop)
   if variance not in VARIANCES:
     raise ValueError(f"variance: expected one of {VARIANCES}, got {variance!r}")
   if rounding not in ROUNDINGS:
@@ -446,10 +433,8 @@ def denoise_multistep(denoiser: Denoiser, images, sigma: float | None, key, *,
     sigma, t = _validate(denoiser, images, sigma, allow_untrained_sigma)
     noise_scale = 2.0 * sigma
   steps = tuple(int(s) for s in multistep_timesteps(t, num_steps))
-  if loop == "auto":
-    loop = "host" if jax.default_backend() == "cpu" else "scan"
   run = _multistep_host if loop == "host" else _multistep_jit
-  return run(denoiser, images, _as_key(key), steps, float(noise_scale), int(batch_size),
+  return run(denoiser, images, as_key(key), steps, float(noise_scale), int(batch_size),
              jnp.dtype(compute_dtype), learned_variance, rounding)
 
 
@@ -475,7 +460,7 @@ def denoising_psnr(denoiser: Denoiser, images, sigma: float, key, *, batch_size:
                           compute_dtype=compute_dtype,
                           allow_untrained_sigma=allow_untrained_sigma)
   x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
-  noise = image_noise(_as_key(key), jnp.arange(images.shape[0]), images.shape[1:])
+  noise = image_noise(as_key(key), jnp.arange(images.shape[0]), images.shape[1:])
   noisy = x + sigma * noise
   return {"sigma": float(sigma), "timestep": timestep_for_sigma(denoiser.schedule, sigma),
           "psnr_noisy": float(jnp.mean(psnr(noisy, x))),

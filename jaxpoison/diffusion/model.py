@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxpoison.diffusion.schedule import ScheduleConfig
 from jaxpoison.diffusion.unet import UNet, UNetConfig
+from jaxpoison.keys import as_key
 from jaxpoison.io import atomic_write_dir, atomic_write_json
 
 CONFIG_FILE = "denoiser.json"
@@ -103,10 +104,7 @@ def check_params(unet: UNetConfig, params: dict, *, source: str = "params") -> N
 
 def create_denoiser(unet: UNetConfig, schedule: ScheduleConfig, key) -> Denoiser:
   """A randomly initialized denoiser (float32 params; PyTorch-like default inits of flax)."""
-  if isinstance(key, int):
-    key = jax.random.key(key)
-  elif not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)  # a legacy uint32 [2] key
+  key = jax.random.key(key) if isinstance(key, int) else as_key(key)
   model = UNet(unet, rngs=nnx.Rngs(params=key))
   pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
@@ -239,3 +237,20 @@ def default_denoiser() -> Denoiser:
         f"the embedded default denoiser is missing from {DEFAULT_DENOISER_PATH}; reinstall "
         "jaxpoison or train one with scripts/train_denoiser.py")
   return _default_denoiser()
+
+
+# The denoiser spec that means "noise only": the smoothing noise is added and not removed.
+NOISE_ONLY = "none"
+
+
+def resolve_denoiser(spec) -> Denoiser | None:
+  """The denoiser a config or a command line names: a `Denoiser` as given; None or "default":
+  the embedded default; NOISE_ONLY ("none"): None (noise without denoising); anything else: a
+  denoiser folder's path (`load_denoiser`)."""
+  if isinstance(spec, Denoiser):
+    return spec
+  if isinstance(spec, str) and spec == NOISE_ONLY:
+    return None
+  if spec is None or (isinstance(spec, str) and spec == "default"):
+    return default_denoiser()
+  return load_denoiser(spec)

@@ -40,6 +40,7 @@ from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas
                                          timestep_for_sigma)
 from jaxpoison.diffusion.unet import UNetConfig, count_params
 from jaxpoison.io import atomic_write_dir
+from jaxpoison import backend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +265,7 @@ def chunk_function(use_scan: bool | None = None):
   """`train_chunk` (one scanned program) or `train_chunk_stepwise`; by default the scan
   everywhere but on a CPU, where convolutions inside its while loop take a far slower path."""
   if use_scan is None:
-    use_scan = jax.default_backend() != "cpu"
+    use_scan = backend.resolve_loop("auto") == "scan"
   return train_chunk if use_scan else train_chunk_stepwise
 
 

@@ -20,6 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxpoison import backend, runs
+from jaxpoison.backend import ATTENTION_IMPLEMENTATIONS  # noqa: F401  (re-exported)
+
 LAYOUTS = ("diffusers", "improved_diffusion")
 
 
@@ -133,6 +136,10 @@ class UNetConfig:
     if unknown:
       raise ValueError(f"UNetConfig: unknown fields {unknown}; expected a subset of {sorted(names)}")
     return cls(**d)
+
+
+# Folders written before space-to-depth existed ran without it.
+runs.register_added_settings({"patch_size": 1})
 
 
 def ddpm_cifar10_config() -> UNetConfig:
@@ -251,38 +258,9 @@ class ResnetBlock(nnx.Module):
     return x + h
 
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
-
-
 def attention_implementation(requested: str, head_dim: int, dtype) -> str:
-  """The `jax.nn.dot_product_attention` implementation for one attention layer.
-
-  "auto": cuDNN's fused kernel on a CUDA GPU where its rules allow (bfloat16/float16 inputs,
-  head dim a multiple of 8 and at most 128, or 256 from compute capability 9.0), XLA's otherwise
-  (on a CPU or TPU, for float32, for other head dims). jax's own default (None) is XLA everywhere,
-  so the fused kernel must be asked for. "xla"/"cudnn" force one ("cudnn" refuses shapes it
-  cannot run, naming the rule).
-  """
-  if requested not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f"attention: expected one of {ATTENTION_IMPLEMENTATIONS}, got {requested!r}")
-  if requested == "xla":
-    return "xla"
-  problems = []
-  if jax.default_backend() != "gpu":
-    problems.append(f"the backend is {jax.default_backend()}, not a CUDA GPU")
-  else:
-    capability = getattr(jax.local_devices()[0], "compute_capability", "0.0")
-    hopper = tuple(int(v) for v in str(capability).split(".")[:2]) >= (9, 0)
-    limit = 256 if hopper else 128
-    if head_dim % 8 or head_dim > limit:
-      problems.append(f"head dim {head_dim} is not a multiple of 8 at most {limit}")
-  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    problems.append(f"inputs are {jnp.dtype(dtype).name}, cuDNN's fused kernel takes bf16/f16")
-  if not problems:
-    return "cudnn"
-  if requested == "cudnn":
-    raise ValueError("attention='cudnn' cannot run here: " + "; ".join(problems))
-  return "xla"
+  """The attention kernel for one layer on the default device (`backend.resolve_attention`)."""
+  return backend.resolve_attention(requested, head_dim, dtype)
 
 
 class Attention(nnx.Module):

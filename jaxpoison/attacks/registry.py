@@ -1,0 +1,140 @@
+"""The attack registry: every attack and poison's crafting function, config type and kind, by name.
+
+Kinds: "feature_collision" (`ATTACKS`, the transfer-learning attacks `craft` runs), "backdoor"
+(`BACKDOORS`), "from_scratch" (`FROM_SCRATCH_ATTACKS`, gradient matching against surrogate
+classifiers), "indiscriminate" (`DATA_POISONS`: every training image perturbed by a rule, no
+model: `poison(key, images, labels, config)`) and "trained_indiscriminate" (`TRAINED_POISONS`:
+every image optimized against a surrogate network; own signatures). `ALL_ATTACKS` holds them all;
+`get_attack`, `attack_kind`, `config_from_dict` and `ATTACK_KINDS` cover every name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from jaxpoison.attacks.configs import (
+    AttackResult,
+    BullseyePolytopeConfig,
+    ConvexPolytopeConfig,
+    HiddenTriggerConfig,
+    LabelConsistentConfig,
+    PoisonFrogsConfig,
+    SleeperAgentConfig,
+    WitchesBrewConfig,
+)
+from jaxpoison.attacks.hidden_trigger import hidden_trigger_backdoor
+from jaxpoison.attacks.indiscriminate import (ARConfig, LSPConfig, URPConfig, ar_poison, lsp_poison,
+                                              urp_poison)
+from jaxpoison.attacks.label_consistent import label_consistent_backdoor
+from jaxpoison.attacks.poison_frogs import poison_frogs
+from jaxpoison.attacks.polytope import bullseye_polytope, convex_polytope
+from jaxpoison.attacks.self_ensemble import SEPConfig, sep_poison
+from jaxpoison.attacks.sleeper_agent import sleeper_agent
+from jaxpoison.attacks.unlearnable import (EMConfig, REMConfig, TAPConfig, em_poison, rem_poison,
+                                           tap_poison)
+from jaxpoison.attacks.witches_brew import witches_brew
+
+FEATURE_COLLISION = "feature_collision"
+BACKDOOR = "backdoor"
+FROM_SCRATCH = "from_scratch"
+INDISCRIMINATE = "indiscriminate"
+TRAINED_INDISCRIMINATE = "trained_indiscriminate"
+KINDS = (FEATURE_COLLISION, BACKDOOR, FROM_SCRATCH, INDISCRIMINATE, TRAINED_INDISCRIMINATE)
+
+
+class Attack(NamedTuple):
+  """An attack's crafting function, its config type, and its kind.
+
+  kind: "feature_collision" (`craft(key, extractors, target_image, base_images, config)`),
+  "backdoor" (own signature, see the function; success is judged on the triggered target) or
+  "from_scratch" (gradient matching against surrogate classifiers, own signatures; run by
+  `jaxpoison.benchmarks.from_scratch`).
+  """
+  craft: Callable[..., AttackResult]
+  config_type: type
+  kind: str = FEATURE_COLLISION
+
+
+# The attacks `craft` runs: the transfer-learning feature-collision attacks. (The backdoors are
+# kept out of this dict because its users call every entry with the feature-collision
+# signature.)
+ATTACKS = {
+    "poison_frogs": Attack(poison_frogs, PoisonFrogsConfig),
+    "convex_polytope": Attack(convex_polytope, ConvexPolytopeConfig),
+    "bullseye_polytope": Attack(bullseye_polytope, BullseyePolytopeConfig),
+}
+BACKDOORS = {
+    "label_consistent": Attack(label_consistent_backdoor, LabelConsistentConfig, BACKDOOR),
+    "hidden_trigger": Attack(hidden_trigger_backdoor, HiddenTriggerConfig, BACKDOOR),
+}
+FROM_SCRATCH_ATTACKS = {
+    "witches_brew": Attack(witches_brew, WitchesBrewConfig, FROM_SCRATCH),
+    "sleeper_agent": Attack(sleeper_agent, SleeperAgentConfig, FROM_SCRATCH),
+}
+DATA_POISONS = {
+    "urp": Attack(urp_poison, URPConfig, INDISCRIMINATE),
+    "lsp": Attack(lsp_poison, LSPConfig, INDISCRIMINATE),
+    "ar": Attack(ar_poison, ARConfig, INDISCRIMINATE),
+}
+TRAINED_POISONS = {
+    "em": Attack(em_poison, EMConfig, TRAINED_INDISCRIMINATE),
+    "tap": Attack(tap_poison, TAPConfig, TRAINED_INDISCRIMINATE),
+    "rem": Attack(rem_poison, REMConfig, TRAINED_INDISCRIMINATE),
+    "sep": Attack(sep_poison, SEPConfig, TRAINED_INDISCRIMINATE),
+}
+ALL_ATTACKS = {**ATTACKS, **BACKDOORS, **FROM_SCRATCH_ATTACKS, **DATA_POISONS, **TRAINED_POISONS}
+ATTACK_KINDS = {name: attack.kind for name, attack in ALL_ATTACKS.items()}
+_BACKDOOR_CALLS = {
+    "label_consistent": "jaxpoison.attacks.label_consistent_backdoor(key, surrogate, "
+                        "base_images, base_label, config)",
+    "hidden_trigger": "jaxpoison.attacks.hidden_trigger_backdoor(key, extractors, base_images, "
+                      "source_images, config)",
+    "witches_brew": "jaxpoison.attacks.witches_brew(key, surrogates, target_image, target_label, "
+                    "base_images, base_labels, config)",
+    "sleeper_agent": "jaxpoison.attacks.sleeper_agent(key, surrogates, source_images, "
+                     "target_class, base_images, config, retrain_fn)",
+    **{name: f"jaxpoison.attacks.{attack.craft.__name__}(key, images, labels, config)"
+       for name, attack in DATA_POISONS.items()},
+    "em": "jaxpoison.attacks.em_poison(key, images, labels, config, train_config=...)",
+    "tap": "jaxpoison.attacks.tap_poison(key, surrogate, images, labels, config)",
+    "rem": "jaxpoison.attacks.rem_poison(key, images, labels, config, train_config=...)",
+    "sep": "jaxpoison.attacks.sep_poison(key, checkpoints, images, labels, config)",
+}
+
+
+def get_attack(name: str) -> Attack:
+  """The attack or poison registered under `name` (any of `ALL_ATTACKS`)."""
+  if name not in ALL_ATTACKS:
+    raise ValueError(f"unknown attack {name!r}; expected one of {sorted(ALL_ATTACKS)}")
+  return ALL_ATTACKS[name]
+
+
+def attack_kind(name: str) -> str:
+  """One of `KINDS`: "feature_collision", "backdoor", "from_scratch", "indiscriminate" or
+  "trained_indiscriminate"."""
+  return get_attack(name).kind
+
+
+def config_from_dict(name: str, values: dict):
+  """Rebuilds an attack's config from `config.to_dict()` (e.g. `PoisonSet.config`)."""
+  config_type = get_attack(name).config_type
+  return config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def craft(name: str, key, extractors, target_image, base_images, config=None) -> AttackResult:
+  """Runs the feature-collision attack `name` (see `ATTACKS`) with `config` (default: its
+  published defaults). The backdoors have their own signatures (see `BACKDOORS`)."""
+  attack = get_attack(name)
+  if attack.kind == BACKDOOR:
+    raise TypeError(
+        f"craft: {name!r} is a backdoor attack, which takes no target image; call "
+        f"{_BACKDOOR_CALLS[name]} instead")
+  if attack.kind == FROM_SCRATCH:
+    raise TypeError(
+        f"craft: {name!r} crafts against surrogate classifiers, not feature extractors; call "
+        f"{_BACKDOOR_CALLS[name]} instead")
+  if attack.kind in (INDISCRIMINATE, TRAINED_INDISCRIMINATE):
+    raise TypeError(
+        f"craft: {name!r} poisons every training image, with no target; call "
+        f"{_BACKDOOR_CALLS[name]} instead")
+  return attack.craft(key, extractors, target_image, base_images, config)
