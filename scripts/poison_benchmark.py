@@ -197,10 +197,9 @@ def main(argv=None) -> None:
         raise cli.UsageError(f"--tables_from {folder}: no {pb.RUN_FILE}; not a benchmark run "
                              "folder")
       records += pb.load_results(folder)
-    from jaxpoison.benchmarks import from_scratch  # its sections are empty for transfer runs
-    print("\n".join(t for t in (pb.render_table(records),
-                                from_scratch.render_source_table(records),
-                                from_scratch.render_probability_table(records)) if t), end="")
+    from jaxpoison.benchmarks import tables  # the from-scratch sections are empty elsewhere
+    print("\n".join(t for t in (tables.render_table(records), tables.render_source_table(records),
+                                tables.render_probability_table(records)) if t), end="")
     return
   if args.table_only:
     results = pb.load_results(args.out)

@@ -16,16 +16,16 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'purification_speed', 'transfer'
     ],
     submod_attrs={
+        'tables': ['ATTACK_TITLES', 'render_table', 'success_interval', 'summarize', 'write_tables'],
         'from_scratch': ['FromScratchConfig'],
         'common': [
             'CRAFT', 'DENOISE', 'EVAL_SUBSET', 'FINETUNE', 'PRETRAIN_CRAFTER', 'PRETRAIN_SURROGATE',
-            'PRETRAIN_VICTIM', 'SAMPLE', 'SPLIT', 'ATTACK_TITLES', 'DEFAULT_SIGMAS', 'MODEL_NAMES',
+            'PRETRAIN_VICTIM', 'SAMPLE', 'SPLIT', 'DEFAULT_SIGMAS', 'MODEL_NAMES',
             'RUN_FILE', 'BenchmarkConfigError', 'Split', 'bound_label', 'check_run_file',
             'claim_run', 'dataset_fingerprint', 'denoise_key', 'denoiser_info', 'eval_indices',
             'finished_trials', 'load_or_pretrain', 'load_results', 'model_config',
             'params_fingerprint', 'poison_path', 'poisoned_images', 'pretraining_note',
-            'render_table', 'result_path', 'run_trial_loop', 'split_training_set',
-            'success_interval', 'summarize', 'trial_key', 'write_tables'
+            'result_path', 'run_trial_loop', 'split_training_set', 'trial_key'
         ],
         'transfer': [
             'AUGMENTATIONS', 'ATTACK_NAMES', 'EXECUTION_FIELDS', 'FINETUNE_MODES', 'FORMAT_VERSION',

@@ -82,6 +82,7 @@ from jaxpoison.benchmarks.common import (CRAFT, DEFAULT_SIGMAS, FINETUNE, PRETRA
                                          eval_indices, load_results, poison_path,
                                          poisoned_images, trial_key, write_tables)
 from jaxpoison.benchmarks.common import integer as _integer
+from jaxpoison.benchmarks.tables import render_probability_table, render_source_table  # noqa: F401
 from jaxpoison.benchmarks.transfer import NO_POISON, NoPoisonConfig
 
 ATTACK_NAMES = ("witches_brew", "sleeper_agent")
@@ -806,54 +807,6 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   results = load_results(out_dir, common.ordered_units(out_dir, units))
   write_scratch_tables(out_dir, results)
   return results
-
-
-def _per_sigma_means(results: Sequence[dict], field: str, title: str, columns: Sequence[str],
-                     cell: Callable[[float], str]) -> str:
-  """A Markdown table of the mean over trials of the per-σ list `field`, one row per distinct
-  value of the record fields `columns` ("" without records that have `field`)."""
-  defaults = {"finetune": "", "defense": common.NO_DEFENSE}
-  rows: dict[tuple, dict[float, list[float]]] = {}
-  for record in results:
-    if field not in record:
-      continue
-    key = tuple(record.get(c, defaults.get(c)) for c in columns)
-    for sigma, value, broken in zip(record["sigmas"], record[field], common.diverged(record)):
-      if not broken:  # a diverged victim's numbers are NaN's argmaxes (counted in the table)
-        rows.setdefault(key, {}).setdefault(float(sigma), []).append(value)
-  if not rows:
-    return ""
-  sigmas = sorted({s for cells in rows.values() for s in cells})
-  names = {"finetune": "training"}
-  lines = [title, "", "| " + " | ".join(names.get(c, c) for c in columns) + " | trials | "
-           + " | ".join(common._sigma_label(s) for s in sigmas) + " |",
-           "|" + "---|" * len(columns) + "---:|" + "---:|" * len(sigmas)]
-  for key, cells in sorted(rows.items()):
-    trials = max(len(v) for v in cells.values())
-    lines.append("| " + " | ".join(map(str, key)) + f" | {trials} | "
-                 + " | ".join(cell(np.mean(cells[s])) if s in cells else "—" for s in sigmas)
-                 + " |")
-  return "\n".join(lines) + "\n"
-
-
-def render_source_table(results: Sequence[dict]) -> str:
-  """Sleeper Agent's own measure: the mean fraction of patched source-class test images
-  classified as the target class, per row and σ (Markdown); "" without such records."""
-  return _per_sigma_means(
-      results, "source_success", "Sleeper Agent, patched source-class test images classified "
-      "as the target class (mean over trials; the no-poison control: the trigger without "
-      "poisons):", ("attack", "scenario", "bound", "finetune", "defense"),
-      lambda rate: f"{100 * rate:.1f}%")
-
-
-def render_probability_table(results: Sequence[dict]) -> str:
-  """The victims' mean softmax probability of the poison class on their targets, per row and
-  σ, with the attack's name (Markdown; "" without such records): how far the poisons move the
-  targets where few predictions change, beside the no-poison control's row."""
-  return _per_sigma_means(
-      results, "target_poison_probability", "The victims' probability of the poison class on "
-      "their targets (mean over trials):", ("attack", "scenario", "bound", "finetune", "defense"),
-      lambda p: f"{p:.3f}")
 
 
 def write_scratch_tables(out_dir: str | Path, results: Sequence[dict]) -> tuple[Path, Path]:
