@@ -32,11 +32,11 @@ attack (1200 polytope steps), fine-tuning 5 linear heads per trial in seconds.
 """
 
 from jaxpoison.attacks import L2_EPSILON_TRANSFER
-from jaxpoison.benchmarks import BenchmarkConfig, FineTuneConfig, model_config
+from jaxpoison.benchmarks import TransferConfig, FineTuneConfig, model_config
 
 
-def get_config() -> BenchmarkConfig:
-  return BenchmarkConfig(
+def get_config() -> TransferConfig:
+  return TransferConfig(
       attacks=("poison_frogs", "convex_polytope", "bullseye_polytope"),
       num_trials=100,
       seed=0,

@@ -37,11 +37,11 @@ control (`--attacks no_poison`: the same trials, bases unchanged); clean 5-way a
 """
 
 from jaxpoison.attacks import L2_EPSILON_TRANSFER
-from jaxpoison.benchmarks import BenchmarkConfig, FineTuneConfig, model_config
+from jaxpoison.benchmarks import TransferConfig, FineTuneConfig, model_config
 
 
-def get_config() -> BenchmarkConfig:
-  return BenchmarkConfig(
+def get_config() -> TransferConfig:
+  return TransferConfig(
       attacks=("poison_frogs", "bullseye_polytope"),
       num_trials=20,
       seed=0,

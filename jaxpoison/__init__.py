@@ -19,7 +19,8 @@ Public API, re-exported from the submodules:
   training), and `noise_and_denoise`, `default_denoiser`, `load_denoiser`, `Denoiser`.
 * attack benchmarks (the paper's Table 1): the subpackage `benchmarks` (`common`: trial loop,
   splits, tables; `transfer`: the transfer-learning setting; `poison_benchmark` is its earlier
-  name), and `BenchmarkConfig`, `FineTuneConfig`, `run_benchmark`, `render_table`.
+  name), and `TransferConfig` (`BenchmarkConfig` before, deprecated), `FineTuneConfig`,
+  `run_benchmark`, `render_table`.
 * run folders: the module `runs` (claimed settings, refusal naming differences, atomic
   per-unit records, resume, progress), under both the certification pipeline and the
   benchmarks.
@@ -64,7 +65,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         "diffusion": ["Denoiser", "default_denoiser", "load_denoiser", "noise_and_denoise"],
         "io": ["atomic_save_npz", "atomic_write_json", "atomic_write_text"],
-        "benchmarks": ["BenchmarkConfig", "FineTuneConfig", "render_table", "run_benchmark"],
+        "benchmarks": [
+            "TransferConfig", "BenchmarkConfig", "FineTuneConfig", "render_table", "run_benchmark",
+        ],
         "certification": ["CertifyConfig", "run_certification"],
     },
 )

@@ -4,7 +4,7 @@ Crafts poisons for many trials, trains the victim on the poisoned training set d
 σ, and writes one record per trial and the table (attack success with its 95% interval, clean
 accuracy in parentheses) as Markdown and CSV. Resumable: rerun the same command to continue.
 Settings come from a config file (`get_config()`, default configs/poison_benchmark.py); flags
-override them. The config's type picks the setting: a BenchmarkConfig runs transfer learning
+override them. The config's type picks the setting: a TransferConfig runs transfer learning
 (Table 1: Poison Frogs, Convex and Bullseye Polytope, the label-consistent and hidden-trigger
 backdoors; jaxpoison.benchmarks.transfer), a FromScratchConfig trains victims from scratch
 (Tables 2–3: Witches' Brew, Sleeper Agent; jaxpoison.benchmarks.from_scratch).
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   p.add_argument("--config", default=str(ROOT / "configs" / "poison_benchmark.py"),
-                 help="a Python file whose get_config() returns a BenchmarkConfig")
+                 help="a Python file whose get_config() returns a TransferConfig")
   p.add_argument("--data", default="official",
                  help="'official' (download once), 'tfds' or a path (.npz, JPEG pack, folder)")
   p.add_argument("--out", default="runs/poison_benchmark", help="output directory")

@@ -53,7 +53,7 @@ def test_config_errors(changes, match):
 def test_other_harnesses_and_craft_refuse_from_scratch_attacks():
   from jaxpoison.benchmarks import transfer
   with pytest.raises(ValueError, match="from_scratch"):
-    transfer.BenchmarkConfig(attacks=("witches_brew",))
+    transfer.TransferConfig(attacks=("witches_brew",))
   with pytest.raises(TypeError, match="surrogate classifiers.*attacks.witches_brew"):
     attacks.craft("witches_brew", jax.random.key(0), [], np.zeros((4, 4, 3), np.uint8),
                   np.zeros((1, 4, 4, 3), np.uint8))

@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import sys
 import types
+import warnings
 
 import pytest
 
@@ -186,8 +187,10 @@ PACKAGES = ["jaxpoison", "jaxpoison.attacks", "jaxpoison.benchmarks", "jaxpoison
 def test_every_lazy_export_resolves(package):
   module = importlib.import_module(package)
   assert module.__all__, package
-  for name in module.__all__:
-    assert getattr(module, name) is not None, f"{package}.{name}"
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # the deprecated aliases (below)
+    for name in module.__all__:
+      assert getattr(module, name) is not None, f"{package}.{name}"
   assert set(module.__all__) <= set(dir(module))
   with pytest.raises(AttributeError):
     getattr(module, "no_such_name")
@@ -211,3 +214,14 @@ def test_version_comes_from_the_installed_distribution():
   import jaxpoison
   from importlib import metadata
   assert jaxpoison.__version__ == metadata.version("jaxpoison")
+
+
+def test_deprecated_names_warn_and_are_the_new_ones():
+  code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+          "from jaxpoison.benchmarks import transfer\n"
+          "try:\n  transfer.BenchmarkConfig\nexcept DeprecationWarning as e:\n  print(e)")
+  assert run_python(code).strip() == ("jaxpoison.benchmarks.BenchmarkConfig is deprecated; use "
+                                      "TransferConfig")
+  from jaxpoison.benchmarks import transfer
+  with pytest.warns(DeprecationWarning, match="use TransferConfig"):
+    assert transfer.BenchmarkConfig is transfer.TransferConfig

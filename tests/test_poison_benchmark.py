@@ -192,7 +192,7 @@ def test_render_table_errors():
 ])
 def test_config_errors(changes, error, match):
   with pytest.raises(error, match=match):
-    pb.BenchmarkConfig(**changes)
+    pb.TransferConfig(**changes)
 
 
 def test_finetune_config_errors():
@@ -205,13 +205,13 @@ def test_finetune_config_errors():
 
 
 def test_config_attack_config_and_budget():
-  config = pb.BenchmarkConfig(num_poisons=None, budget=0.01, craft_steps=7, norm="l2",
+  config = pb.TransferConfig(num_poisons=None, budget=0.01, craft_steps=7, norm="l2",
                               epsilon=A.L2_EPSILON_TRANSFER)
   assert config.poisons_for(2500) == 25 and config.poisons_for(30) == 1
   cp = config.attack_config("convex_polytope")
   assert cp == A.ConvexPolytopeConfig(num_steps=7, norm="l2", epsilon=6.43)
-  assert pb.BenchmarkConfig().attack_config("poison_frogs") == A.PoisonFrogsConfig()
-  assert pb.BenchmarkConfig().poisons_for(10) == 25
+  assert pb.TransferConfig().attack_config("poison_frogs") == A.PoisonFrogsConfig()
+  assert pb.TransferConfig().poisons_for(10) == 25
 
 
 # --- the split ---------------------------------------------------------------------------------
@@ -253,24 +253,24 @@ def test_eval_indices_cover_every_class_of_a_label_sorted_test_set():
 
 def test_run_file_is_written_then_checked(tmp_path):
   dataset = _dataset()
-  identity = pb.run_identity(pb.BenchmarkConfig(), dataset=dataset, victim={"source": "x"},
+  identity = pb.run_identity(pb.TransferConfig(), dataset=dataset, victim={"source": "x"},
                              crafter=None, denoiser=None)
   pb.check_run_file(tmp_path, identity)
   assert json.loads((tmp_path / pb.RUN_FILE).read_text())["settings"]["seed"] == 0
   pb.check_run_file(tmp_path, identity)  # Same settings: accepted.
   # Execution-only settings may change between runs.
-  execution = pb.BenchmarkConfig(num_trials=7, trials_per_step=3, attacks=("poison_frogs",))
+  execution = pb.TransferConfig(num_trials=7, trials_per_step=3, attacks=("poison_frogs",))
   same = pb.run_identity(execution, dataset=dataset, victim={"source": "x"}, crafter=None,
                          denoiser=None)
   pb.check_run_file(tmp_path, same)
-  other = pb.run_identity(pb.BenchmarkConfig(seed=1, sigmas=(0.0, 0.5)), dataset=dataset,
+  other = pb.run_identity(pb.TransferConfig(seed=1, sigmas=(0.0, 0.5)), dataset=dataset,
                           victim={"source": "x"}, crafter=None, denoiser=None)
   with pytest.raises(pb.BenchmarkConfigError) as error:
     pb.check_run_file(tmp_path, other)
   message = str(error.value)
   assert "settings.seed: folder has 0, this run has 1" in message
   assert "settings.sigmas" in message and "settings.num_poisons" not in message
-  changed_data = pb.run_identity(pb.BenchmarkConfig(), dataset=_dataset(seed=1),
+  changed_data = pb.run_identity(pb.TransferConfig(), dataset=_dataset(seed=1),
                                  victim={"source": "x"}, crafter=None, denoiser=None)
   with pytest.raises(pb.BenchmarkConfigError, match="dataset.sha256"):
     pb.check_run_file(tmp_path, changed_data)
@@ -281,7 +281,7 @@ def test_run_file_is_written_then_checked(tmp_path):
 def test_poisons_are_crafted_once_and_reused(tmp_path):
   dataset = _dataset()
   split = pb.split_training_set(dataset.y_train, finetune_per_class=5)
-  config = pb.BenchmarkConfig(num_poisons=3, craft_steps=4, seed=5)
+  config = pb.TransferConfig(num_poisons=3, craft_steps=4, seed=5)
   extractors = [testing.mlp_extractor(0, SHAPE)]
   first, crafted = pb.load_or_craft(tmp_path, config, "bullseye_polytope", dataset, split, 2,
                                     extractors)
@@ -352,7 +352,7 @@ def e2e():
   victim = classifier.tiny_config("airbench94", image_shape=E2E_SHAPE, epochs=1, batch_size=50,
                                   whitening_images=100, tta_level=0)
   denoiser = tiny_random_denoiser()
-  config = pb.BenchmarkConfig(
+  config = pb.TransferConfig(
       attacks=("bullseye_polytope",), num_trials=2, sigmas=(0.0, 0.25), num_poisons=3,
       finetune_per_class=6, num_eval=40, victim=victim, craft_steps=3,
       finetune=pb.FineTuneConfig(epochs=2, batch_size=20), trials_per_step=2,
@@ -532,7 +532,7 @@ def test_class_disjoint_split_keeps_pretraining_and_finetuning_classes_apart():
   dataset = _dataset(per_class=24, num_test=40)
   split = pb.split_training_set(dataset.y_train, finetune_per_class=5,
                                 pretrain_classes=(0, 1, 2, 3, 4))
-  config = pb.BenchmarkConfig(num_poisons=3, pretrain_classes=(4, 0, 1, 2, 3))
+  config = pb.TransferConfig(num_poisons=3, pretrain_classes=(4, 0, 1, 2, 3))
   assert config.pretrain_classes == (0, 1, 2, 3, 4)
   for i in range(12):
     trial = pb.sample_benchmark_trial(config, dataset, split, i)
@@ -543,7 +543,7 @@ def test_class_disjoint_split_keeps_pretraining_and_finetuning_classes_apart():
   with pytest.raises(ValueError, match="every class is a pretraining class"):
     pb.split_training_set(labels, pretrain_classes=tuple(range(10)))
   with pytest.raises(ValueError, match="pretrain_classes: expected distinct"):
-    pb.BenchmarkConfig(pretrain_classes=(1, 1))
+    pb.TransferConfig(pretrain_classes=(1, 1))
 
 
 def test_finetune_recipe_modes_and_augmentation():
@@ -610,7 +610,7 @@ def test_head_fits_a_small_fixed_set_under_the_recipe():
 
 def test_the_old_module_name_still_serves_the_api():
   assert poison_benchmark.run_benchmark is pb.run_benchmark
-  assert poison_benchmark.BenchmarkConfig is pb.BenchmarkConfig
+  assert poison_benchmark.TransferConfig is pb.TransferConfig
   assert poison_benchmark.render_table is pb.render_table
 
 

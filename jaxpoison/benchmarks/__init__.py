@@ -29,7 +29,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         'transfer': [
             'AUGMENTATIONS', 'ATTACK_NAMES', 'EXECUTION_FIELDS', 'FINETUNE_MODES', 'FORMAT_VERSION',
-            'NO_POISON', 'BenchmarkConfig', 'NoPoisonConfig', 'FineTuneConfig', 'craft_all',
+            'NO_POISON', 'TransferConfig', 'BenchmarkConfig', 'NoPoisonConfig', 'FineTuneConfig', 'craft_all',
             'craft_poisons', 'evaluate_trials', 'finetune_train_config', 'load_or_craft',
             'run_benchmark', 'run_identity', 'sample_benchmark_trial'
         ],

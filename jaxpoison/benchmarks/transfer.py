@@ -57,6 +57,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -156,7 +157,7 @@ class FineTuneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
+class TransferConfig:
   """Settings of an attack benchmark run (defaults: the paper's Table 1 setting).
 
   Attributes:
@@ -329,7 +330,7 @@ EXECUTION_FIELDS = ("attacks", "num_trials", "trials_per_step", "denoise_batch_s
                     "surrogate", "defense")
 
 
-def run_identity(config: BenchmarkConfig, *, dataset, victim: dict, crafter: dict | None,
+def run_identity(config: TransferConfig, *, dataset, victim: dict, crafter: dict | None,
                  denoiser: dict | None) -> dict[str, Any]:
   """The settings a run's records depend on (compared against run.json on a rerun)."""
   settings = _config_dict(config)
@@ -352,7 +353,7 @@ def run_identity(config: BenchmarkConfig, *, dataset, victim: dict, crafter: dic
 
 # --- crafting -----------------------------------------------------------------------------------
 
-def sample_benchmark_trial(config: BenchmarkConfig, dataset, split: Split, index: int,
+def sample_benchmark_trial(config: TransferConfig, dataset, split: Split, index: int,
                            extractors=None) -> attacks.Trial:
   """Trial `index`: the target from the whole test set, the bases from the fine-tune set."""
   num_poisons = config.poisons_for(split.finetune.size)
@@ -377,7 +378,7 @@ def _crafting_models(models) -> CraftingModels:
   return CraftingModels(list(models) if isinstance(models, Sequence) else [models])
 
 
-def backdoor_sources(config: BenchmarkConfig, dataset, split: Split, index: int,
+def backdoor_sources(config: TransferConfig, dataset, split: Split, index: int,
                      trial: attacks.Trial) -> np.ndarray:
   """The hidden-trigger backdoor's patched images of trial `index`: as many random training
   images of the target class as there are poisons (the benchmark draws them from the whole
@@ -406,7 +407,7 @@ def target_image(poison_set: attacks.PoisonSet, dataset) -> np.ndarray:
                                attacks.trigger_position(config, image.shape))
 
 
-def craft_poisons(config: BenchmarkConfig, attack: str, dataset, split: Split, index: int,
+def craft_poisons(config: TransferConfig, attack: str, dataset, split: Split, index: int,
                   extractors) -> attacks.PoisonSet:
   """Samples trial `index` and crafts its poisons with `attack` on `extractors` (a
   `CraftingModels`, or a sequence of feature extractors for the feature-collision attacks)."""
@@ -434,7 +435,7 @@ def craft_poisons(config: BenchmarkConfig, attack: str, dataset, split: Split, i
                                  config=attack_config, key=key)
 
 
-def load_or_craft(out_dir, config: BenchmarkConfig, attack: str, dataset, split: Split,
+def load_or_craft(out_dir, config: TransferConfig, attack: str, dataset, split: Split,
                   index: int, extractors) -> tuple[attacks.PoisonSet, bool]:
   """The poisons of trial `index` from their file, or crafted and saved; (poisons, crafted).
 
@@ -489,7 +490,7 @@ def _finetune_and_score(train_config, keys, images, labels, init, targets, eval_
 
 
 
-def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.PoisonSet],
+def evaluate_trials(config: TransferConfig, poison_sets: Sequence[attacks.PoisonSet],
                     keys: Sequence[jax.Array], *, finetune_images: np.ndarray,
                     finetune_labels: np.ndarray, finetune_indices: np.ndarray, dataset,
                     victim, denoiser, pad_to: int | None = None,
@@ -550,7 +551,7 @@ def evaluate_trials(config: BenchmarkConfig, poison_sets: Sequence[attacks.Poiso
 # --- the run ------------------------------------------------------------------------------------
 
 
-def _scenario(config: BenchmarkConfig, victim, crafter) -> str:
+def _scenario(config: TransferConfig, victim, crafter) -> str:
   if crafter is None:
     return "white-box"
   def name(models):
@@ -561,7 +562,7 @@ def _scenario(config: BenchmarkConfig, victim, crafter) -> str:
   return f"black-box ({name(crafter)} → {name(victim)})"
 
 
-def _extractors(config: BenchmarkConfig, dataset, split: Split, out_dir: Path, pretrained,
+def _extractors(config: TransferConfig, dataset, split: Split, out_dir: Path, pretrained,
                 crafter_pretrained, log):
   """(victim, its description, crafter or None, its description): given or pretrained."""
   pretrain_key = jax.random.key(config.pretrain_seed)
@@ -587,7 +588,7 @@ def _extractors(config: BenchmarkConfig, dataset, split: Split, out_dir: Path, p
   return victim, victim_meta, crafter, crafter_meta
 
 
-def _crafting(config: BenchmarkConfig, dataset, split: Split, out_dir: Path, victim, crafter,
+def _crafting(config: TransferConfig, dataset, split: Split, out_dir: Path, victim, crafter,
               log) -> CraftingModels:
   """The models the poisons are crafted on; the surrogate is pretrained (or loaded) only when
   the label-consistent backdoor is among the attacks."""
@@ -602,7 +603,7 @@ def _crafting(config: BenchmarkConfig, dataset, split: Split, out_dir: Path, vic
   return CraftingModels(extractors, surrogate)
 
 
-def craft_all(config: BenchmarkConfig, dataset, out_dir: str | Path, *, pretrained=None,
+def craft_all(config: TransferConfig, dataset, out_dir: str | Path, *, pretrained=None,
               crafter_pretrained=None, time_limit_s: float | None = None,
               log: Callable[[str], None] = print) -> int:
   """Pretrains (if needed) and crafts every trial's poisons, without fine-tuning.
@@ -632,7 +633,7 @@ def craft_all(config: BenchmarkConfig, dataset, out_dir: str | Path, *, pretrain
   return crafted
 
 
-def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, denoiser=None,
+def run_benchmark(config: TransferConfig, dataset, out_dir: str | Path, *, denoiser=None,
                   pretrained=None, crafter_pretrained=None, stop_after: int | None = None,
                   time_limit_s: float | None = None,
                   log: Callable[[str], None] = print) -> list[dict]:
@@ -655,8 +656,8 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
   Returns:
     Every finished record under out_dir (also rendered to table.md and table.csv).
   """
-  if not isinstance(config, BenchmarkConfig):
-    raise TypeError(f"config: expected a BenchmarkConfig, got {type(config).__name__}")
+  if not isinstance(config, TransferConfig):
+    raise TypeError(f"config: expected a TransferConfig, got {type(config).__name__}")
   if stop_after is not None:
     stop_after = _integer("stop_after", stop_after, minimum=0)
   start = time.perf_counter()
@@ -730,3 +731,16 @@ def run_benchmark(config: BenchmarkConfig, dataset, out_dir: str | Path, *, deno
   results = load_results(out_dir, common.ordered_units(out_dir, units))
   write_tables(out_dir, results)
   return results
+
+
+# Names this module had before; each use warns, and they go in the next release.
+_DEPRECATED = {"BenchmarkConfig": ("TransferConfig", TransferConfig)}
+
+
+def __getattr__(name):
+  if name in _DEPRECATED:
+    new, value = _DEPRECATED[name]
+    warnings.warn(f"jaxpoison.benchmarks.{name} is deprecated; use {new}", DeprecationWarning,
+                  stacklevel=2)
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
