@@ -178,9 +178,9 @@ def test_importing_the_package_imports_none_of_its_modules():
   assert loaded == ["jaxpoison", "jaxpoison._version"]
 
 
-PACKAGES = ["jaxpoison", "jaxpoison.attacks", "jaxpoison.benchmarks", "jaxpoison.certification",
-            "jaxpoison.classifier",
-            "jaxpoison.defenses", "jaxpoison.diffusion", "jaxpoison.poison_benchmark"]
+PACKAGES = ["jaxpoison", "jaxpoison.attacks", "jaxpoison.attacks.unlearnable", "jaxpoison.benchmarks",
+            "jaxpoison.certification", "jaxpoison.classifier", "jaxpoison.defenses",
+            "jaxpoison.diffusion", "jaxpoison.poison_benchmark"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

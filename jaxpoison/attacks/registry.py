@@ -23,15 +23,17 @@ from jaxpoison.attacks.configs import (
     WitchesBrewConfig,
 )
 from jaxpoison.attacks.hidden_trigger import hidden_trigger_backdoor
-from jaxpoison.attacks.indiscriminate import (ARConfig, LSPConfig, URPConfig, ar_poison, lsp_poison,
-                                              urp_poison)
+from jaxpoison.attacks.unlearnable.ar import ARConfig, ar_poison
+from jaxpoison.attacks.unlearnable.lsp import LSPConfig, lsp_poison
+from jaxpoison.attacks.unlearnable.urp import URPConfig, urp_poison
 from jaxpoison.attacks.label_consistent import label_consistent_backdoor
 from jaxpoison.attacks.poison_frogs import poison_frogs
 from jaxpoison.attacks.polytope import bullseye_polytope, convex_polytope
 from jaxpoison.attacks.self_ensemble import SEPConfig, sep_poison
 from jaxpoison.attacks.sleeper_agent import sleeper_agent
-from jaxpoison.attacks.unlearnable import (EMConfig, REMConfig, TAPConfig, em_poison, rem_poison,
-                                           tap_poison)
+from jaxpoison.attacks.unlearnable.em import EMConfig, em_poison
+from jaxpoison.attacks.unlearnable.rem import REMConfig, rem_poison
+from jaxpoison.attacks.unlearnable.tap import TAPConfig, tap_poison
 from jaxpoison.attacks.witches_brew import witches_brew
 
 FEATURE_COLLISION = "feature_collision"

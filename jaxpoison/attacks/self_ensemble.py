@@ -49,7 +49,7 @@ from flax import nnx
 from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
-from jaxpoison.attacks.unlearnable.common import (SurrogateRun, TrainedPoisonConfig, check_config,
+from jaxpoison.attacks.unlearnable.trained import (SurrogateRun, TrainedPoisonConfig, check_config,
                                                 check_data, check_target_offset, cross_entropy,
                                                 map_batches, target_classes)
 from jaxpoison.backend import resolve_loop

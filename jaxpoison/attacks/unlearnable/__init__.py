@@ -1,5 +1,7 @@
 """Trained indiscriminate poisons ("unlearnable examples"): EM, TAP and REM, one module each
-(`em`, `tap`, `rem`) over the pieces they share (`common`, also used by SEP).
+(`em`, `tap`, `rem`) over the pieces they share (`trained`, also used by SEP). The
+data-generated poisons URP, LSP and AR live here too (`urp`, `lsp`, `ar` over `base`; their
+documentation is `jaxpoison.attacks.indiscriminate`, where their names also stay).
 
 ECLIPSE (Wang et al., ESORICS'24, §2.1 and Table 1) evaluates its purification against, among
 others, three poisons crafted with a surrogate network. Like URP, LSP and AR
@@ -55,30 +57,46 @@ References read (for facts; no code copied):
   (`get_transforms`, the loaders), utils/argument.py.
 """
 
-from jaxpoison.attacks.unlearnable.common import (SurrogateRun, TrainedPoisonConfig, check_config,
-                                                  check_data, check_surrogate_config,
-                                                  check_target_offset, cross_entropy, fraction,
-                                                  map_batches, nnx_logits, perturbed, sign_pgd,
-                                                  target_classes)
-from jaxpoison.attacks.unlearnable.em import (EM_EPSILON, EMConfig, EMResult, em_poison,
-                                              em_surrogate_config)
-from jaxpoison.attacks.unlearnable.rem import (REM_ADVERSARIAL_EPSILON, REM_EPSILON, REMConfig,
-                                               REMResult, rem_poison, rem_surrogate_config)
-from jaxpoison.attacks.unlearnable.tap import TAP_EPSILON, TAPConfig, TAPResult, tap_poison
+import importlib
 
-# Names these pieces had while the family was one module.
-from jaxpoison.attacks.indiscriminate import indexed_keys as _indexed_keys
-from jaxpoison.attacks.unlearnable.rem import _flip_crop, _rem_perturbations
+import lazy_loader
 
-_SurrogateRun, _TrainedPoisonConfig = SurrogateRun, TrainedPoisonConfig
-_cross_entropy, _target_offset = cross_entropy, check_target_offset
-_check_config, _check_data = check_config, check_data
-_map_batches, _perturbed = map_batches, perturbed
+_lazy_getattr, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules=["ar", "base", "em", "lsp", "rem", "tap", "trained", "urp"],
+    submod_attrs={
+        "trained": ["SurrogateRun", "TrainedPoisonConfig", "check_config", "check_data",
+                    "check_surrogate_config", "check_target_offset", "cross_entropy", "fraction",
+                    "map_batches", "nnx_logits", "perturbed", "sign_pgd", "target_classes"],
+        "em": ["EM_EPSILON", "EMConfig", "EMResult", "em_poison", "em_surrogate_config"],
+        "tap": ["TAP_EPSILON", "TAPConfig", "TAPResult", "tap_poison"],
+        "rem": ["REM_ADVERSARIAL_EPSILON", "REM_EPSILON", "REMConfig", "REMResult", "rem_poison",
+                "rem_surrogate_config"],
+        "base": ["PoisonConfig", "indexed_keys"],
+        "urp": ["URP_EPSILON", "URPConfig", "urp_poison"],
+        "lsp": ["LSP_EPSILON", "LSPConfig", "lsp_poison"],
+        "ar": ["AR_EPSILON", "ARConfig", "ar_poison"],
+    },
+)
 
-__all__ = [
-    "EM_EPSILON", "EMConfig", "EMResult", "REM_ADVERSARIAL_EPSILON", "REM_EPSILON", "REMConfig",
-    "REMResult", "SurrogateRun", "TAP_EPSILON", "TAPConfig", "TAPResult", "TrainedPoisonConfig",
-    "check_config", "check_data", "check_surrogate_config", "check_target_offset",
-    "cross_entropy", "em_poison", "em_surrogate_config", "fraction", "map_batches", "nnx_logits",
-    "perturbed", "rem_poison", "rem_surrogate_config", "sign_pgd", "tap_poison", "target_classes",
-]
+# Names these pieces had while EM, TAP and REM were one module: (module, name there).
+_EARLIER_NAMES = {
+    "_SurrogateRun": ("trained", "SurrogateRun"),
+    "_TrainedPoisonConfig": ("trained", "TrainedPoisonConfig"),
+    "_cross_entropy": ("trained", "cross_entropy"),
+    "_target_offset": ("trained", "check_target_offset"),
+    "_check_config": ("trained", "check_config"),
+    "_check_data": ("trained", "check_data"),
+    "_map_batches": ("trained", "map_batches"),
+    "_perturbed": ("trained", "perturbed"),
+    "_indexed_keys": ("base", "indexed_keys"),
+    "_flip_crop": ("rem", "_flip_crop"),
+    "_rem_perturbations": ("rem", "_rem_perturbations"),
+}
+
+
+def __getattr__(name):
+  if name in _EARLIER_NAMES:
+    module, attribute = _EARLIER_NAMES[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+  return _lazy_getattr(name)

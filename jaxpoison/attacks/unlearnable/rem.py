@@ -18,8 +18,8 @@ from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks import constraints
-from jaxpoison.attacks.indiscriminate import indexed_keys
-from jaxpoison.attacks.unlearnable.common import (SurrogateRun, TrainedPoisonConfig, check_config,
+from jaxpoison.attacks.unlearnable.base import indexed_keys
+from jaxpoison.attacks.unlearnable.trained import (SurrogateRun, TrainedPoisonConfig, check_config,
                                                   check_data, check_surrogate_config, cross_entropy,
                                                   fraction, nnx_logits, sign_pgd)
 from jaxpoison.classifier.config import TrainConfig, resnet18_config

@@ -19,9 +19,9 @@ from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks import constraints
 from jaxpoison.attacks.configs import FOREST_CIFAR10_MEAN
-from jaxpoison.attacks.indiscriminate import indexed_keys
+from jaxpoison.attacks.unlearnable.base import indexed_keys
 from jaxpoison.attacks.witches_brew import GradientModel, apply_shift_flip
-from jaxpoison.attacks.unlearnable.common import (TrainedPoisonConfig, check_config, check_data,
+from jaxpoison.attacks.unlearnable.trained import (TrainedPoisonConfig, check_config, check_data,
                                                   check_target_offset, cross_entropy, map_batches,
                                                   perturbed, sign_pgd, target_classes)
 from jaxpoison.keys import as_key

@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxpoison._checks import check_images, check_labels
 from jaxpoison._checks import check_positive as _positive
-from jaxpoison.attacks.indiscriminate import PoisonConfig
+from jaxpoison.attacks.unlearnable.base import PoisonConfig
 from jaxpoison.classifier.config import TrainConfig, resolve_loop
 from jaxpoison.classifier.train import TrainedModels, make_train_parts, model_graphdef
 
@@ -39,7 +39,7 @@ def check_target_offset(offset, num_classes: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TrainedPoisonConfig(PoisonConfig):
-  """The poisons' shared config base (`indiscriminate._PoisonConfig`), with at least two
+  """The poisons' shared config base (`unlearnable.base.PoisonConfig`), with at least two
   classes: these train a classifier."""
 
   def __post_init__(self):
