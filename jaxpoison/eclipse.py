@@ -263,32 +263,28 @@ def poison_training_set(data: EclipseData, config: EclipseConfig, num_classes: i
   surrogate = dict(config.poison_surrogate, num_classes=num_classes,
                    image_shape=tuple(data.x_train.shape[1:]))
   if attacks.attack_kind(config.poison) == attacks.INDISCRIMINATE:
-    entry = attacks.get_attack(config.poison)
-    return np.asarray(entry.craft(key, data.x_train, data.y_train,
-                                  entry.config_type(**settings)))
+    poison_config = attacks.get_attack(config.poison).config_type(**settings)
+    return attacks.run(config.poison, key, data.x_train, data.y_train, poison_config).poisons
   # The trained poisons: each crafts against its reference's surrogate, trained here.
   if config.poison == "em":
-    return unlearnable.em_poison(key, data.x_train, data.y_train,
-                                 unlearnable.EMConfig(**settings),
-                                 train_config=unlearnable.em_surrogate_config(**surrogate)).poisons
+    return attacks.run("em", key, data.x_train, data.y_train, unlearnable.EMConfig(**settings),
+                       train_config=unlearnable.em_surrogate_config(**surrogate)).poisons
   if config.poison == "rem":
-    return unlearnable.rem_poison(key, data.x_train, data.y_train,
-                                  unlearnable.REMConfig(**settings),
-                                  train_config=unlearnable.rem_surrogate_config(**surrogate)).poisons
+    return attacks.run("rem", key, data.x_train, data.y_train, unlearnable.REMConfig(**settings),
+                       train_config=unlearnable.rem_surrogate_config(**surrogate)).poisons
   if config.poison == "sep":
     sep_config = self_ensemble.SEPConfig(**settings)
     checkpoints = self_ensemble.train_checkpoints(
         jax.random.fold_in(key, 0), data.x_train, data.y_train,
         self_ensemble.sep_surrogate_config(**surrogate), sep_config.num_checkpoints)
-    return self_ensemble.sep_poison(jax.random.fold_in(key, 1), checkpoints, data.x_train,
-                                    data.y_train, sep_config).poisons
+    return attacks.run("sep", jax.random.fold_in(key, 1), checkpoints, data.x_train,
+                       data.y_train, sep_config).poisons
   # TAP: a surrogate trained on the clean set with the gradient-matching "conservative" recipe
   # (the reference's default), then every image pushed towards the next class.
   models = classifier.train_models(jax.random.fold_in(key, 0)[None], data.x_train, data.y_train,
                                    classifier.conservative_config(**surrogate))
-  return unlearnable.tap_poison(jax.random.fold_in(key, 1), classifier.gradient_model(models, 0),
-                                data.x_train, data.y_train,
-                                unlearnable.TAPConfig(**settings)).poisons
+  return attacks.run("tap", jax.random.fold_in(key, 1), classifier.gradient_model(models, 0),
+                     data.x_train, data.y_train, unlearnable.TAPConfig(**settings)).poisons
 
 
 def defense_training(defense: str, config: EclipseConfig

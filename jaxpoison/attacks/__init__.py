@@ -118,6 +118,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'registry': [
             'ATTACKS', 'ALL_ATTACKS', 'ATTACK_KINDS', 'BACKDOOR', 'BACKDOORS', 'FEATURE_COLLISION',
             'DATA_POISONS', 'TRAINED_POISONS', 'INDISCRIMINATE', 'TRAINED_INDISCRIMINATE', 'KINDS',
+            'PoisonResult', 'as_poison_result', 'run',
             'FROM_SCRATCH', 'FROM_SCRATCH_ATTACKS', 'Attack', 'attack_kind', 'config_from_dict',
             'craft', 'get_attack'
         ],

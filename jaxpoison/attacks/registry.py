@@ -6,11 +6,20 @@ classifiers), "indiscriminate" (`DATA_POISONS`: every training image perturbed b
 model: `poison(key, images, labels, config)`) and "trained_indiscriminate" (`TRAINED_POISONS`:
 every image optimized against a surrogate network; own signatures). `ALL_ATTACKS` holds them all;
 `get_attack`, `attack_kind`, `config_from_dict` and `ATTACK_KINDS` cover every name.
+
+`run(name, ...)` calls any of them with its own arguments and returns the one result type,
+`PoisonResult(poisons, info)`: the uint8 poisons on the host and everything else the attack
+reports (losses, restarts, surrogates) by name. The functions themselves keep their richer
+result types (`AttackResult`, `SleeperAgentResult`, `EMResult`, ...); `as_poison_result`
+turns any of them into a `PoisonResult`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
 
 from jaxpoison.attacks.configs import (
     AttackResult,
@@ -140,3 +149,48 @@ def craft(name: str, key, extractors, target_image, base_images, config=None) ->
         f"craft: {name!r} poisons every training image, with no target; call "
         f"{_BACKDOOR_CALLS[name]} instead")
   return attack.craft(key, extractors, target_image, base_images, config)
+
+
+class PoisonResult(NamedTuple):
+  """Every attack's and poison's result, through `run`.
+
+  poisons: uint8 [P, H, W, C] on the host (every training image for the indiscriminate
+    poisons), within the attack's bound after quantization.
+  info: the attack's other outputs by field name (host arrays where they were device arrays;
+    e.g. final_loss, loss_history, restart_losses, surrogate, target_rate).
+  """
+  poisons: np.ndarray
+  info: dict[str, Any]
+
+
+def _host(value):
+  return np.asarray(value) if isinstance(value, jax.Array) else value
+
+
+def as_poison_result(result) -> PoisonResult:
+  """Any attack's return value as a `PoisonResult`: a bare uint8 array (URP, LSP, AR), a result
+  with `poisons` (AttackResult, EMResult, TAPResult, REMResult, SEPResult), or one wrapping an
+  `AttackResult` in `result` (Sleeper Agent, a Witches' Brew run with its restarts)."""
+  if isinstance(result, PoisonResult):
+    return result
+  if isinstance(result, (np.ndarray, jax.Array)):
+    fields = {"poisons": result}
+  elif hasattr(result, "_asdict"):
+    fields = dict(result._asdict())
+    inner = fields.pop("result", None)
+    if inner is not None:
+      fields = {**dict(inner._asdict()), **fields}
+  else:
+    raise TypeError(f"result: expected an attack's result, got {type(result).__name__}")
+  if "poisons" not in fields:
+    raise TypeError(f"result: {type(result).__name__} has no poisons")
+  poisons = np.asarray(fields.pop("poisons"))
+  if poisons.dtype != np.uint8:
+    raise TypeError(f"result: expected uint8 poisons, got {poisons.dtype}")
+  return PoisonResult(poisons, {name: _host(value) for name, value in fields.items()})
+
+
+def run(name: str, *args, **kwargs) -> PoisonResult:
+  """Runs the attack or poison registered as `name` with its own arguments (`_BACKDOOR_CALLS`
+  and each function's docstring give them) and returns a `PoisonResult`."""
+  return as_poison_result(get_attack(name).craft(*args, **kwargs))
