@@ -10,9 +10,9 @@ from jaxpoison.certification.config import (DEFAULT_RADII, TRAINER_PRESETS, Cert
 from jaxpoison.certification.store import (SETTINGS_FILE, _CHUNK_RE, ResultsMismatch, _hash_arrays,
                                            pytree_fingerprint, _config_dict, _json_default_lenient,
                                            SETTINGS_VERSION, ENVIRONMENT, environment_settings,
-                                           run_settings, _TRAINER_FIELDS_SINCE_V2,
-                                           _trainer_settings, claim_results_dir, sigma_dir,
-                                           chunk_path, finished_models, pending_chunks, load_votes)
+                                           run_settings, _trainer_settings, claim_results_dir,
+                                           sigma_dir, chunk_path, finished_models, pending_chunks,
+                                           load_votes)
 from jaxpoison.certification.report import (analyse_votes, write_certify_table, certified_curve,
                                             plot_certified_accuracy, plot_certified_panels,
                                             read_certified, write_sigma_reports, _timing_report)

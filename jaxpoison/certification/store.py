@@ -100,19 +100,10 @@ def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarr
   }
 
 
-# TrainConfig fields added after SETTINGS_VERSION 2, left out of settings.json at their
-# default so that folders written before they existed (which trained with that value) resume.
-_TRAINER_FIELDS_SINCE_V2 = {"head_lr_scale": 1.0, "adversarial_epsilon": 0.0,
-                            "adversarial_steps": 7, "adversarial_step_size": 2 / 255,
-                            "adversarial_random_start": True}
-
-
 def _trainer_settings(train_config) -> dict:
-  settings = _config_dict(train_config)
-  for name, default in _TRAINER_FIELDS_SINCE_V2.items():
-    if settings.get(name) == default:
-      settings.pop(name)
-  return settings
+  # Fields the trainer gained after folders were written are `TrainConfig.ADDED_FIELDS`,
+  # registered with the run-folder layer, which resumes a folder that lacks one.
+  return _config_dict(train_config)
 
 
 def claim_results_dir(out: str | os.PathLike, settings: dict, *,

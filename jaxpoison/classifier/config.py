@@ -27,11 +27,11 @@ NOISES = ("none", "bernoulli", "uniform", "gaussian")
 # TrainConfig fields added after run folders were written with it; each default reproduces the
 # training before the field existed (jaxpoison.runs lets a run with that value resume a folder
 # written without the field).
-ADDED_FIELDS = ("adversarial_epsilon", "adversarial_steps", "adversarial_step_size",
-                "adversarial_random_start", "norm", "dp_clip_norm", "dp_noise_multiplier",
-                "noise", "noise_scale", "friendly_epoch", "friendly_steps", "friendly_lr",
-                "friendly_mu", "friendly_clamp", "friendly_init", "friendly_batch_size",
-                "pad_mode", "grayscale_prob", "noise_quantize")
+ADDED_FIELDS = ("head_lr_scale", "adversarial_epsilon", "adversarial_steps",
+                "adversarial_step_size", "adversarial_random_start", "norm", "dp_clip_norm",
+                "dp_noise_multiplier", "noise", "noise_scale", "friendly_epoch", "friendly_steps",
+                "friendly_lr", "friendly_mu", "friendly_clamp", "friendly_init",
+                "friendly_batch_size", "pad_mode", "grayscale_prob", "noise_quantize")
 
 # Per-channel statistics of the CIFAR-10 training set, in [0, 1] units; the networks normalize
 # their inputs with them.
