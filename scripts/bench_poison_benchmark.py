@@ -38,7 +38,7 @@ def main(argv=None) -> None:
   with cli.user_errors(ValueError, TypeError):  # An invalid config file.
     config = dataclasses.replace(cli.load_config_file(args.config), sigmas=(0.0,))
   dataset = jp.load_cifar10(args.data)
-  split = pb.split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
+  split = pb.split_training_set(dataset.y_train, key=jax.random.key(config.pretrain_seed),
                                 finetune_per_class=config.finetune_per_class,
                                 pretrain_classes=config.pretrain_classes)
   out = Path(args.out)

@@ -17,11 +17,13 @@ from test_poison_benchmark import E2E_SHAPE, E2E_SPEC, _dataset, tiny_random_den
 
 def test_training_subset_is_seeded_balanced_and_sorted():
   labels = np.arange(200) % 10
-  subset = fs.training_subset(labels, 5, seed=0)
+  subset = fs.training_subset(labels, 5, key=jax.random.key(0))
   assert subset.size == 50 and np.all(np.diff(subset) > 0)
   assert np.all(np.bincount(labels[subset], minlength=10) == 5)
-  np.testing.assert_array_equal(subset, fs.training_subset(labels, 5, seed=0))
-  assert not np.array_equal(subset, fs.training_subset(labels, 5, seed=1))
+  np.testing.assert_array_equal(subset, fs.training_subset(labels, 5))  # key(0) by default
+  assert not np.array_equal(subset, fs.training_subset(labels, 5, key=jax.random.key(1)))
+  with pytest.warns(DeprecationWarning, match="seed= is deprecated"):
+    np.testing.assert_array_equal(subset, fs.training_subset(labels, 5, 0))
   np.testing.assert_array_equal(fs.training_subset(labels, None), np.arange(200))
   with pytest.raises(ValueError, match="class 0 has 20"):
     fs.training_subset(labels, 21)

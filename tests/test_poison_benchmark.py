@@ -218,7 +218,7 @@ def test_config_attack_config_and_budget():
 
 def test_split_is_disjoint_seeded_and_takes_the_first_per_class():
   labels = np.arange(400) % 10
-  split = pb.split_training_set(labels, pretrain_seed=3, finetune_per_class=7)
+  split = pb.split_training_set(labels, key=jax.random.key(3), finetune_per_class=7)
   assert split.pretrain.size == 200 and split.pool.size == 200
   assert np.intersect1d(split.pretrain, split.pool).size == 0
   np.testing.assert_array_equal(np.union1d(split.pretrain, split.pool), np.arange(400))
@@ -226,11 +226,17 @@ def test_split_is_disjoint_seeded_and_takes_the_first_per_class():
   for c in range(10):
     members = split.pool[labels[split.pool] == c]
     np.testing.assert_array_equal(split.finetune[labels[split.finetune] == c], members[:7])
-  again = pb.split_training_set(labels, pretrain_seed=3, finetune_per_class=7)
+  again = pb.split_training_set(labels, key=jax.random.key(3), finetune_per_class=7)
   np.testing.assert_array_equal(again.pretrain, split.pretrain)
-  other = pb.split_training_set(labels, pretrain_seed=4, finetune_per_class=7)
+  other = pb.split_training_set(labels, key=jax.random.key(4), finetune_per_class=7)
   assert not np.array_equal(other.pretrain, split.pretrain)
-  whole = pb.split_training_set(labels, pretrain_seed=3, finetune_per_class=None)
+  # The earlier seed argument: the same split, with a deprecation warning.
+  with pytest.warns(DeprecationWarning, match="pretrain_seed= is deprecated"):
+    seeded = pb.split_training_set(labels, pretrain_seed=3, finetune_per_class=7)
+  np.testing.assert_array_equal(seeded.pretrain, split.pretrain)
+  with pytest.raises(TypeError, match="pass key or pretrain_seed, not both"):
+    pb.split_training_set(labels, key=jax.random.key(3), pretrain_seed=3)
+  whole = pb.split_training_set(labels, key=jax.random.key(3), finetune_per_class=None)
   np.testing.assert_array_equal(whole.finetune, split.pool)
   with pytest.raises(ValueError, match=r"finetune_per_class: class \d has"):
     pb.split_training_set(labels, finetune_per_class=21)
@@ -238,11 +244,13 @@ def test_split_is_disjoint_seeded_and_takes_the_first_per_class():
 
 def test_eval_indices_cover_every_class_of_a_label_sorted_test_set():
   labels = np.repeat(np.arange(10), 100)  # sorted by label, like some CIFAR-10 copies
-  subset = pb.eval_indices(labels.size, 50, seed=0)
+  subset = pb.eval_indices(labels.size, 50, key=jax.random.key(0))
   assert subset.size == 50 and np.unique(subset).size == 50 and np.all(np.diff(subset) > 0)
   assert np.unique(labels[subset]).size == 10  # a prefix would be class 0 only
-  np.testing.assert_array_equal(subset, pb.eval_indices(labels.size, 50, seed=0))
-  assert not np.array_equal(subset, pb.eval_indices(labels.size, 50, seed=1))
+  np.testing.assert_array_equal(subset, pb.eval_indices(labels.size, 50))  # key(0) by default
+  assert not np.array_equal(subset, pb.eval_indices(labels.size, 50, key=jax.random.key(1)))
+  with pytest.warns(DeprecationWarning, match="seed= is deprecated"):
+    np.testing.assert_array_equal(subset, pb.eval_indices(labels.size, 50, seed=0))
   np.testing.assert_array_equal(pb.eval_indices(labels.size, labels.size), np.arange(1000))
   for bad in (0, 1001):
     with pytest.raises(ValueError, match="num_eval: expected 1 to 1000"):

@@ -21,6 +21,7 @@ import numbers
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import jax
 import numpy as np
 
 from jaxpoison import attacks, classifier, defenses, diffusion, io, runs
+from jaxpoison.keys import as_key
 from jaxpoison.benchmarks.tables import (ATTACK_TITLES, DEFAULT_BOUND, DEFAULT_FINETUNE,  # noqa: F401
                                          NO_DEFENSE, ROW_ORDER, diverged, render_defense_table,
                                          render_table, success_interval, summarize,
@@ -75,7 +77,21 @@ class Split:
     return np.flatnonzero(np.isin(test_labels, self.classes))
 
 
-def split_training_set(labels, *, pretrain_seed: int = 0,
+def _key_or_seed(key, seed, name: str) -> jax.Array:
+  """The key a harness function draws from: `key`, or (the earlier interface, deprecated) the
+  key of an integer seed, `jax.random.key(seed)`; both together is an error."""
+  if key is not None:
+    if seed is not None:
+      raise TypeError(f"pass key or {name}, not both")
+    return as_key(key)
+  if seed is not None:
+    warnings.warn(f"{name}= is deprecated; pass key=jax.random.key({name})", DeprecationWarning,
+                  stacklevel=3)
+    return jax.random.key(seed)
+  return jax.random.key(0)
+
+
+def split_training_set(labels, *, key: jax.Array | None = None, pretrain_seed: int | None = None,
                        finetune_per_class: int | None = 250,
                        pretrain_classes: Sequence[int] | None = None) -> Split:
   """Splits the training set into pretraining data and a fine-tune pool; takes the fine-tune
@@ -83,9 +99,10 @@ def split_training_set(labels, *, pretrain_seed: int = 0,
 
   Args:
     labels: int [N], the training labels.
-    pretrain_seed: without `pretrain_classes`, the permutation
-      `jax.random.permutation(fold_in(key(seed), 0), N)`: its first ⌊N/2⌋ entries are the
-      pretraining half, the rest the fine-tune pool.
+    key: the pretraining key (default `jax.random.key(0)`); without `pretrain_classes`, the
+      permutation `jax.random.permutation(fold_in(key, SPLIT), N)`: its first ⌊N/2⌋ entries are
+      the pretraining half, the rest the fine-tune pool.
+    pretrain_seed: deprecated, `key=jax.random.key(pretrain_seed)`.
     finetune_per_class: the fine-tune set is the first (lowest-index) this many images of each
       class in the pool, the benchmark's choice of the first 250 per class; None takes the pool.
     pretrain_classes: split by class instead: every image of these classes is pretraining
@@ -110,8 +127,8 @@ def split_training_set(labels, *, pretrain_seed: int = 0,
     inside = np.isin(labels, pretrain_classes)
     pretrain, pool = np.flatnonzero(inside), np.flatnonzero(~inside)
   else:
-    key = jax.random.fold_in(jax.random.key(pretrain_seed), SPLIT)
-    order = np.asarray(jax.random.permutation(key, labels.size))
+    split_key = jax.random.fold_in(_key_or_seed(key, pretrain_seed, "pretrain_seed"), SPLIT)
+    order = np.asarray(jax.random.permutation(split_key, labels.size))
     half = labels.size // 2
     pretrain, pool = np.sort(order[:half]), np.sort(order[half:])
   if finetune_per_class is None:
@@ -127,20 +144,21 @@ def split_training_set(labels, *, pretrain_seed: int = 0,
   return Split(pretrain, pool, np.sort(np.concatenate(chosen)), classes)
 
 
-def eval_indices(num_test: int, num_eval: int, *, seed: int = 0,
-                 pool: np.ndarray | None = None) -> np.ndarray:
+def eval_indices(num_test: int, num_eval: int, *, key: jax.Array | None = None,
+                 seed: int | None = None, pool: np.ndarray | None = None) -> np.ndarray:
   """The test images clean accuracy is measured on: `num_eval` of `num_test` (or of the
   indices `pool`, e.g. the fine-tune classes' test images), sorted.
 
-  A seeded random subset (`fold_in(key(seed), EVAL_SUBSET)`), not the first `num_eval`: test
-  sets stored sorted by label (as some CIFAR-10 copies are) would otherwise give one class.
+  A random subset (`fold_in(key, EVAL_SUBSET)`, key default `jax.random.key(0)`; `seed` is the
+  deprecated `key=jax.random.key(seed)`), not the first `num_eval`: test sets stored sorted by
+  label (as some CIFAR-10 copies are) would otherwise give one class.
   """
   candidates = num_test if pool is None else len(pool)
   if not 1 <= num_eval <= candidates:
     raise ValueError(f"num_eval: expected 1 to {candidates} (the test images"
                      f"{'' if pool is None else ' of the fine-tune classes'}), got {num_eval}")
-  key = jax.random.fold_in(jax.random.key(seed), EVAL_SUBSET)
-  chosen = np.asarray(jax.random.permutation(key, candidates))[:num_eval]
+  subset_key = jax.random.fold_in(_key_or_seed(key, seed, "seed"), EVAL_SUBSET)
+  chosen = np.asarray(jax.random.permutation(subset_key, candidates))[:num_eval]
   return np.sort(chosen if pool is None else np.asarray(pool)[chosen])
 
 

@@ -283,14 +283,16 @@ class FromScratchConfig:
 EXECUTION_FIELDS = ("attacks", "num_trials", "trials_per_step", "denoise_batch_size")
 
 
-def training_subset(labels, per_class: int | None, seed: int = 0) -> np.ndarray:
+def training_subset(labels, per_class: int | None, seed: int | None = None, *,
+                    key: jax.Array | None = None) -> np.ndarray:
   """Sorted training indices: all (None), or the first `per_class` of each class in the
-  permutation `jax.random.permutation(fold_in(key(seed), TRAIN_SUBSET), N)`."""
+  permutation `jax.random.permutation(fold_in(key, TRAIN_SUBSET), N)` (key default
+  `jax.random.key(0)`; `seed` is the deprecated `key=jax.random.key(seed)`)."""
   labels = np.asarray(labels)
   if per_class is None:
     return np.arange(labels.size)
   order = np.asarray(jax.random.permutation(
-      jax.random.fold_in(jax.random.key(seed), TRAIN_SUBSET), labels.size))
+      jax.random.fold_in(common._key_or_seed(key, seed, "seed"), TRAIN_SUBSET), labels.size))
   chosen = []
   for c in np.unique(labels):
     members = order[labels[order] == c]
@@ -577,7 +579,8 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
       sources.append(None)
   targets = np.stack(targets)[order]
   train_keys = jnp.stack([jax.random.fold_in(keys[i], FINETUNE) for i in order])
-  subset_eval = eval_indices(dataset.x_test.shape[0], config.num_eval, seed=config.seed)
+  subset_eval = eval_indices(dataset.x_test.shape[0], config.num_eval,
+                             key=jax.random.key(config.seed))
   eval_images, eval_labels = dataset.x_test[subset_eval], dataset.y_test[subset_eval]
   if victim_init is not None:
     victim = victim.replace(reinit_head=True)
@@ -716,7 +719,8 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
   if config.num_eval > dataset.x_test.shape[0]:
     raise ValueError(f"num_eval: {config.num_eval} exceeds the {dataset.x_test.shape[0]} test "
                      "images")
-  subset = training_subset(dataset.y_train, config.train_per_class, config.subset_seed)
+  subset = training_subset(dataset.y_train, config.train_per_class,
+                           key=jax.random.key(config.subset_seed))
   init_meta, init_source = None, None
   if victim_init is not None:
     if isinstance(victim_init, (str, Path)):

@@ -509,8 +509,8 @@ def evaluate_trials(config: TransferConfig, poison_sets: Sequence[attacks.Poison
   poisoned = [poisoned_images(finetune_images, finetune_indices, p) for p in poison_sets]
   targets = np.stack([target_image(p, dataset) for p in poison_sets])[order]
   train_keys = jnp.stack([jax.random.fold_in(keys[i], FINETUNE) for i in order])
-  subset = eval_indices(dataset.x_test.shape[0], config.num_eval, seed=config.seed,
-                       pool=eval_pool)
+  subset = eval_indices(dataset.x_test.shape[0], config.num_eval,
+                        key=jax.random.key(config.seed), pool=eval_pool)
   eval_images = dataset.x_test[subset]
   eval_labels = dataset.y_test[subset]
   out = [{"target_prediction": [], "clean_accuracy": [], "defense_details": [], "diverged": []}
@@ -613,7 +613,7 @@ def craft_all(config: TransferConfig, dataset, out_dir: str | Path, *, pretraine
   """
   start = time.perf_counter()
   out_dir = Path(out_dir)
-  split = split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
+  split = split_training_set(dataset.y_train, key=jax.random.key(config.pretrain_seed),
                              finetune_per_class=config.finetune_per_class,
                              pretrain_classes=config.pretrain_classes)
   victim, _, crafter, _ = _extractors(config, dataset, split, out_dir, pretrained,
@@ -665,7 +665,7 @@ def run_benchmark(config: TransferConfig, dataset, out_dir: str | Path, *, denoi
   if config.num_eval > dataset.x_test.shape[0]:
     raise ValueError(f"num_eval: {config.num_eval} exceeds the {dataset.x_test.shape[0]} test "
                      "images")
-  split = split_training_set(dataset.y_train, pretrain_seed=config.pretrain_seed,
+  split = split_training_set(dataset.y_train, key=jax.random.key(config.pretrain_seed),
                              finetune_per_class=config.finetune_per_class,
                              pretrain_classes=config.pretrain_classes)
   victim, victim_meta, crafter, crafter_meta = _extractors(

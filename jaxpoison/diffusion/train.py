@@ -41,6 +41,7 @@ from jaxpoison.diffusion.schedule import (ScheduleConfig, alphas_cumprod, sigmas
 from jaxpoison.diffusion.unet import UNetConfig, count_params
 from jaxpoison.io import atomic_write_dir
 from jaxpoison import backend
+from jaxpoison.keys import as_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +132,11 @@ def _optimizer(cfg: DenoiserTrainConfig):
                      optax.adamw(lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
 
 
-def init_train_state(cfg: DenoiserTrainConfig) -> DenoiserTrainState:
-  key = jax.random.key(cfg.seed)
+def init_train_state(cfg: DenoiserTrainConfig, key: jax.Array | None = None
+                     ) -> DenoiserTrainState:
+  """A fresh training state: the UNet initialized from fold_in(key, 0), the per-step noise
+  stream from fold_in(key, 1); `key` defaults to `jax.random.key(cfg.seed)`, the config's."""
+  key = jax.random.key(cfg.seed) if key is None else as_key(key)
   den = create_denoiser(cfg.unet, cfg.schedule, jax.random.fold_in(key, 0))
   params = den.params
   return DenoiserTrainState(step=jnp.zeros((), jnp.int32), params=params,
