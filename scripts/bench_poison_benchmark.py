@@ -18,6 +18,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import jaxpoison as jp
