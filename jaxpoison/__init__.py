@@ -2,7 +2,8 @@
 
 Public API, re-exported from the submodules:
 
-* data: `load_cifar10`, `load_tiny_imagenet`, `load_dataset`, `Dataset`, augmentations.
+* data: `load_cifar10`, `load_tiny_imagenet`, `load_dataset`, `Dataset`; the augmentations
+  `random_flip`, `random_translate`, `cutout` (from `classifier.augment`).
 * certification statistics: the module `certify` (`certify.predict` and `certify.certify` are
   Cohen et al.'s PREDICT and CERTIFY; the names would clash with the classifier's `predict`
   at the top level), and `vote_counts`, `lower_confidence_bound`, `poisoning_radius`,
@@ -59,10 +60,11 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "poisoning_radius", "top_class_lower_bound", "vote_counts",
         ],
         "data": [
-            "CIFAR10", "TINY_IMAGENET", "DataError", "Dataset", "DatasetSpec", "cutout",
+            "CIFAR10", "TINY_IMAGENET", "DataError", "Dataset", "DatasetSpec",
             "load_cifar10", "load_dataset", "load_image_folder", "load_npz", "load_tiny_imagenet",
-            "make_dataset", "random_flip", "random_translate",
+            "make_dataset",
         ],
+        "classifier.augment": ["cutout", "random_flip", "random_translate"],
         "diffusion": ["Denoiser", "default_denoiser", "load_denoiser", "noise_and_denoise"],
         "io": ["atomic_save_npz", "atomic_write_json", "atomic_write_text"],
         "benchmarks": [

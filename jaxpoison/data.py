@@ -28,11 +28,8 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxpoison._checks import check_images
 from jaxpoison.io import atomic_save_npz
 
 CIFAR10_LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -553,48 +550,12 @@ def load_tiny_imagenet(source: str | os.PathLike, data_dir=None) -> Dataset:
   return load_dataset("tiny_imagenet", source, data_dir)
 
 
-# --- On-device augmentation ------------------------------------------------------------------
-# Each takes a key and a batch [B, H, W, C] and returns a batch of the same shape and dtype.
-# Every image gets its own random draw from the one key.
+# The augmentations that lived here until the floors were drawn: they are the classifier's now.
+_MOVED = {"random_flip", "random_translate", "cutout"}
 
 
-def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
-  """Flips each image left-right with probability 1/2."""
-  check_images(images, name="random_flip images")
-  flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
-  return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
-
-
-def random_translate(key: jax.Array, images: jax.Array, pad: int = 2) -> jax.Array:
-  """Shifts each image by up to `pad` pixels in each direction, filling by reflection."""
-  check_images(images, name="random_translate images")
-  if pad < 0:
-    raise ValueError(f"pad: expected a non-negative number of pixels, got {pad}")
-  if pad == 0:
-    return images
-  _, height, width, _ = images.shape
-  padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-  offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pad + 1)
-
-  def crop(image, offset):
-    return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
-
-  return jax.vmap(crop)(padded, offsets)
-
-
-def cutout(key: jax.Array, images: jax.Array, size: int = 8) -> jax.Array:
-  """Zeroes a `size`×`size` square at a uniformly random centre in each image (DeVries & Taylor
-  2017); the square is clipped where it crosses the border."""
-  check_images(images, name="cutout images")
-  if size < 0:
-    raise ValueError(f"size: expected a non-negative patch size, got {size}")
-  batch, height, width, _ = images.shape
-  centres = jax.random.randint(key, (batch, 2), 0, jnp.array([height, width]))
-  top = centres[:, 0] - size // 2
-  left = centres[:, 1] - size // 2
-  rows = jnp.arange(height)[None, :]
-  cols = jnp.arange(width)[None, :]
-  in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)
-  in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)
-  mask = in_rows[:, :, None] & in_cols[:, None, :]
-  return jnp.where(mask[..., None], jnp.zeros((), images.dtype), images)
+def __getattr__(name):
+  if name in _MOVED:
+    raise AttributeError(f"jaxpoison.data.{name} moved to jaxpoison.classifier.augment.{name} "
+                         f"(also jaxpoison.{name})")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,57 +40,9 @@ from jaxpoison.backend import LOOPS, resolve_loop  # noqa: F401  (re-exported)
 from jaxpoison.attacks import constraints, core
 from jaxpoison.surrogates import GradientModel, as_gradient_models  # noqa: F401  (re-exported)
 from jaxpoison.attacks.configs import AttackResult, GradientMatchingConfig, WitchesBrewConfig
+from jaxpoison.classifier.augment import (MAX_SHIFT_PIXELS, apply_shift_flip,  # noqa: F401
+                                          random_shift_flip)
 from jaxpoison.keys import as_key
-
-# RandomTransform(shift=8) on 32-pixel images: a uniform shift of up to linspace(0, 1, 32)[8] =
-# 8/31 normalized units, i.e. ±4 pixels under align_corners (2 units span 31 pixels).
-MAX_SHIFT_PIXELS = 4.0
-
-
-def apply_shift_flip(images, shifts, flips, fill):
-  """Translates and mirrors images with bilinear interpolation (differentiable in `images`).
-
-  images: float [B, H, W, C]; shifts: float [B, 2], (rows, columns) in pixels; flips: bool [B]
-  (horizontal); fill: float [C], the value outside the image. Output pixel (i, j) samples the
-  input at (i + dy, j + dx), or at (i + dy, W − 1 − j − dx) when flipped: PyTorch's
-  `grid_sample(align_corners=True, padding_mode="zeros")` on a shifted (and x-negated) identity
-  grid, with "zeros" meaning `fill` here (zero in the reference's normalized space is the
-  dataset mean in [0, 1] pixels).
-
-  A translation is separable, and bilinear weights are the hat function max(0, 1 − |s − h|) of
-  the sampling position s and the pixel h, so each image is two small matrix products,
-  R · (x − fill) · Cᵀ + fill, with no gather (whose transpose, a scatter-add, is what makes the
-  second-order gradient slow).
-  """
-  _, h, w, _ = images.shape
-  shifts = shifts.astype(images.dtype)
-  rows = jnp.arange(h, dtype=images.dtype)
-  cols = jnp.arange(w, dtype=images.dtype)
-  src_r = rows[None, :] + shifts[:, :1]                                   # [B, H]
-  src_c = jnp.where(flips[:, None], (w - 1) - cols[None, :] - shifts[:, 1:],
-                    cols[None, :] + shifts[:, 1:])                         # [B, W]
-
-  def hat(src, n):
-    return jnp.maximum(0.0, 1.0 - jnp.abs(src[:, :, None] - jnp.arange(n, dtype=images.dtype)))
-
-  row_weights, col_weights = hat(src_r, h), hat(src_c, w)                 # [B, H, H], [B, W, W]
-  fill = jnp.asarray(fill, images.dtype)
-  centred = images - fill
-  out = jnp.einsum("bih,bhwc->biwc", row_weights, centred)
-  out = jnp.einsum("bjw,biwc->bijc", col_weights, out)
-  return out + fill
-
-
-def random_shift_flip(images, key, fill, *, max_shift: float = MAX_SHIFT_PIXELS,
-                      flip: bool = True):
-  """`apply_shift_flip` with a fresh uniform shift in [−max_shift, max_shift]² pixels and a fair
-  coin for the flip per image, drawn from `key`."""
-  k_shift, k_flip = jax.random.split(key)
-  shifts = jax.random.uniform(k_shift, (images.shape[0], 2), jnp.float32, -max_shift, max_shift)
-  flips = (jax.random.bernoulli(k_flip, 0.5, (images.shape[0],)) if flip
-           else jnp.zeros((images.shape[0],), bool))
-  return apply_shift_flip(images, shifts, flips, jnp.asarray(fill, images.dtype))
-
 
 def parameter_gradient(apply_fn: Callable, params, images, labels, weights=None):
   """∇_θ of the mean cross-entropy of `apply_fn(params, images)` against integer labels

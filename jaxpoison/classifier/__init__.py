@@ -14,7 +14,7 @@ import lazy_loader
 # until one of these names is first used.
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=['adversarial', 'api', 'config', 'friendly', 'models', 'train'],
+    submodules=['adversarial', 'api', 'augment', 'config', 'friendly', 'models', 'train'],
     submod_attrs={
         'api': [
             'CheckpointMismatchError', 'device_memory_limit', 'estimate_bytes', 'evaluate',

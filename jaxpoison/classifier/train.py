@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from jaxpoison.classifier import augment
 from jaxpoison.classifier.adversarial import pgd_linf
 from jaxpoison.classifier.friendly import chunked_friendly_noise
 from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
@@ -135,29 +136,18 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
   else:
     flip = None
   if flip is not None:
-    images = jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+    images = augment.flip_where(images, flip)
   pad = config.translate
   if pad > 0:
-    h, w, c = images.shape[1:]
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
-                     mode="reflect" if config.pad_mode == "reflect" else "constant")
     offsets = jax.random.randint(jax.random.fold_in(batch_key, 1), (images.shape[0], 2), 0,
                                  2 * pad + 1)
-    images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
-        padded, offsets)
+    images = augment.translate(images, offsets, pad,
+                               "reflect" if config.pad_mode == "reflect" else "constant")
   if config.grayscale_prob > 0:  # static
     gray = jax.random.bernoulli(jax.random.fold_in(batch_key, 2), config.grayscale_prob,
                                 (images.shape[0],))
-    images = jnp.where(gray[:, None, None, None], pil_grayscale(images), images)
+    images = jnp.where(gray[:, None, None, None], augment.pil_grayscale(images), images)
   return images
-
-
-def pil_grayscale(images):
-  """PIL's convert("L") of uint8 RGB [..., 3], in all three channels: L = (19595 R + 38470 G +
-  7471 B + 2^15) >> 16, i.e. 0.299 R + 0.587 G + 0.114 B rounded (libImaging/Convert.c)."""
-  rgb = images.astype(jnp.int32)
-  luma = (19595 * rgb[..., 0] + 38470 * rgb[..., 1] + 7471 * rgb[..., 2] + 32768) >> 16
-  return jnp.broadcast_to(luma[..., None], images.shape).astype(images.dtype)
 
 
 def privatize_gradients(per_example_grads, key, clip_norm, noise_multiplier):
@@ -496,3 +486,6 @@ def make_train_fn(config: TrainConfig):
     return parts.finish(carry, num_steps)
 
   return train_fn
+
+
+pil_grayscale = augment.pil_grayscale  # its earlier home

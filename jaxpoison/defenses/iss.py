@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpoison._checks import check_images
+from jaxpoison.classifier.augment import pil_grayscale
 
 ISS_JPEG_QUALITY = 10  # ISS README and ECLIPSE §4.2's "ISS-J".
 
@@ -49,7 +50,6 @@ def iss_jpeg(images, quality: int = ISS_JPEG_QUALITY) -> np.ndarray:
 def iss_grayscale(images) -> np.ndarray:
   """Every RGB image turned to PIL's grayscale L = 0.299 R + 0.587 G + 0.114 B (rounded), in all
   three channels: uint8 [N, H, W, 3]."""
-  from jaxpoison.classifier.train import pil_grayscale
   images = np.asarray(images)
   check_images(images)
   if images.dtype != np.uint8 or images.shape[-1] != 3:

@@ -80,23 +80,24 @@ _lazy_getattr, __dir__, __all__ = lazy_loader.attach(
 )
 
 # Names these pieces had while EM, TAP and REM were one module: (module, name there).
+_TRAINED = "jaxpoison.attacks.unlearnable.trained"
 _EARLIER_NAMES = {
-    "_SurrogateRun": ("trained", "SurrogateRun"),
-    "_TrainedPoisonConfig": ("trained", "TrainedPoisonConfig"),
-    "_cross_entropy": ("trained", "cross_entropy"),
-    "_target_offset": ("trained", "check_target_offset"),
-    "_check_config": ("trained", "check_config"),
-    "_check_data": ("trained", "check_data"),
-    "_map_batches": ("trained", "map_batches"),
-    "_perturbed": ("trained", "perturbed"),
-    "_indexed_keys": ("base", "indexed_keys"),
-    "_flip_crop": ("rem", "_flip_crop"),
-    "_rem_perturbations": ("rem", "_rem_perturbations"),
+    "_SurrogateRun": (_TRAINED, "SurrogateRun"),
+    "_TrainedPoisonConfig": (_TRAINED, "TrainedPoisonConfig"),
+    "_cross_entropy": (_TRAINED, "cross_entropy"),
+    "_target_offset": (_TRAINED, "check_target_offset"),
+    "_check_config": (_TRAINED, "check_config"),
+    "_check_data": (_TRAINED, "check_data"),
+    "_map_batches": (_TRAINED, "map_batches"),
+    "_perturbed": (_TRAINED, "perturbed"),
+    "_indexed_keys": ("jaxpoison.attacks.unlearnable.base", "indexed_keys"),
+    "_flip_crop": ("jaxpoison.classifier.augment", "flip_crop_per_image"),
+    "_rem_perturbations": ("jaxpoison.attacks.unlearnable.rem", "_rem_perturbations"),
 }
 
 
 def __getattr__(name):
   if name in _EARLIER_NAMES:
     module, attribute = _EARLIER_NAMES[name]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+    return getattr(importlib.import_module(module), attribute)
   return _lazy_getattr(name)

@@ -23,6 +23,7 @@ from jaxpoison.attacks.unlearnable.trained import (SurrogateRun, TrainedPoisonCo
                                                   check_data, check_surrogate_config, cross_entropy,
                                                   fraction, nnx_logits, sign_pgd)
 from jaxpoison.classifier.config import TrainConfig, resnet18_config
+from jaxpoison.classifier.augment import flip_crop_per_image
 from jaxpoison.keys import as_key
 
 REM_EPSILON = 8 / 255
@@ -119,24 +120,6 @@ class REMResult(NamedTuple):
 
 # --- REM: robust error-minimizing noise ---------------------------------------------------------
 
-def _flip_crop(images, keys, translate: int):
-  """The training transform per image, from its own key: a horizontal flip (a fair coin) and a
-  crop of the image zero-padded by `translate` pixels (offsets uniform in [0, 2·translate]);
-  differentiable in the images (a selection of their values)."""
-  h, w, c = images.shape[1:]
-
-  def one(image, k):
-    k_flip, k_crop = jax.random.split(k)
-    image = jnp.where(jax.random.bernoulli(k_flip, 0.5), image[:, ::-1], image)
-    if translate == 0:
-      return image
-    padded = jnp.pad(image, ((translate, translate), (translate, translate), (0, 0)))
-    offsets = jax.random.randint(k_crop, (2,), 0, 2 * translate + 1)
-    return jax.lax.dynamic_slice(padded, (offsets[0], offsets[1], 0), (h, w, c))
-
-  return jax.vmap(one)(images, keys)
-
-
 def _rem_perturbations(logits_fn, x, y, keys, config: REMConfig):
   """REM's noise for a batch (`RobustMinimaxPGDDefender.perturb`): float δ [B, H, W, C].
 
@@ -165,7 +148,7 @@ def _rem_perturbations(logits_fn, x, y, keys, config: REMConfig):
 
     def transformed(d):
       z = jnp.clip(x + d, 0.0, 1.0)
-      return _flip_crop(z, augment_keys, config.translate) if config.augment else z
+      return flip_crop_per_image(z, augment_keys, config.translate) if config.augment else z
 
     defended, pullback = jax.vjp(transformed, d)
     if rho > 0:

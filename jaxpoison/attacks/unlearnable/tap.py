@@ -20,7 +20,8 @@ from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks import constraints
 from jaxpoison.attacks.configs import FOREST_CIFAR10_MEAN
 from jaxpoison.attacks.unlearnable.base import indexed_keys
-from jaxpoison.attacks.witches_brew import GradientModel, apply_shift_flip
+from jaxpoison.attacks.witches_brew import GradientModel
+from jaxpoison.classifier.augment import random_shift_flip_per_image
 from jaxpoison.attacks.unlearnable.trained import (TrainedPoisonConfig, check_config, check_data,
                                                   check_target_offset, cross_entropy, map_batches,
                                                   perturbed, sign_pgd, target_classes)
@@ -96,17 +97,6 @@ class TAPResult(NamedTuple):
 # --- TAP: targeted adversarial poisoning --------------------------------------------------------
 
 
-def _random_shift_flip_per_image(images, keys, fill, max_shift: float):
-  """RandomTransform's shift (uniform in [−max_shift, max_shift]² pixels) and horizontal flip
-  (a fair coin), drawn per image from its own key, applied bilinearly (`apply_shift_flip`)."""
-  def draw(k):
-    k_shift, k_flip = jax.random.split(k)
-    return (jax.random.uniform(k_shift, (2,), jnp.float32, -max_shift, max_shift),
-            jax.random.bernoulli(k_flip, 0.5))
-  shifts, flips = jax.vmap(draw)(keys)
-  return apply_shift_flip(images, shifts, flips, fill)
-
-
 @functools.partial(jax.jit, static_argnames=("config",))
 def _tap_restart(surrogate: GradientModel, images, labels, key, config: TAPConfig):
   """One restart: (δ of every image, the mean target loss at the last step)."""
@@ -124,7 +114,7 @@ def _tap_restart(surrogate: GradientModel, images, labels, key, config: TAPConfi
     def loss(z, t):
       if config.augment:
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + 1))(keys)
-        z = _random_shift_flip_per_image(z, step_keys, fill, config.max_shift)
+        z = random_shift_flip_per_image(z, step_keys, fill, config.max_shift)
       return cross_entropy(logits_fn(z), targets)
 
     return sign_pgd(loss, x, start, epsilon=config.epsilon, steps=config.steps,
