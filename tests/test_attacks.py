@@ -237,7 +237,7 @@ def test_published_defaults():
   assert A.PoisonFrogsConfig(norm="l2", epsilon=A.L2_EPSILON).proximal_weight == 4.0
   for config in (A.ConvexPolytopeConfig(), A.BullseyePolytopeConfig()):
     assert (config.num_steps, config.learning_rate, config.momentum, config.decay_steps,
-            config.input_std) == (1200, 0.04, 0.9, (), A.CIFAR10_STD)
+            config.input_std) == (1200, 0.04, 0.9, (), A.BENCHMARK_CIFAR10_STD)
   assert (A.ConvexPolytopeConfig().coeff_tol, A.ConvexPolytopeConfig().coeff_max_iters) == (1e-6, 10_000)
 
 

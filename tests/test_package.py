@@ -225,3 +225,6 @@ def test_deprecated_names_warn_and_are_the_new_ones():
   from jaxpoison.benchmarks import transfer
   with pytest.warns(DeprecationWarning, match="use TransferConfig"):
     assert transfer.BenchmarkConfig is transfer.TransferConfig
+  from jaxpoison.attacks import configs
+  with pytest.warns(DeprecationWarning, match="use BENCHMARK_CIFAR10_STD"):
+    assert configs.CIFAR10_STD == configs.BENCHMARK_CIFAR10_STD == (0.2023, 0.1994, 0.2010)

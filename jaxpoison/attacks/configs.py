@@ -16,6 +16,7 @@ The bound defaults to the ℓ∞ ε = 16/255 of Hong et al.'s Table 1 (the bench
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -32,9 +33,10 @@ LINF_EPSILON = 16 / 255
 # image. 6.43: the radius Hong et al. use for the transfer-learning attacks.
 L2_EPSILON = 3.48
 L2_EPSILON_TRANSFER = 6.43
-# Per-channel standard deviation the benchmark normalizes CIFAR-10 inputs with; its polytope
-# attacks take Adam steps on the normalized image, i.e. lr·std per [0, 1] pixel unit.
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+# Per-channel standard deviation the poisoning benchmark normalizes CIFAR-10 inputs with (not
+# the training set's, `classifier.config.CIFAR10_STD`); its polytope attacks take Adam steps on
+# the normalized image, i.e. lr·std per [0, 1] pixel unit.
+BENCHMARK_CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 # Poisons per trial in the benchmark's CIFAR-10 transfer-learning setting (1% of the 2,500
 # fine-tuning images).
 BENCHMARK_NUM_POISONS = 25
@@ -133,7 +135,7 @@ class _PolytopeConfig(_BoundedConfig):
   momentum: float = 0.9
   decay_steps: tuple[int, ...] = ()
   decay_ratio: float = 0.1
-  input_std: tuple[float, ...] | None = CIFAR10_STD
+  input_std: tuple[float, ...] | None = BENCHMARK_CIFAR10_STD
 
   def __post_init__(self):
     super().__post_init__()
@@ -429,3 +431,16 @@ class SleeperAgentConfig(GradientMatchingConfig):
     if not self.retrain_every:
       return ()
     return tuple(s for s in range(self.retrain_every, self.num_steps - 1, self.retrain_every))
+
+
+# Names this module had before; each use warns, and they go in the next release.
+_DEPRECATED = {"CIFAR10_STD": ("BENCHMARK_CIFAR10_STD", BENCHMARK_CIFAR10_STD)}
+
+
+def __getattr__(name):
+  if name in _DEPRECATED:
+    new, value = _DEPRECATED[name]
+    warnings.warn(f"jaxpoison.attacks.{name} is deprecated; use {new}", DeprecationWarning,
+                  stacklevel=2)
+    return value
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
