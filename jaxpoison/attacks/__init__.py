@@ -70,7 +70,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'configs': [
             'BENCHMARK_NUM_POISONS', 'BENCHMARK_CIFAR10_STD', 'CIFAR10_STD', 'L2_EPSILON',
             'L2_EPSILON_TRANSFER', 'LINF_EPSILON', 'AttackResult', 'BullseyePolytopeConfig',
-            'ConvexPolytopeConfig', 'GradientMatchingConfig', 'SleeperAgentConfig', 'WitchesBrewConfig',
+            'ConvexPolytopeConfig', 'GradientMatchingConfig', 'SleeperAgentConfig',
+            'WitchesBrewConfig',
             'HiddenTriggerConfig', 'LabelConsistentConfig', 'PoisonFrogsConfig'
         ],
         'constraints': [

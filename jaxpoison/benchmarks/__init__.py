@@ -16,7 +16,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'purification_speed', 'transfer'
     ],
     submod_attrs={
-        'tables': ['ATTACK_TITLES', 'render_table', 'success_interval', 'summarize', 'write_tables'],
+        'tables': ['ATTACK_TITLES', 'render_table', 'success_interval', 'summarize',
+                   'write_tables'],
         'from_scratch': ['FromScratchConfig'],
         'common': [
             'CRAFT', 'DENOISE', 'EVAL_SUBSET', 'FINETUNE', 'PRETRAIN_CRAFTER', 'PRETRAIN_SURROGATE',
@@ -29,7 +30,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         'transfer': [
             'AUGMENTATIONS', 'ATTACK_NAMES', 'EXECUTION_FIELDS', 'FINETUNE_MODES', 'FORMAT_VERSION',
-            'NO_POISON', 'TransferConfig', 'BenchmarkConfig', 'NoPoisonConfig', 'FineTuneConfig', 'craft_all',
+            'NO_POISON', 'TransferConfig', 'BenchmarkConfig', 'NoPoisonConfig', 'FineTuneConfig',
+            'craft_all',
             'craft_poisons', 'evaluate_trials', 'finetune_train_config', 'load_or_craft',
             'run_benchmark', 'run_identity', 'sample_benchmark_trial'
         ],
