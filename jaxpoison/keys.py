@@ -35,8 +35,9 @@ def as_key(key, *, name: str = "key", ndim: int = 0) -> jax.Array:
   if (shape is not None and len(shape) == ndim + 1 and shape[-1] == 2 and dtype == jnp.uint32
       and (ndim == 0 or shape[0] >= 1)):
     return jax.random.wrap_key_data(jnp.asarray(key))
+  what = "a PRNG key" if ndim == 0 else "typed PRNG keys"
   raise TypeError(
-      f"{name}: expected a PRNG key ({expected}, or the legacy jax.random.PRNGKey form), got "
+      f"{name}: expected {what} ({expected}, or the legacy jax.random.PRNGKey form), got "
       f"{type(key).__name__} with shape {shape} and dtype {dtype}")
 
 

@@ -289,14 +289,28 @@ def short_config(config):
 
 
 def test_adversarial_host_loop_matches_the_scanned_program(data, short_config, keys):
+  # Sign-PGD turns the two programs' rounding differences into whole-step differences of the
+  # adversarial pixels wherever a gradient component is near zero, so the loops cannot agree to
+  # float rounding (LOOP_RTOL) as standard training does: on one AMD EPYC host the whitening
+  # bias differed by 3.2% of its size while the attack itself moved it by 150%. What must hold
+  # is that, leaf by leaf, the loops differ by a small fraction of what the attack changes (a
+  # host loop that dropped or misapplied the attack would differ by about all of it).
   (x, y), _ = data
   assert classifier.resolve_loop(short_config) == "host"
   host = classifier.train_models(keys, x, y, short_config)
   scanned = classifier.train_models(keys, x, y, short_config.replace(loop="scan"))
-  diff = _max_diff(host, scanned)
-  print(f"adversarial, host loop vs scan: relative max |Δ variable| = {diff:.3g}")
-  assert diff <= LOOP_RTOL
   standard = classifier.train_models(keys, x, y, short_config.replace(adversarial_epsilon=0.0))
+  ratios = []
+  for u, v, w in zip(_leaves(host), _leaves(scanned), _leaves(standard)):
+    attack = float(np.max(np.abs(u - w)))
+    loops = float(np.max(np.abs(u - v)))
+    if attack > 0:
+      ratios.append(loops / attack)
+    else:  # a leaf nothing trains (the fixed whitening filters): identical in all three
+      assert loops == 0
+  print(f"adversarial, host loop vs scan: at most {max(ratios):.3g} of the attack's change "
+        f"per leaf; relative max |Δ variable| = {_max_diff(host, scanned):.3g}")
+  assert max(ratios) <= 0.1
   assert _max_diff(host, standard) > 1e-2  # the attack was active in this short run too
 
 
