@@ -62,6 +62,24 @@ def fingerprint_pytree(tree, *, length: int | None = None) -> str:
   return fingerprint_arrays(leaves, length=length)
 
 
+def digest_bytes(array) -> str:
+  """SHA-256 (hex) of an array's raw bytes, C order, no dtype or shape (e.g. one uint8 image,
+  as the poison files record their bases and target)."""
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def dataset_fingerprint(dataset) -> dict[str, Any]:
+  """What a results folder records of its dataset: name, split shapes and `fingerprint_arrays`
+  over the images and labels of both splits."""
+  return {
+      "name": str(getattr(dataset, "name", "unknown")),
+      "train_shape": [int(n) for n in dataset.x_train.shape],
+      "test_shape": [int(n) for n in dataset.x_test.shape],
+      "sha256": fingerprint_arrays([dataset.x_train, dataset.y_train, dataset.x_test,
+                                    dataset.y_test]),
+  }
+
+
 def jsonable(obj) -> Any:
   """`obj` as the JSON a settings file holds (tuples become lists, numpy scalars numbers)."""
   return json.loads(json.dumps(obj, default=io._json_default))

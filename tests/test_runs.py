@@ -130,3 +130,28 @@ def test_benchmark_folders_of_an_older_format_are_refused_clearly(tmp_path):
                      match=f"format version 2 of the benchmark, this version writes "
                            f"{benchmarks.FORMAT_VERSION}"):
     benchmarks.claim_run(tmp_path, identity)
+
+
+def test_the_fingerprint_family():
+  import hashlib
+  from types import SimpleNamespace
+
+  from jaxpoison.attacks import poison_files
+  from jaxpoison.benchmarks import common
+  image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+  # A raw digest (what poison files record per image): the bytes alone, no dtype or shape.
+  assert runs.digest_bytes(image) == hashlib.sha256(image.tobytes()).hexdigest()
+  assert runs.digest_bytes(image[:, ::-1]) == hashlib.sha256(
+      np.ascontiguousarray(image[:, ::-1]).tobytes()).hexdigest()
+  data = SimpleNamespace(name="toy", x_train=np.stack([image] * 3), y_train=np.array([0, 1, 2]),
+                         x_test=np.stack([image] * 2), y_test=np.array([1, 0]))
+  fingerprint = runs.dataset_fingerprint(data)
+  assert fingerprint == {"name": "toy", "train_shape": [3, 4, 4, 3], "test_shape": [2, 4, 4, 3],
+                         "sha256": runs.fingerprint_arrays([data.x_train, data.y_train,
+                                                            data.x_test, data.y_test])}
+  relabelled = SimpleNamespace(**{**vars(data), "y_train": np.array([0, 1, 1])})
+  assert runs.dataset_fingerprint(relabelled)["sha256"] != fingerprint["sha256"]
+  assert common.dataset_fingerprint is runs.dataset_fingerprint
+  trial = poison_files.trial_fingerprint(data, [0, 2], 1)
+  assert trial["base_sha256"] == [runs.digest_bytes(image)] * 2
+  assert poison_files.dataset_fingerprint is poison_files.trial_fingerprint

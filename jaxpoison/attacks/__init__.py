@@ -80,8 +80,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         ],
         'core': ['FeatureExtractor', 'NNXApply', 'extract_features', 'nnx_extractor'],
         'poison_files': [
-            'PoisonFileError', 'PoisonSet', 'apply_poisons', 'dataset_fingerprint', 'load_poisons',
-            'make_poison_set', 'save_poisons', 'verify_poisons'
+            'PoisonFileError', 'PoisonSet', 'apply_poisons', 'dataset_fingerprint',
+            'trial_fingerprint', 'load_poisons', 'make_poison_set', 'save_poisons', 'verify_poisons'
         ],
         'hidden_trigger': [
             'benchmark_matching', 'greedy_matching', 'hidden_trigger_backdoor', 'pairwise_distances'

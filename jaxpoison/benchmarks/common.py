@@ -197,14 +197,7 @@ def params_fingerprint(tree) -> str:
   return runs.fingerprint_pytree(tree)
 
 
-def dataset_fingerprint(dataset) -> dict[str, Any]:
-  return {
-      "name": str(getattr(dataset, "name", "unknown")),
-      "train_shape": [int(n) for n in dataset.x_train.shape],
-      "test_shape": [int(n) for n in dataset.x_test.shape],
-      "sha256": runs.fingerprint_arrays([dataset.x_train, dataset.y_train, dataset.x_test,
-                                         dataset.y_test]),
-  }
+dataset_fingerprint = runs.dataset_fingerprint
 
 
 def _config_dict(config) -> Any:
