@@ -23,8 +23,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxpoison"
 
 # Module-path prefixes by floor; the longest matching prefix decides.
 FLOORS = {
-    0: ("jaxpoison._checks", "jaxpoison._version", "jaxpoison.io", "jaxpoison.keys",
-        "jaxpoison.data", "jaxpoison.runs", "jaxpoison.multihost"),
+    0: ("jaxpoison._checks", "jaxpoison._deprecation", "jaxpoison._version", "jaxpoison.io",
+        "jaxpoison.keys", "jaxpoison.data", "jaxpoison.runs", "jaxpoison.multihost"),
     1: ("jaxpoison.certify", "jaxpoison.backend"),
     2: ("jaxpoison.surrogates",),
     3: ("jaxpoison.diffusion", "jaxpoison.classifier"),

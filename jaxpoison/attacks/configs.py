@@ -16,13 +16,13 @@ The bound defaults to the ℓ∞ ε = 16/255 of Hong et al.'s Table 1 (the bench
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from jaxpoison._checks import check_perturbation_bound
+from jaxpoison._deprecation import deprecated_names
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.triggers import get_trigger
@@ -434,13 +434,4 @@ class SleeperAgentConfig(GradientMatchingConfig):
 
 
 # Names this module had before; each use warns, and they go in the next release.
-_DEPRECATED = {"CIFAR10_STD": ("BENCHMARK_CIFAR10_STD", BENCHMARK_CIFAR10_STD)}
-
-
-def __getattr__(name):
-  if name in _DEPRECATED:
-    new, value = _DEPRECATED[name]
-    warnings.warn(f"jaxpoison.attacks.{name} is deprecated; use {new}", DeprecationWarning,
-                  stacklevel=2)
-    return value
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated_names(__name__, "jaxpoison.attacks", {"CIFAR10_STD": ("BENCHMARK_CIFAR10_STD", BENCHMARK_CIFAR10_STD)})

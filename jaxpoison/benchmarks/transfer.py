@@ -57,7 +57,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,6 +67,7 @@ import numpy as np
 
 from jaxpoison import attacks, classifier, defenses
 from jaxpoison._checks import check_perturbation_bound, check_positive, check_sigma
+from jaxpoison._deprecation import deprecated_names
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.configs import BENCHMARK_NUM_POISONS, LINF_EPSILON
 from jaxpoison.benchmarks import common
@@ -734,13 +734,4 @@ def run_benchmark(config: TransferConfig, dataset, out_dir: str | Path, *, denoi
 
 
 # Names this module had before; each use warns, and they go in the next release.
-_DEPRECATED = {"BenchmarkConfig": ("TransferConfig", TransferConfig)}
-
-
-def __getattr__(name):
-  if name in _DEPRECATED:
-    new, value = _DEPRECATED[name]
-    warnings.warn(f"jaxpoison.benchmarks.{name} is deprecated; use {new}", DeprecationWarning,
-                  stacklevel=2)
-    return value
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated_names(__name__, "jaxpoison.benchmarks", {"BenchmarkConfig": ("TransferConfig", TransferConfig)})

@@ -94,16 +94,16 @@ def run_settings(config: CertifyConfig, dataset: Dataset, test_indices: np.ndarr
           "config": _config_dict(denoiser.unet), "schedule": _config_dict(denoiser.schedule),
           "params": pytree_fingerprint(denoiser.params),
           "trained_timesteps": list(denoiser.trained_timesteps)},
-      "trainer": _trainer_settings(train_config),
+      "trainer": _config_dict(train_config),
       "denoise_batch_size": int(config.denoise_batch_size),
       ENVIRONMENT: environment_settings(train_config, config.denoise_dtype, config.concurrency),
   }
 
 
-def _trainer_settings(train_config) -> dict:
-  # Fields the trainer gained after folders were written are `TrainConfig.ADDED_FIELDS`,
-  # registered with the run-folder layer, which resumes a folder that lacks one.
-  return _config_dict(train_config)
+# The trainer's settings are its whole config: fields it gained after folders were written are
+# `TrainConfig.ADDED_FIELDS`, registered with the run-folder layer, which resumes a folder that
+# lacks one. (Its earlier name; the certification's settings call `_config_dict`.)
+_trainer_settings = _config_dict
 
 
 def claim_results_dir(out: str | os.PathLike, settings: dict, *,
