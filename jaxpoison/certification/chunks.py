@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,14 +13,97 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxpoison import classifier, diffusion
-from jaxpoison.certification.config import model_keys
+from jaxpoison.certification.config import model_keys, resolve_denoise_dtype, sigma_key
 from jaxpoison.certification.devices import gather_to_host, shard_models
-from jaxpoison.certification.config import resolve_denoise_dtype
 
 log = logging.getLogger("jaxpoison.certification")
 
 # ---------------------------------------------------------------------------------------------
 # One chunk of models: denoise, train, vote.
+
+
+_MODELS = PartitionSpec("models")
+_ALL = PartitionSpec()
+
+
+def _shard(fn, mesh: Mesh, in_specs, donate=()):
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=_MODELS,
+                               check_vma=False), donate_argnums=donate)
+
+
+class TrainingPrograms(NamedTuple):
+  """The σ-independent programs of a chunk: σ's root key (raw key data, uint32) is their first
+  data argument. "scan": `train_vote`; "host": `start`, `step` (carry donated), `vote`."""
+  num_steps: int
+  train_vote: Callable | None = None
+  start: Callable | None = None
+  step: Callable | None = None
+  vote: Callable | None = None
+
+
+@functools.lru_cache(maxsize=8)
+def _training_programs(mesh: Mesh, train_config, concurrency: str,
+                       num_train: int) -> TrainingPrograms:
+  loop = classifier.resolve_loop(train_config)
+  num_steps = classifier.total_steps(train_config, num_train)
+
+  def train_keys(sigma_key_data, indices):
+    # model_keys(seed, σ, i)[1], from σ's root key.
+    root = jax.random.wrap_key_data(sigma_key_data)
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(root, i), 1))(indices)
+
+  if loop == "scan":
+    train_fn = classifier.make_train_fn(train_config)
+
+    # The labels [N] are every model's: the denoised copies keep them.
+    def train_vote_local(sigma_key_data, denoised, y_train, x_test, indices):
+      keys = train_keys(sigma_key_data, indices)
+      if concurrency == "vmap":
+        models = train_fn(keys, denoised, y_train)
+        return classifier.predict(models, x_test).astype(jnp.int32)
+
+      def one(args):
+        key, copy = args
+        models = train_fn(key[None], copy[None], y_train)
+        return classifier.predict(models, x_test)[0].astype(jnp.int32)
+      return jax.lax.map(one, (keys, denoised))
+
+    return TrainingPrograms(num_steps, train_vote=_shard(
+        train_vote_local, mesh, (_ALL, _MODELS, _ALL, _ALL, _MODELS)))
+
+  parts = classifier.make_train_parts(train_config)
+  if parts.switch is not None:
+    raise ValueError("train config: friendly noise (friendly_epoch >= 0) changes the "
+                     "training images mid-run, which the certification pipeline's step "
+                     "loop does not do; use friendly_epoch=-1")
+
+  def select(denoised, indices, slot):
+    # Sequential: the slot-th model of every device's share.
+    if concurrency == "vmap":
+      return denoised, indices
+    return (jax.lax.dynamic_slice_in_dim(denoised, slot, 1),
+            jax.lax.dynamic_slice_in_dim(indices, slot, 1))
+
+  def start_local(sigma_key_data, denoised, y_train, indices, slot):
+    denoised, indices = select(denoised, indices, slot)
+    # Fresh buffers: nothing of the inputs may be aliased into the donated carry.
+    return jax.tree.map(jnp.copy, parts.start(train_keys(sigma_key_data, indices), denoised,
+                                              y_train))
+
+  def step_local(carry, step, sigma_key_data, denoised, y_train, indices, slot):
+    denoised, indices = select(denoised, indices, slot)
+    return parts.body(carry, step, train_keys(sigma_key_data, indices), denoised, y_train)
+
+  def vote_local(carry, x_test):
+    models = parts.finish(carry, num_steps)
+    return classifier.predict(models, x_test).astype(jnp.int32)
+
+  return TrainingPrograms(
+      num_steps,
+      start=_shard(start_local, mesh, (_ALL, _MODELS, _ALL, _MODELS, _ALL)),
+      step=_shard(step_local, mesh, (_MODELS, _ALL, _ALL, _MODELS, _ALL, _MODELS, _ALL),
+                  donate=(0,)),
+      vote=_shard(vote_local, mesh, (_MODELS, _ALL)))
 
 
 class ChunkComputer:
@@ -42,10 +127,11 @@ class ChunkComputer:
                denoise_dtype: str = "float32", concurrency: str = "sequential"):
     self.mesh = mesh
     self.concurrency = concurrency
-    spec_models = PartitionSpec("models")
-    spec_all = PartitionSpec()
     self.loop = classifier.resolve_loop(train_config)
     compute_dtype = jnp.dtype(resolve_denoise_dtype(denoise_dtype))
+    # σ reaches the training programs only through its root key, passed as data: every σ of a
+    # run (and every computer with the same settings) calls the same compiled programs.
+    self._sigma_key = np.asarray(jax.random.key_data(sigma_key(seed, sigma)))
 
     def denoise_local(denoiser, x_train, indices):
       if denoiser is not None:
@@ -62,71 +148,18 @@ class ChunkComputer:
       # lax.map, not vmap: each copy is computed exactly as a lone call would compute it.
       return jax.lax.map(one, indices)
 
-    def train_keys(indices):
-      return jax.vmap(lambda i: model_keys(seed, sigma, i)[1])(indices)
-
-    def shard(fn, in_specs, donate=()):
-      return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=spec_models,
-                                   check_vma=False), donate_argnums=donate)
-
-    self._denoise = shard(denoise_local, (spec_all, spec_all, spec_models))
-    if self.loop == "scan":
-      train_fn = classifier.make_train_fn(train_config)
-
-      # The labels [N] are every model's: the denoised copies keep them.
-      def train_vote_local(denoised, y_train, x_test, indices):
-        keys = train_keys(indices)
-        if concurrency == "vmap":
-          models = train_fn(keys, denoised, y_train)
-          return classifier.predict(models, x_test).astype(jnp.int32)
-
-        def one(args):
-          key, copy = args
-          models = train_fn(key[None], copy[None], y_train)
-          return classifier.predict(models, x_test)[0].astype(jnp.int32)
-        return jax.lax.map(one, (keys, denoised))
-
-      self._train_vote = shard(train_vote_local, (spec_models, spec_all, spec_all, spec_models))
-    else:
-      parts = classifier.make_train_parts(train_config)
-      if parts.switch is not None:
-        raise ValueError("train config: friendly noise (friendly_epoch >= 0) changes the "
-                         "training images mid-run, which the certification pipeline's step "
-                         "loop does not do; use friendly_epoch=-1")
-      self.num_steps = classifier.total_steps(train_config, num_train)
-
-      def select(denoised, indices, slot):
-        # Sequential: the slot-th model of every device's share.
-        if concurrency == "vmap":
-          return denoised, indices
-        return (jax.lax.dynamic_slice_in_dim(denoised, slot, 1),
-                jax.lax.dynamic_slice_in_dim(indices, slot, 1))
-
-      def start_local(denoised, y_train, indices, slot):
-        denoised, indices = select(denoised, indices, slot)
-        # Fresh buffers: nothing of the inputs may be aliased into the donated carry.
-        return jax.tree.map(jnp.copy, parts.start(train_keys(indices), denoised, y_train))
-
-      def step_local(carry, step, denoised, y_train, indices, slot):
-        denoised, indices = select(denoised, indices, slot)
-        return parts.body(carry, step, train_keys(indices), denoised, y_train)
-
-      def vote_local(carry, x_test):
-        models = parts.finish(carry, self.num_steps)
-        return classifier.predict(models, x_test).astype(jnp.int32)
-
-      self._start = shard(start_local, (spec_models, spec_all, spec_models, spec_all))
-      self._step = shard(step_local, (spec_models, spec_all, spec_models, spec_all, spec_models,
-                                      spec_all), donate=(0,))
-      self._vote = shard(vote_local, (spec_models, spec_all))
+    self._denoise = _shard(denoise_local, mesh, (_ALL, _ALL, _MODELS))
+    self._programs = _training_programs(mesh, train_config, concurrency, num_train)
+    self.num_steps = self._programs.num_steps
 
   def _train_vote_host(self, denoised, y_train, x_test, sharded):
     def run(slot):
       slot = np.int32(slot)
-      carry = self._start(denoised, y_train, sharded, slot)
+      programs, key = self._programs, self._sigma_key
+      carry = programs.start(key, denoised, y_train, sharded, slot)
       for step in range(self.num_steps):
-        carry = self._step(carry, np.int32(step), denoised, y_train, sharded, slot)
-      return self._vote(carry, x_test)
+        carry = programs.step(carry, np.int32(step), key, denoised, y_train, sharded, slot)
+      return programs.vote(carry, x_test)
 
     if self.concurrency == "vmap":
       return run(0)
@@ -144,7 +177,7 @@ class ChunkComputer:
     denoised.block_until_ready()
     middle = time.perf_counter()
     if self.loop == "scan":
-      votes = self._train_vote(denoised, y_train, x_test, sharded)
+      votes = self._programs.train_vote(self._sigma_key, denoised, y_train, x_test, sharded)
     else:
       votes = self._train_vote_host(denoised, y_train, x_test, sharded)
     votes = gather_to_host(votes)
