@@ -8,8 +8,9 @@ x_test, y_test (and optionally label_names), or an image folder
 `train|test/<class name>/*.{png,jpg}`. Every input is validated, and a bad one fails with the
 offending file, what was found and what was expected.
 
-Augmentations are pure functions of an explicit key, jittable, operating on a batch of NHWC
-images of any dtype, so the training loop keeps data and augmentation on the accelerator.
+Augmentation is the classifier's (`jaxpoison.classifier.augment`); this module imports no jax.
+Its length (over the package's ~500-line guide) is the four loaders' validation and messages,
+one concern: reading a dataset from disk.
 """
 
 from __future__ import annotations

@@ -307,7 +307,7 @@ def defense_training(defense: str, config: EclipseConfig
 
 
 def _settings(config: EclipseConfig, dataset: Dataset) -> dict:
-  settings = runs.jsonable(dataclasses.asdict(config))
+  settings = runs.config_json(config)
   settings["data"] = runs.fingerprint_arrays([dataset.x_train, dataset.y_train, dataset.x_test,
                                               dataset.y_test], length=16)
   # Defenses and victims extend a run; they do not change what is on disk.

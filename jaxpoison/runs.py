@@ -85,6 +85,35 @@ def jsonable(obj) -> Any:
   return json.loads(json.dumps(obj, default=io._json_default))
 
 
+def _json_default_lenient(obj):
+  try:
+    return io._json_default(obj)
+  except TypeError:
+    return str(obj)
+
+
+def config_json(config, *, tagged: bool = False) -> Any:
+  """A config dataclass as the JSON its run folders record: the one config-to-JSON of the package.
+
+  Untagged (the certification's and ECLIPSE's settings): `dataclasses.asdict` through JSON,
+  tuples as lists, numpy scalars as numbers, anything else JSON cannot hold as its `str`.
+  Tagged (the transfer and from-scratch harnesses' settings): each dataclass, nested ones too,
+  as {"type": its class name, field: value, ...}, anything else as its `repr`. Both are formats
+  existing results folders hold, compared field by field on resume: neither may change.
+  """
+  if not tagged:
+    return json.loads(json.dumps(dataclasses.asdict(config), default=_json_default_lenient))
+  if dataclasses.is_dataclass(config):
+    return {"type": type(config).__name__,
+            **{f.name: config_json(getattr(config, f.name), tagged=True)
+               for f in dataclasses.fields(config)}}
+  if isinstance(config, tuple):
+    return [config_json(v, tagged=True) for v in config]
+  if isinstance(config, (str, bool, int, float)) or config is None:
+    return config
+  return repr(config)
+
+
 # --- the settings and their differences ---------------------------------------------------------
 
 _ADDED_SETTINGS: dict[str, Any] = {}
@@ -251,19 +280,29 @@ def claim(path: str | os.PathLike, settings: dict, *, settings_file: str = "sett
 # --- progress ----------------------------------------------------------------------------------
 
 class Progress:
-  """Units done of a total, the rate of this run and the ETA of the rest.
+  """Units done of a total, the rate of this run and the ETA of the rest: the progress report of
+  every long loop in the package.
 
   `update(n)` after each finished unit returns (and logs, when `log` is given) one line, e.g.
   "12/100 trials; 35.2 trials/h; ETA 2.50 h". The rate counts only units computed in this run,
-  so a resumed run's ETA is not flattered by the units it found done.
+  so a resumed run's ETA is not flattered by the units it found done. `bar=True` also draws a
+  tqdm bar (on stderr; `tqdm.auto`, a widget in notebooks) for a person watching; the lines
+  are for logs. Use it as a context manager, or call `close()`, to end the bar.
   """
 
   def __init__(self, total: int, *, done: int = 0, unit: str = "units",
-               log: Callable[[str], None] | None = None, clock: Callable[[], float] = None):
+               log: Callable[[str], None] | None = None, clock: Callable[[], float] = None,
+               bar: bool = False, desc: str | None = None):
     self.total, self.done, self.unit, self.log = int(total), int(done), unit, log
     self._clock = clock or time.perf_counter
     self._start = self._clock()
     self.computed = 0
+    self._bar = None
+    if bar:
+      # Imported only when a bar is drawn: tqdm.auto is not light, and most callers only log.
+      from tqdm.auto import tqdm
+      self._bar = tqdm(total=self.total, initial=self.done, unit=unit, desc=desc,
+                       dynamic_ncols=True)
 
   @property
   def rate_per_hour(self) -> float:
@@ -285,4 +324,18 @@ class Progress:
             f"{self.rate_per_hour:,.1f} {self.unit}/h; ETA {self.eta_hours:.2f} h")
     if self.log is not None:
       self.log(line)
+    if self._bar is not None:
+      self._bar.update(count)
+      self._bar.set_postfix_str(f"{self.rate_per_hour:,.0f} {self.unit}/h")
     return line
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

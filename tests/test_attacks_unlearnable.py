@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxpoison import classifier
+from jaxpoison.classifier import adversarial
 from jaxpoison.attacks import unlearnable as ue
 
 NUM_IMAGES, NUM_CLASSES = 64, 4
@@ -104,6 +105,27 @@ def test_sign_pgd_reaches_the_analytic_optimum_of_a_linear_loss():
   ascent, _ = ue.sign_pgd(loss, x, np.zeros_like(x), epsilon=eps, steps=10, step_size=2 / 255,
                           minimize=False)
   np.testing.assert_allclose(np.asarray(ascent), np.clip(eps * c, -x, 1 - x), atol=1e-6)
+
+
+def test_sign_pgd_history_and_unrolled_loop_are_the_same_steps():
+  # One implementation for every ℓ∞ sign-PGD of the package (classifier.adversarial): the
+  # history form (a scan, label-consistent backdoor) and the unrolled loop (pgd_linf inside
+  # the trainer) take the steps the plain loop takes.
+  assert ue.sign_pgd is adversarial.sign_pgd
+  x, w, y = _linear_problem()
+  loss = lambda z, _: ue._cross_entropy(z.reshape(z.shape[0], -1) @ jnp.asarray(w),
+                                        jnp.asarray(y))
+  kwargs = dict(epsilon=8 / 255, steps=4, step_size=2 / 255, minimize=False)
+  delta, last = ue.sign_pgd(loss, x, np.zeros_like(x), **kwargs)
+  delta_h, history = ue.sign_pgd(loss, x, np.zeros_like(x), history=True, **kwargs)
+  delta_u, last_u = ue.sign_pgd(loss, x, np.zeros_like(x), unroll=True, **kwargs)
+  assert history.shape == (4, len(x))
+  np.testing.assert_allclose(np.asarray(delta_h), np.asarray(delta), atol=1e-7)
+  np.testing.assert_allclose(np.asarray(delta_u), np.asarray(delta), atol=1e-7)
+  np.testing.assert_allclose(np.asarray(history[-1]), np.asarray(last), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(last_u), np.asarray(last), rtol=1e-6)
+  # Ascent: the loss at each step's start never falls on this convex (linear-model CE) loss.
+  assert np.all(np.diff(np.asarray(history), axis=0) >= -1e-6)
 
 
 def test_target_classes_is_the_reference_permutation():

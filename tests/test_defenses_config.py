@@ -1,8 +1,11 @@
 """DefenseConfig: each defense's recipe, settings and label, and its checks."""
 
+import json
+
 import pytest
 
 from jaxpoison import classifier
+from jaxpoison.benchmarks import common
 from jaxpoison.defenses import DefenseConfig
 
 
@@ -28,15 +31,15 @@ def test_settings_and_labels():
   assert DefenseConfig().settings() == {"name": "none"} and not DefenseConfig().active
   assert DefenseConfig("adversarial_training").label() == "AT (PGD-7, ε = 4/255)"
   assert DefenseConfig("dp_sgd").label() == "DP-SGD (C = 1, z = 0.05)"
-  # dp_norm came after records without it (group norm): recorded only when it is not that.
   assert DefenseConfig("dp_sgd").settings() == {
-      "name": "dp_sgd", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5}
+      "name": "dp_sgd", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5,
+      "dp_norm": "group"}
   frozen = DefenseConfig("dp_sgd", dp_norm="frozen_batch")
   assert frozen.settings()["dp_norm"] == "frozen_batch"
   assert frozen.label() == "DP-SGD (C = 1, z = 0.05, frozen batch norm)"
   assert frozen.training_config(classifier.tiny_config()).norm == "frozen_batch"
-  # friendly_lr likewise (the reference's 100 before it).
-  assert DefenseConfig("friends").settings() == {"name": "friends", "friendly_begin_epoch": 0}
+  assert DefenseConfig("friends").settings() == {"name": "friends", "friendly_begin_epoch": 0,
+                                                 "friendly_lr": 100.0}
   assert DefenseConfig("friends").label() == "FrieNDs"
   tuned = DefenseConfig("friends", friendly_lr=10.0)
   assert tuned.settings()["friendly_lr"] == 10.0
@@ -58,3 +61,27 @@ def test_settings_and_labels():
 def test_errors(changes, match):
   with pytest.raises(ValueError, match=match):
     DefenseConfig(**changes)
+
+
+@pytest.mark.parametrize("recorded, accepted", [
+    # Written before dp_norm existed (group norm then): the same settings.
+    ({"name": "dp_sgd", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5},
+     True),
+    ({"name": "dp_sgd", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5,
+      "dp_norm": "group", "epsilon_at_delta": 3.0}, True),
+    ({"name": "dp_sgd", "dp_clip_norm": 1.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5,
+      "dp_norm": "frozen_batch"}, False),
+    ({"name": "dp_sgd", "dp_clip_norm": 2.0, "dp_noise_multiplier": 0.05, "dp_delta": 1e-5},
+     False),
+])
+def test_records_from_before_an_added_setting_keep_their_identity(tmp_path, recorded, accepted):
+  folder = tmp_path / "results" / "witches_brew+dp_sgd"
+  folder.mkdir(parents=True)
+  (folder / "trial_000.json").write_text(json.dumps({"defense_settings": recorded}))
+  check = lambda: common.check_defense_records(tmp_path, "witches_brew+dp_sgd",
+                                               DefenseConfig("dp_sgd"))
+  if accepted:
+    check()
+  else:
+    with pytest.raises(ValueError, match="its trials ran with defense settings"):
+      check()

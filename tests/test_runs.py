@@ -99,6 +99,20 @@ def test_progress_rate_counts_only_this_runs_units():
   assert progress.update(4).endswith("ETA 0.00 h")
 
 
+def test_progress_bar_counts_what_the_lines_count(capsys):
+  now = [0.0]
+  with runs.Progress(8, done=2, unit="models", clock=lambda: now[0], bar=True,
+                     desc="σ=0.25") as progress:
+    now[0] = 3600.0
+    line = progress.update(3)
+    bar = progress._bar
+    assert (bar.n, bar.total) == (5, 8)
+  assert line == "5/8 models; 3.0 models/h; ETA 1.00 h"
+  drawn = capsys.readouterr().err
+  assert "σ=0.25" in drawn and "5/8" in drawn and "3 models/h" in drawn
+  assert progress._bar is None  # closed on leaving the block
+
+
 def test_fingerprints_depend_on_dtype_shape_and_bytes():
   a = np.arange(6, dtype=np.int32)
   assert runs.fingerprint_arrays([a]) == runs.fingerprint_arrays([a.copy()])

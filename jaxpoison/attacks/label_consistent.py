@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxpoison.attacks import constraints, core, triggers
 from jaxpoison.attacks.configs import AttackResult, LabelConsistentConfig
+from jaxpoison.classifier.adversarial import sign_pgd
 from jaxpoison.keys import as_key
 
 
@@ -46,28 +47,21 @@ def _cross_entropy(groups, images, label, key):
 def _label_consistent(key, ensemble, base_images, base_label, config: LabelConsistentConfig):
   groups = core.group_ensemble(ensemble)
   bases = core.to_unit_float(base_images)
-  project = functools.partial(constraints.project_linf, base=bases, epsilon=config.epsilon)
 
-  def summed(x, step_key):
-    per_image = _cross_entropy(groups, x, base_label, step_key)
-    return jnp.sum(per_image), per_image
-
-  gradient = jax.grad(summed, has_aux=True)
+  def per_image(x, step_index):
+    return _cross_entropy(groups, x, base_label, jax.random.fold_in(key, step_index + 1))
 
   if config.random_start:
-    noise = jax.random.uniform(jax.random.fold_in(key, 0), bases.shape, jnp.float32,
-                               -config.epsilon, config.epsilon)
     # The reference evaluates its first gradient at the unclipped start; projecting it keeps
     # every iterate a valid image and changes only pixels already at 0 or 1.
-    x0 = project(bases + noise)
+    start = jax.random.uniform(jax.random.fold_in(key, 0), bases.shape, jnp.float32,
+                               -config.epsilon, config.epsilon)
   else:
-    x0 = bases
-
-  def ascend(x, step_index):
-    grad, loss = gradient(x, jax.random.fold_in(key, step_index + 1))
-    return project(x + config.step_size * jnp.sign(grad)), loss
-
-  x, history = jax.lax.scan(ascend, x0, jnp.arange(config.num_steps))
+    start = jnp.zeros_like(bases)
+  delta, history = sign_pgd(per_image, bases, start, epsilon=config.epsilon,
+                            steps=config.num_steps, step_size=config.step_size,
+                            minimize=False, history=True)
+  x = bases + delta
 
   patch = triggers.get_trigger(config.trigger, config.patch_size)
   row, col = triggers.trigger_position(config, bases.shape[1:])

@@ -54,6 +54,7 @@ from jaxpoison.attacks.unlearnable.trained import (SurrogateRun, TrainedPoisonCo
                                                 map_batches, target_classes)
 from jaxpoison.backend import resolve_loop
 from jaxpoison.attacks import constraints
+from jaxpoison.classifier.adversarial import signed_step
 from jaxpoison.classifier.api import features, stack
 from jaxpoison.classifier.config import TrainConfig, resnet18_config
 from jaxpoison.classifier.train import TrainedModels, total_steps
@@ -207,7 +208,7 @@ def _loss(graphdef, feature_alignment: bool):
 
 
 def _descend(z, direction, lower, upper, step_size: float):
-  return jnp.clip(z - step_size * jnp.sign(direction), lower, upper)
+  return signed_step(z, direction, -step_size, lower, upper)
 
 
 def checkpoint_draws(key, config: SEPConfig) -> jax.Array:

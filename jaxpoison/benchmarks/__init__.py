@@ -1,7 +1,8 @@
 """Attack benchmarks: a shared trial loop, tables and run folders (`common`, on top of
 `jaxpoison.runs`), and one module per setting: `transfer` (the paper's Table 1: feature
 collision and backdoor attacks against a fine-tuned victim) and `from_scratch` (Tables 2–3:
-Witches' Brew and Sleeper Agent against a victim trained from scratch). Baseline defenses and
+Witches' Brew and Sleeper Agent against a victim trained from scratch), each with its settings
+apart (`transfer_config`, `from_scratch_config`). Baseline defenses and
 ECLIPSE add modules here.
 """
 
@@ -12,13 +13,13 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submodules=[
-        'common', 'dpa_speed', 'from_scratch', 'gpu_check', 'matching_speed', 'peers',
-        'purification_speed', 'transfer'
+        'common', 'dpa_speed', 'from_scratch', 'from_scratch_config', 'gpu_check',
+        'matching_speed', 'peers', 'purification_speed', 'transfer', 'transfer_config'
     ],
     submod_attrs={
         'tables': ['ATTACK_TITLES', 'render_table', 'success_interval', 'summarize',
                    'write_tables'],
-        'from_scratch': ['FromScratchConfig'],
+        'from_scratch_config': ['FromScratchConfig'],
         'common': [
             'CRAFT', 'DENOISE', 'EVAL_SUBSET', 'FINETUNE', 'PRETRAIN_CRAFTER', 'PRETRAIN_SURROGATE',
             'PRETRAIN_VICTIM', 'SAMPLE', 'SPLIT', 'DEFAULT_SIGMAS', 'MODEL_NAMES',
@@ -28,10 +29,12 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             'params_fingerprint', 'poison_path', 'poisoned_images', 'pretraining_note',
             'result_path', 'run_trial_loop', 'split_training_set', 'trial_key'
         ],
-        'transfer': [
+        'transfer_config': [
             'AUGMENTATIONS', 'ATTACK_NAMES', 'EXECUTION_FIELDS', 'FINETUNE_MODES', 'FORMAT_VERSION',
-            'NO_POISON', 'TransferConfig', 'BenchmarkConfig', 'NoPoisonConfig', 'FineTuneConfig',
-            'craft_all',
+            'NO_POISON', 'TransferConfig', 'NoPoisonConfig', 'FineTuneConfig',
+        ],
+        'transfer': [
+            'BenchmarkConfig', 'craft_all',
             'craft_poisons', 'evaluate_trials', 'finetune_train_config', 'load_or_craft',
             'run_benchmark', 'run_identity', 'sample_benchmark_trial'
         ],

@@ -64,8 +64,6 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
               models_per_step: int, sigma: float, progress: bool = True,
               is_writer: bool = True) -> dict:
   """Computes and stores the votes of every model index below num_models not yet on disk."""
-  from tqdm.auto import tqdm
-
   # Process 0's view of the folder on every process: all must run the same chunks.
   done = np.zeros(num_models, np.uint8)
   if is_writer:
@@ -76,11 +74,8 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
   done = num_models - sum(len(c) for c in chunks)
   timing = {"chunks": 0, "models": 0, "denoise_s": 0.0, "train_vote_s": 0.0, "chunk_s": 0.0,
             "first_chunk_s": None}
-  bar = tqdm(total=num_models, initial=done, unit="model", disable=not progress,
-             desc=f"σ={sigma:g}", dynamic_ncols=True)
-  # Counted here, not by the bar: a disabled bar (--no_progress, other hosts) counts nothing.
-  tracker = runs.Progress(num_models, done=done, unit="models")
-  try:
+  with runs.Progress(num_models, done=done, unit="models", log=lambda line: log.info("%s", line),
+                     bar=progress, desc=f"σ={sigma:g}") as tracker:
     for chunk in chunks:
       indices = np.asarray(chunk, np.int32)
       # Every chunk padded to the same size: one compilation; padded models are discarded.
@@ -100,14 +95,8 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
         timing["chunk_s"] += elapsed
         timing["chunks"] += 1
         timing["models"] += len(indices)
-      line = tracker.update(len(indices), f"σ={sigma:g} models {chunk.start}-{chunk.stop - 1} "
-                            f"done in {elapsed:.1f} s (denoise {t_denoise:.1f} s, train+vote "
-                            f"{t_train:.1f} s)")
-      bar.update(len(indices))
-      bar.set_postfix_str(f"{tracker.rate_per_hour:,.0f} models/h")
-      log.info("%s", line)
-  finally:
-    bar.close()
+      tracker.update(len(indices), f"σ={sigma:g} models {chunk.start}-{chunk.stop - 1} done "
+                     f"in {elapsed:.1f} s (denoise {t_denoise:.1f} s, train+vote {t_train:.1f} s)")
   return timing
 
 

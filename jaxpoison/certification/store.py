@@ -3,8 +3,6 @@ chunks of models (one atomic file each), and what is still to compute."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import re
@@ -16,7 +14,6 @@ import numpy as np
 from jaxpoison import classifier, runs
 from jaxpoison.data import Dataset
 from jaxpoison.certification.config import CertifyConfig, NOISE_ONLY, resolve_denoise_dtype
-from jaxpoison.io import _json_default
 
 log = logging.getLogger("jaxpoison.certification")
 
@@ -41,15 +38,8 @@ def pytree_fingerprint(tree) -> str:
   return runs.fingerprint_pytree(tree, length=16)
 
 
-def _config_dict(config) -> dict:
-  return json.loads(json.dumps(dataclasses.asdict(config), default=_json_default_lenient))
-
-
-def _json_default_lenient(obj):
-  try:
-    return _json_default(obj)
-  except TypeError:
-    return str(obj)
+_config_dict = runs.config_json
+_json_default_lenient = runs._json_default_lenient
 
 
 # Version of what settings.json records and of how votes are computed; 2: exact noise of level σ

@@ -1,7 +1,12 @@
-"""ℓ∞ PGD (Madry et al. 2018): the attack of adversarial training and of robust accuracy.
+"""ℓ∞ sign-gradient PGD, the one implementation in the package.
 
-It lives on the classifier's floor because the many-model trainer runs it inside each step
-(TrainConfig.adversarial_epsilon); `jaxpoison.defenses.adversarial_training` re-exports it.
+`signed_step` is the ℓ∞ steepest step and its projection; `sign_pgd` the loop over
+perturbations δ of a batch of images under any per-image loss (the unlearnable poisons' EM,
+TAP and REM, the label-consistent backdoor); `pgd_linf` the untargeted attack on a classifier
+(Madry et al. 2018) that adversarial training and robust accuracy use. They live on the
+classifier's floor because the many-model trainer runs `pgd_linf` inside each step
+(TrainConfig.adversarial_epsilon); attacks and defenses import them from here
+(`jaxpoison.defenses.adversarial_training` re-exports `pgd_linf`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,66 @@ import jax.numpy as jnp
 import optax
 
 
+def signed_step(value, gradient, step_size, lower, upper):
+  """clip(value + step_size · sign(gradient), lower, upper): one ℓ∞ steepest-ascent step
+  (descent with a negative step_size) and its projection onto the box [lower, upper]."""
+  return jnp.clip(value + step_size * jnp.sign(gradient), lower, upper)
+
+
+def sign_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], images, delta, *,
+             epsilon: float, steps: int, step_size: float, minimize: bool,
+             history: bool = False, unroll: bool | int = 1):
+  """ℓ∞ projected sign-gradient descent (or ascent) over perturbations δ of float images x.
+
+  δ₀ = Π(delta); then `steps` times δ ← Π(δ ∓ step_size · sign(∇_δ Σ loss_fn(x + δ, t))), t
+  the step index (e.g. to draw that step's augmentation), − when `minimize`. Π clips to
+  [−ε, ε] and then to [−x, 1 − x] (the projection onto the ε-ball ∩ the image box), so x + δ
+  stays a valid image: the form of Fowl et al.'s `_pgd_step`, and of Huang et al.'s
+  `min_min_attack` and Fu et al.'s adversary, which step the clipped image x + δ. With per-image
+  losses (and batch norm on running statistics) each image's step is its own.
+
+  Args:
+    loss_fn: (float images [B, H, W, C] in [0, 1], int32 step) → per-image losses [B] (or any
+      array; its sum is differentiated); traceable.
+    images: float [B, H, W, C] in [0, 1].
+    delta: float [B, H, W, C], the start.
+    epsilon, step_size: in [0, 1] pixel units; steps: >= 0 (static).
+    minimize: descend (True) or ascend (False).
+    history: return every step's losses [steps, ...] instead of the last step's.
+    unroll: forwarded to the loop (True unrolls it: XLA:CPU runs convolutions inside a while
+      loop several times slower, at the cost of compiling `steps` copies of the gradient).
+
+  Returns:
+    (δ float32, with |δ| <= ε and x + δ in [0, 1]; loss_fn's value at the start of the last
+    step, the one whose gradient it took, or at δ₀ when steps = 0 — with `history`, those of
+    every step, [steps, ...]).
+  """
+  x = jnp.asarray(images, jnp.float32)
+  lower = jnp.maximum(-x, -epsilon)
+  upper = jnp.minimum(1.0 - x, epsilon)
+  signed = -step_size if minimize else step_size
+
+  def total(d, t):
+    losses = loss_fn(x + d, t).astype(jnp.float32)
+    return jnp.sum(losses), losses
+
+  gradient = jax.grad(total, has_aux=True)
+
+  def step(t, d):
+    grad, losses = gradient(d, t)
+    return signed_step(d, grad, signed, lower, upper), losses
+
+  d0 = jnp.clip(jnp.asarray(delta, jnp.float32), lower, upper)
+  if history:
+    return jax.lax.scan(lambda d, t: step(t, d), d0, jnp.arange(steps, dtype=jnp.int32),
+                        unroll=unroll)
+  if steps == 0:
+    return d0, total(d0, jnp.int32(0))[1]
+  losses0 = jax.eval_shape(lambda d: total(d, jnp.int32(0))[1], d0)
+  return jax.lax.fori_loop(0, steps, lambda t, carry: step(t, carry[0]),
+                           (d0, jnp.zeros(losses0.shape, jnp.float32)), unroll=unroll)
+
+
 def pgd_linf(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, labels: jax.Array,
              key: jax.Array | None, *, epsilon: float, steps: int, step_size: float,
              random_start: bool = True, unroll: bool | int = True) -> jax.Array:
@@ -20,7 +85,8 @@ def pgd_linf(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, lab
 
   x⁰ = clip(x + U(−ε, ε), 0, 1) (`random_start`; drawn as
   `jax.random.uniform(key, x.shape, float32, -ε, ε)`) or x; then `steps` times
-  xᵗ⁺¹ = clip(clip(xᵗ + step_size · sign(∇ₓ Σᵢ CE(logits_fn(xᵗ)ᵢ, yᵢ)), x − ε, x + ε), 0, 1).
+  xᵗ⁺¹ = clip(clip(xᵗ + step_size · sign(∇ₓ Σᵢ CE(logits_fn(xᵗ)ᵢ, yᵢ)), x − ε, x + ε), 0, 1),
+  computed as x + δ by `sign_pgd` (the same points up to float rounding).
   The loss is summed over the batch, so each example's ascent is its own as long as
   `logits_fn` treats the examples independently (batch norm on running statistics).
 
@@ -51,25 +117,17 @@ def pgd_linf(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, lab
   if labels.shape != x.shape[:1]:
     raise ValueError(
         f"labels: expected one label per image, shape ({x.shape[0]},), got {labels.shape}")
-  lower = jnp.clip(x - epsilon, 0.0, 1.0)
-  upper = jnp.clip(x + epsilon, 0.0, 1.0)
   if random_start and epsilon > 0:
     if key is None:
       raise ValueError("pgd_linf: random_start needs a PRNG key")
-    noise = jax.random.uniform(key, x.shape, jnp.float32, -epsilon, epsilon)
-    start = jnp.clip(x + noise, 0.0, 1.0)
+    start = jax.random.uniform(key, x.shape, jnp.float32, -epsilon, epsilon)
   else:
-    start = x
+    start = jnp.zeros_like(x)
 
-  def loss(z):
+  def loss(z, _):
     logits = logits_fn(z).astype(jnp.float32)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
-  def step(_, z):
-    g = jax.grad(loss)(z)
-    return jnp.clip(z + step_size * jnp.sign(g), lower, upper)
-
-  if steps == 0:
-    return start
-  adv = jax.lax.fori_loop(0, steps, step, start, unroll=unroll)
-  return jax.lax.stop_gradient(adv)
+  delta, _ = sign_pgd(loss, x, start, epsilon=epsilon, steps=steps, step_size=step_size,
+                      minimize=False, unroll=unroll)
+  return jax.lax.stop_gradient(x + delta)

@@ -1,5 +1,6 @@
 """The classifier's public entry points: validated training, memory planning, inference,
-stacking, feature extractors and checkpoints."""
+stacking, feature extractors and checkpoints (about 500 lines: each entry point's checks of
+its inputs and their messages)."""
 
 from __future__ import annotations
 

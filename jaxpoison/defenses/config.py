@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jaxpoison import runs
 from jaxpoison._checks import check_positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.classifier.config import TrainConfig
@@ -36,8 +37,10 @@ DEFENSES = ("none", "deep_knn", "dp_sgd", "adversarial_training", "friends", "dp
 # Defenses that only change the victim's training recipe.
 TRAINING_DEFENSES = ("dp_sgd", "adversarial_training", "friends")
 # Settings added after records were written without them, with the value those records used:
-# `settings()` leaves one out while it has that value, so the old records keep their identity.
+# registered with the run-folder layer (`runs.register_added_settings`, as TrainConfig's are),
+# whose comparison lets a record without one stand for that value.
 ADDED_FIELDS = {"dp_norm": "group", "friendly_lr": 100.0}
+runs.register_added_settings(ADDED_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +103,6 @@ class DefenseConfig:
     if prefix:
       out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name.startswith(prefix)})
-    for field, before in ADDED_FIELDS.items():
-      if field in out and out[field] == before:
-        del out[field]
     return out
 
   def label(self) -> str:

@@ -22,6 +22,7 @@ from jaxpoison.attacks.unlearnable.base import indexed_keys
 from jaxpoison.attacks.unlearnable.trained import (SurrogateRun, TrainedPoisonConfig, check_config,
                                                   check_data, check_surrogate_config, cross_entropy,
                                                   fraction, nnx_logits, sign_pgd)
+from jaxpoison.classifier.adversarial import signed_step
 from jaxpoison.classifier.config import TrainConfig, resnet18_config
 from jaxpoison.classifier.augment import flip_crop_per_image
 from jaxpoison.keys import as_key
@@ -170,7 +171,7 @@ def _rem_perturbations(logits_fn, x, y, keys, config: REMConfig):
     def accumulate(i, g):
       return g + sample_gradient(d, 1 + s * config.samples + i)
     g = jax.lax.fori_loop(0, config.samples, accumulate, jnp.zeros_like(d))
-    return jnp.clip(d - config.step_size * jnp.sign(g), -config.epsilon, config.epsilon)
+    return signed_step(d, g, -config.step_size, -config.epsilon, config.epsilon)
 
   return jax.lax.fori_loop(0, config.steps, step, start)
 

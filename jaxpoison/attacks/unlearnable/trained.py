@@ -18,6 +18,7 @@ from flax import nnx
 from jaxpoison._checks import check_images, check_labels
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison.attacks.unlearnable.base import PoisonConfig
+from jaxpoison.classifier import adversarial
 from jaxpoison.classifier.config import TrainConfig, resolve_loop
 from jaxpoison.classifier.train import TrainedModels, make_train_parts, model_graphdef
 
@@ -50,51 +51,9 @@ class TrainedPoisonConfig(PoisonConfig):
 
 # --- shared pieces ------------------------------------------------------------------------------
 
-def sign_pgd(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], images, delta, *,
-             epsilon: float, steps: int, step_size: float, minimize: bool):
-  """ℓ∞ projected sign-gradient descent (or ascent) over perturbations δ of float images x.
-
-  δ₀ = Π(delta); then `steps` times δ ← Π(δ ∓ step_size · sign(∇_δ Σ loss_fn(x + δ, t))), t
-  the step index (e.g. to draw that step's augmentation), − when `minimize`. Π clips to
-  [−ε, ε] and then to [−x, 1 − x] (the projection onto the ε-ball ∩ the image box), so x + δ
-  stays a valid image: the form of Fowl et al.'s `_pgd_step`, and of Huang et al.'s
-  `min_min_attack` and Fu et al.'s adversary, which step the clipped image x + δ. With per-image
-  losses (and batch norm on running statistics) each image's step is its own.
-
-  Args:
-    loss_fn: (float images [B, H, W, C] in [0, 1], int32 step) → per-image losses [B] (or any
-      array; its sum is differentiated); traceable.
-    images: float [B, H, W, C] in [0, 1].
-    delta: float [B, H, W, C], the start.
-    epsilon, step_size: in [0, 1] pixel units; steps: >= 0 (static).
-    minimize: descend (True) or ascend (False).
-
-  Returns:
-    (δ float32, with |δ| <= ε and x + δ in [0, 1]; loss_fn's value at the start of the last
-    step, the one whose gradient it took, or at δ₀ when steps = 0).
-  """
-  x = jnp.asarray(images, jnp.float32)
-  lower = jnp.maximum(-x, -epsilon)
-  upper = jnp.minimum(1.0 - x, epsilon)
-  project = lambda d: jnp.clip(d, lower, upper)
-  direction = -1.0 if minimize else 1.0
-
-  def total(d, t):
-    losses = loss_fn(x + d, t).astype(jnp.float32)
-    return jnp.sum(losses), losses
-
-  gradient = jax.grad(total, has_aux=True)
-
-  def step(t, carry):
-    d, _ = carry
-    grad, losses = gradient(d, t)
-    return project(d + direction * step_size * jnp.sign(grad)), losses
-
-  d0 = project(jnp.asarray(delta, jnp.float32))
-  if steps == 0:
-    return d0, total(d0, jnp.int32(0))[1]
-  losses0 = jax.eval_shape(lambda d: total(d, jnp.int32(0))[1], d0)
-  return jax.lax.fori_loop(0, steps, step, (d0, jnp.zeros(losses0.shape, jnp.float32)))
+# The package's one sign-gradient PGD (on the classifier's floor), under the name EM, TAP and
+# REM import it by (and `attacks.unlearnable.sign_pgd`).
+sign_pgd = adversarial.sign_pgd
 
 
 def cross_entropy(logits, labels):
