@@ -292,7 +292,7 @@ class Progress:
 
   def __init__(self, total: int, *, done: int = 0, unit: str = "units",
                log: Callable[[str], None] | None = None, clock: Callable[[], float] = None,
-               bar: bool = False, desc: str | None = None):
+               bar: bool = False, desc: str | None = None, bar_unit: str | None = None):
     self.total, self.done, self.unit, self.log = int(total), int(done), unit, log
     self._clock = clock or time.perf_counter
     self._start = self._clock()
@@ -301,7 +301,8 @@ class Progress:
     if bar:
       # Imported only when a bar is drawn: tqdm.auto is not light, and most callers only log.
       from tqdm.auto import tqdm
-      self._bar = tqdm(total=self.total, initial=self.done, unit=unit, desc=desc,
+      # tqdm's rate reads "s/<unit>" or "<unit>/s": a singular unit (bar_unit) reads best.
+      self._bar = tqdm(total=self.total, initial=self.done, unit=bar_unit or unit, desc=desc,
                        dynamic_ncols=True)
 
   @property

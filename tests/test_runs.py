@@ -102,7 +102,7 @@ def test_progress_rate_counts_only_this_runs_units():
 def test_progress_bar_counts_what_the_lines_count(capsys):
   now = [0.0]
   with runs.Progress(8, done=2, unit="models", clock=lambda: now[0], bar=True,
-                     desc="σ=0.25") as progress:
+                     desc="σ=0.25", bar_unit="model") as progress:
     now[0] = 3600.0
     line = progress.update(3)
     bar = progress._bar
@@ -110,6 +110,7 @@ def test_progress_bar_counts_what_the_lines_count(capsys):
   assert line == "5/8 models; 3.0 models/h; ETA 1.00 h"
   drawn = capsys.readouterr().err
   assert "σ=0.25" in drawn and "5/8" in drawn and "3 models/h" in drawn
+  assert re.search(r"(model/s|s/model)[\],]", drawn), drawn  # the bar's singular unit
   assert progress._bar is None  # closed on leaving the block
 
 

@@ -75,7 +75,7 @@ def run_votes(computer: ChunkComputer, arrays, votes_dir: Path, *, num_models: i
   timing = {"chunks": 0, "models": 0, "denoise_s": 0.0, "train_vote_s": 0.0, "chunk_s": 0.0,
             "first_chunk_s": None}
   with runs.Progress(num_models, done=done, unit="models", log=lambda line: log.info("%s", line),
-                     bar=progress, desc=f"σ={sigma:g}") as tracker:
+                     bar=progress, desc=f"σ={sigma:g}", bar_unit="model") as tracker:
     for chunk in chunks:
       indices = np.asarray(chunk, np.int32)
       # Every chunk padded to the same size: one compilation; padded models are discarded.
