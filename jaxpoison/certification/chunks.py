@@ -13,7 +13,8 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxpoison import classifier, diffusion
-from jaxpoison.certification.config import model_keys, resolve_denoise_dtype, sigma_key
+from jaxpoison.certification.config import (keys_under, model_keys, resolve_denoise_dtype,
+                                            sigma_key)
 from jaxpoison.certification.devices import gather_to_host, shard_models
 
 log = logging.getLogger("jaxpoison.certification")
@@ -48,9 +49,8 @@ def _training_programs(mesh: Mesh, train_config, concurrency: str,
   num_steps = classifier.total_steps(train_config, num_train)
 
   def train_keys(sigma_key_data, indices):
-    # model_keys(seed, σ, i)[1], from σ's root key.
     root = jax.random.wrap_key_data(sigma_key_data)
-    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(root, i), 1))(indices)
+    return jax.vmap(lambda i: keys_under(root, i)[1])(indices)
 
   if loop == "scan":
     train_fn = classifier.make_train_fn(train_config)

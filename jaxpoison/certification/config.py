@@ -129,7 +129,13 @@ def sigma_key(seed: int, sigma: float) -> jax.Array:
 
 def model_keys(seed: int, sigma: float, index) -> tuple[jax.Array, jax.Array]:
   """(noise key, training key) of model `index` at noise level σ."""
-  key = jax.random.fold_in(sigma_key(seed, sigma), index)
+  return keys_under(sigma_key(seed, sigma), index)
+
+
+def keys_under(root: jax.Array, index) -> tuple[jax.Array, jax.Array]:
+  """(noise key, training key) of model `index` under σ's root key `sigma_key(seed, σ)`
+  (traceable: the compiled programs take the root as data)."""
+  key = jax.random.fold_in(root, index)
   return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
