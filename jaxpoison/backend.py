@@ -7,11 +7,14 @@ a function of a `Target` (platform, device kind, compute capability, memory), no
 `jax.default_backend()`, so a program can be planned for a device other than the one this
 process runs on: `Target.from_device(d)` takes any device, also one of a deviceless topology
 (`jax.experimental.topologies`), e.g. an H100 described on a CPU host for AOT compilation.
-Every resolver takes `target=None` to mean the process's default device.
+Every resolver takes `target=None` to mean the target set by `targeting(...)` (the AOT
+compiler, `jaxpoison.aot`, sets it while it traces a program), else the process's default device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 
 import jax
@@ -61,9 +64,29 @@ class Target:
     return cls(device.platform, getattr(device, "device_kind", ""), capability, memory)
 
 
+_TARGETED: contextvars.ContextVar[Target | None] = contextvars.ContextVar("target", default=None)
+
+
 def default_target() -> Target:
-  """The target of the process's default device (`jax.devices()[0]`)."""
-  return Target.from_device(jax.devices()[0])
+  """The target set by `targeting(...)`, else that of the process's default device
+  (`jax.devices()[0]`)."""
+  targeted = _TARGETED.get()
+  return targeted if targeted is not None else Target.from_device(jax.devices()[0])
+
+
+@contextlib.contextmanager
+def targeting(target: Target):
+  """Within the block, every "auto" choice is made for `target` (also those made while a
+  program is traced). jax caches a jitted function's trace by its arguments, not by this
+  setting: to build one function for two targets, trace it in a fresh `jax.jit` (as
+  `jaxpoison.aot` does) or pass the resolved choices explicitly."""
+  if not isinstance(target, Target):
+    raise TypeError(f"target: expected a jaxpoison.backend.Target, got {type(target).__name__}")
+  token = _TARGETED.set(target)
+  try:
+    yield target
+  finally:
+    _TARGETED.reset(token)
 
 
 def _target(target: Target | None) -> Target:

@@ -658,3 +658,40 @@ def test_zero_padded_crop_and_constant_schedule():
     dataclasses.replace(zeros, grayscale_prob=1.5)
   with pytest.raises(ValueError, match="noise_quantize: needs noise"):
     dataclasses.replace(zeros, noise="none", noise_scale=0.0)
+
+
+@pytest.mark.parametrize("shape,window,dtype", [((3, 31, 31, 5), 2, jnp.float32),
+                                                ((2, 9, 9, 4), 3, jnp.float32),
+                                                ((2, 8, 7, 3), 2, jnp.bfloat16)])
+def test_max_pool_equals_linen_in_value_and_gradient_with_ties(shape, window, dtype):
+  # Small integers: most windows hold ties, which both give to the first maximum (row-major).
+  from flax import linen
+  from jaxpoison.classifier.models import max_pool
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.integers(0, 3, shape).astype(np.float32), dtype)
+  pooled_shape = (shape[0], shape[1] // window, shape[2] // window, shape[3])
+  g = jnp.asarray(rng.normal(size=pooled_shape), dtype)
+  ours, ours_vjp = jax.vjp(lambda v: max_pool(v, window), x)
+  ref, ref_vjp = jax.vjp(lambda v: linen.max_pool(v, (window, window), (window, window)), x)
+  np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(ref, np.float32))
+  np.testing.assert_array_equal(np.asarray(ours_vjp(g)[0], np.float32),
+                                np.asarray(ref_vjp(g)[0], np.float32))
+
+
+def test_max_pool_second_derivative_equals_linen_without_ties():
+  # Gradients of gradients (Witches' Brew differentiates the parameter gradient by the
+  # input): equal where no window ties (at a tie the maximum is not differentiable; ours keeps
+  # the first maximum there too).
+  from flax import linen
+  from jaxpoison.classifier.models import max_pool
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  w, v = (jnp.asarray(rng.normal(size=(3,)), jnp.float32) for _ in range(2))
+
+  def second(pool):
+    def inner(x):
+      grad_w = jax.grad(lambda w: jnp.sum(jnp.tanh(pool(x * w)) ** 2))(w)
+      return jnp.vdot(grad_w, v)
+    return jax.grad(inner)(x)
+  np.testing.assert_array_equal(second(lambda z: max_pool(z, 2)),
+                                second(lambda z: linen.max_pool(z, (2, 2), (2, 2))))

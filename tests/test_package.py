@@ -25,13 +25,14 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxpoison"
 FLOORS = {
     0: ("jaxpoison._checks", "jaxpoison._deprecation", "jaxpoison._version", "jaxpoison.io",
         "jaxpoison.keys", "jaxpoison.data", "jaxpoison.runs", "jaxpoison.multihost"),
-    1: ("jaxpoison.certify", "jaxpoison.backend"),
+    1: ("jaxpoison.certify", "jaxpoison.backend", "jaxpoison.aot"),
     2: ("jaxpoison.surrogates",),
     3: ("jaxpoison.diffusion", "jaxpoison.classifier"),
     4: ("jaxpoison.attacks", "jaxpoison.defenses"),
     5: ("jaxpoison.certification", "jaxpoison.pipeline", "jaxpoison.benchmarks",
         "jaxpoison.eclipse", "jaxpoison.poison_benchmark"),
-    6: ("jaxpoison.benchmarks.gpu_check", "jaxpoison.benchmarks.dpa_speed",
+    6: ("jaxpoison.benchmarks.gpu_check", "jaxpoison.benchmarks.aot_check",
+        "jaxpoison.benchmarks.dpa_speed",
         "jaxpoison.benchmarks.matching_speed", "jaxpoison.benchmarks.peers",
         "jaxpoison.benchmarks.purification_speed", "jaxpoison.cli"),
     7: ("jaxpoison",),  # the package itself: its lazy re-exports reach every floor

@@ -490,3 +490,25 @@ def markdown(results: dict) -> str:
     table("Peers (diffusers, bf16)", [{"mode": k, **v} for k, v in peers.items()],
           ["mode", "img_per_s", "first_call_s"])
   return "\n".join(lines)
+
+
+def measured_vs_predicted(results: dict, predicted: dict) -> str:
+  """Measured figures beside an `--aot` run's roofline bounds for the same programs."""
+  lines = [f"**Measured here vs predicted by `--aot {predicted.get('target')}` "
+           f"({predicted.get('date')}; the prediction is a bound, measured/bound = efficiency)**",
+           "", "| program | measured | bound | measured / bound |", "|---|---|---|---|"]
+  bounds = {(r.get("dtype"), r.get("attention"), r.get("batch")): r.get("roofline_img_per_s")
+            for r in predicted.get("denoise", []) if str(r.get("denoiser", "")).startswith("ddpm")}
+  for row in results.get("denoise") or []:
+    bound = bounds.get((row.get("dtype"), row.get("attention"), row.get("batch")))
+    if bound and row.get("img_per_s"):
+      lines.append(f"| denoise {row['dtype']}/{row['attention']} batch {row['batch']} (img/s) | "
+                   f"{row['img_per_s']:,.0f} | {bound:,.0f} | {row['img_per_s'] / bound:.2f} |")
+  steps = {r["models"]: r["roofline"]["seconds"] for r in predicted.get("trainer", [])
+           if r.get("program") == "step" and "roofline" in r}
+  for row in results.get("trainer") or []:
+    m = row.get("models")
+    if row.get("concurrency") == "vmap" and m in steps and row.get("ms_per_step"):
+      lines.append(f"| train vmap M={m} (ms/step) | {row['ms_per_step']:.2f} | "
+                   f"{1e3 * steps[m]:.2f} | {row['ms_per_step'] / (1e3 * steps[m]):.2f} |")
+  return "\n".join(lines)

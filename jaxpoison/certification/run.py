@@ -38,7 +38,8 @@ from jaxpoison.certification.config import (CertifyConfig, load_data, resolve_de
                                             resolve_denoiser, resolve_trainer, subset_indices,
                                             train_subset)
 from jaxpoison.certification.devices import models_mesh, replicate
-from jaxpoison.certification.plan import choose_models_per_step, denoise_program_bytes
+from jaxpoison.certification.plan import (choose_models_per_step, chunk_memory,
+                                          denoise_program_bytes)
 from jaxpoison.certification.report import (_timing_report, analyse_votes, certified_curve,
                                             plot_certified_accuracy, write_sigma_reports)
 from jaxpoison.certification.store import (ResultsMismatch, _config_dict, chunk_path,
@@ -138,14 +139,20 @@ def run_certification(config: CertifyConfig, out: str | os.PathLike, *, dataset=
   num_devices = mesh.devices.size
   denoise_dtype = resolve_denoise_dtype(config.denoise_dtype)
   denoise_batch_size = min(config.denoise_batch_size, len(dataset.x_train))
-  denoise_bytes = 0
+  denoise_bytes, chunk_bytes = 0, None
   if config.models_per_step is None and classifier.device_memory_limit(train_config):
-    denoise_bytes = denoise_program_bytes(
-        denoiser, len(dataset.x_train), dataset.image_shape, sigma=max(config.sigmas),
-        batch_size=denoise_batch_size, denoise_dtype=denoise_dtype)
+    if classifier.resolve_loop(train_config) == "scan":  # Planned on the compiled chunk.
+      chunk_bytes = chunk_memory(
+          mesh, train_config, len(dataset.x_train), len(test_indices), dataset.image_shape,
+          denoiser=denoiser, denoise_batch_size=denoise_batch_size, denoise_dtype=denoise_dtype,
+          concurrency=config.concurrency, sigma=max(config.sigmas))
+    else:
+      denoise_bytes = denoise_program_bytes(
+          denoiser, len(dataset.x_train), dataset.image_shape, sigma=max(config.sigmas),
+          batch_size=denoise_batch_size, denoise_dtype=denoise_dtype)
   models_per_step = choose_models_per_step(
       config.models_per_step, train_config, len(dataset.x_train), num_devices,
-      concurrency=config.concurrency, denoise_bytes=denoise_bytes)
+      concurrency=config.concurrency, denoise_bytes=denoise_bytes, chunk_bytes=chunk_bytes)
   log.info("certifying σ=%s with %d models (n0=%d) on %d %s device(s), %d models per step "
            "(%s), denoising in %s; results in %s", ",".join(f"{s:g}" for s in config.sigmas),
            config.num_models, config.n0, num_devices, jax.devices()[0].device_kind,
