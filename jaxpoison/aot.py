@@ -44,6 +44,12 @@ SPEC_DIR = Path(__file__).resolve().parent / "assets" / "targets"
 SPECS = {"h100": "h100_sxm.txtpb", "h200": "h200_sxm.txtpb"}
 INSTALL_HINT = 'pip install -e ".[aot]" (jax-cuda12-plugin, jax-cuda12-pjrt, nvidia-cudnn-cu12)'
 
+# Options for every deviceless compile. CUB's radix sort (which XLA picks for large sorts: the
+# trainer's per-epoch shuffles of M models × 50,000 images) sizes its scratch by asking a
+# device, which a CPU host has not: XLA's own sort kernel instead. It runs once per model
+# before the training loop, so no figure of the loop depends on it.
+COMPILER_OPTIONS = {"xla_gpu_enable_cub_radix_sort": False}
+
 # XLA's PrimitiveType numbers used as keys of the spec's matrix_unit_description.
 _PRIMITIVE_TYPES = {"f16": 10, "f32": 11, "bf16": 16}
 
@@ -197,9 +203,15 @@ class AotTarget:
   @contextlib.contextmanager
   def tracing(self):
     """Within the block, programs traced are traced for this target: every "auto" choice
-    (`backend.targeting`) and jax's cuDNN attention rules see its GPU."""
-    with backend.targeting(self.target), _jax_sees_capability(self.spec.compute_capability):
-      yield self
+    (`backend.targeting`) and jax's cuDNN attention rules see its GPU. jax's trace caches are
+    cleared on entry and exit: a jitted helper traced before for this process's device, with
+    the same shapes, would otherwise be reused with that device's choices (and the reverse)."""
+    jax.clear_caches()
+    try:
+      with backend.targeting(self.target), _jax_sees_capability(self.spec.compute_capability):
+        yield self
+    finally:
+      jax.clear_caches()
 
   def compile(self, name: str, fn: Callable, *args, compute_dtype: str = "bfloat16",
               jit_kwargs: dict | None = None, **static) -> "Program":
@@ -211,7 +223,7 @@ class AotTarget:
       lowered = jitted.lower(*args)
       lower_s = time.perf_counter() - start
       start = time.perf_counter()
-      compiled = lowered.compile()
+      compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
       compile_s = time.perf_counter() - start
     return Program.measure(name, lowered, compiled, self.spec, compute_dtype,
                            lower_s=lower_s, compile_s=compile_s)

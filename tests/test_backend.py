@@ -77,3 +77,9 @@ def test_models_at_once_is_one_on_a_cpu_and_left_to_the_planner_elsewhere():
   assert backend.resolve_models_at_once(0, CPU) == 1
   assert backend.resolve_models_at_once(0, H100) == 0
   assert backend.resolve_models_at_once(4, CPU) == 4
+
+
+def test_one_pass_statistics_on_accelerators_only():
+  assert backend.resolve_one_pass_statistics(backend.Target("cpu")) is False
+  assert backend.resolve_one_pass_statistics(backend.Target("gpu", "H100", (9, 0))) is True
+  assert backend.resolve_one_pass_statistics(backend.Target("tpu")) is True

@@ -142,3 +142,20 @@ def test_attention_against_numpy_softmax_attention(heads):
   a = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(2, 16, 8)
   expected = x + lin(attn.to_out, a).reshape(2, 4, 4, 8)
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_group_norm_takes_the_targets_variance(one_pass):
+  # A CPU computes flax's two-pass variance (PyTorch's); an accelerator target, traced for,
+  # flax's one-pass E[x²] − μ², op for op (so bit for bit here).
+  from flax import nnx
+  from jaxpoison import backend
+  from jaxpoison.diffusion.unet import GroupNorm
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 16)) * 3 + 1, jnp.float32)
+  ours = GroupNorm(16, num_groups=4, epsilon=1e-6, use_fast_variance=False, rngs=nnx.Rngs(0))
+  ref = nnx.GroupNorm(16, num_groups=4, epsilon=1e-6, use_fast_variance=one_pass,
+                      rngs=nnx.Rngs(0))
+  target = backend.Target("gpu", "NVIDIA H100 80GB HBM3", (9, 0)) if one_pass else None
+  with backend.targeting(target or backend.default_target()):
+    out = jax.jit(lambda v: ours(v))(x)
+  np.testing.assert_array_equal(out, jax.jit(lambda v: ref(v))(x))

@@ -25,6 +25,7 @@ Programs ("full"; `small=True` compiles toy sizes of the same programs, tests/te
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -183,35 +184,47 @@ def trainer_programs(at: aot.AotTarget, sizes: AotSizes, log) -> list[dict]:
 
 
 def chunk_program(at: aot.AotTarget, sizes: AotSizes, denoise_rows, trainer_rows, log) -> dict:
-  """The certification chunk at the planner's M (compiled chunk, within the allocator's pool),
-  whether it fits each shipped GPU, and the end-to-end roofline per model."""
+  """The certification chunk at the planner's M (compiled chunk programs, within the
+  allocator's pool) for each concurrency, whether it fits each shipped GPU, and the end-to-end
+  roofline per model."""
   config = _gpu(sizes.trainer, at.target)
   name, unet = sizes.denoisers[0]
   den = jax.eval_shape(lambda: diffusion.create_denoiser(unet, diffusion.linear_schedule(),
                                                          jax.random.key(0)))
-  out = {"denoiser": name, "concurrency": "sequential"}
-  with at.tracing():
-    measure = plan.chunk_memory(at.mesh(), config, sizes.num_train, sizes.num_test, (32, 32, 3),
-                                denoiser=den, denoise_batch_size=min(1000, sizes.num_train),
-                                denoise_dtype="bfloat16", concurrency="sequential")
-    pool = plan.allocator_bytes(at.target)
-    start = time.perf_counter()
-    chosen = plan.plan_from_programs(measure, int(plan.PLAN_FRACTION * pool),
-                                     plan.MAX_MODELS_PER_DEVICE)
-    out["plan_s"] = time.perf_counter() - start
-    m = chosen["per_device"]
-    programs = measure(m)
-  out.update({"models_per_step": m, "allocator_gib": pool / 2**30,
-              "budget_gib": plan.PLAN_FRACTION * pool / 2**30,
-              "peak_gib": programs["peak"] / 2**30,
-              "measured_gib": {k: v / 2**30 for k, v in chosen["measured"].items()},
-              "per_model_gib": chosen["per_model"] / 2**30})
-  for gpu in ("h100", "h200"):
-    spec = aot.load_spec(gpu)
-    usable = plan.PLAN_FRACTION * plan.DEFAULT_MEM_FRACTION * spec.memory_bytes
-    out[f"fits_{gpu}"] = programs["peak"] <= usable
-  train = programs["programs"]["train"]
-  out["train_census"] = aot.census(train.as_text(), config.compute_dtype)
+  pool = plan.allocator_bytes(at.target)
+  out = {"denoiser": name, "allocator_gib": pool / 2**30,
+         "budget_gib": plan.PLAN_FRACTION * pool / 2**30}
+  for concurrency in ("sequential", "vmap"):
+    cap = plan.MAX_VMAP_MODELS_PER_DEVICE if concurrency == "vmap" else \
+        plan.MAX_MODELS_PER_DEVICE
+    with at.tracing():
+      measure = plan.chunk_memory(at.mesh(), config, sizes.num_train, sizes.num_test,
+                                  (32, 32, 3), denoiser=den,
+                                  denoise_batch_size=min(1000, sizes.num_train),
+                                  denoise_dtype="bfloat16", concurrency=concurrency,
+                                  compiler_options=aot.COMPILER_OPTIONS)
+      start = time.perf_counter()
+      try:
+        chosen = plan.plan_from_programs(measure, int(plan.PLAN_FRACTION * pool), cap)
+      except Exception as e:  # noqa: BLE001 (one concurrency failing keeps the other's plan)
+        out[concurrency] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        continue
+      seconds = time.perf_counter() - start
+      m = chosen["per_device"]
+      programs = measure(m) if m else None
+    row = {"models_per_step": m, "cap": cap, "plan_s": seconds,
+           "measured_gib": {k: round(v / 2**30, 3) for k, v in chosen["measured"].items()},
+           "per_model_gib": chosen["per_model"] / 2**30}
+    if programs:
+      row["peak_gib"] = programs["peak"] / 2**30
+      for gpu in ("h100", "h200"):
+        spec = aot.load_spec(gpu)
+        usable = plan.PLAN_FRACTION * plan.DEFAULT_MEM_FRACTION * spec.memory_bytes
+        row[f"fits_{gpu}"] = programs["peak"] <= usable
+      row["train_census"] = aot.census(programs["programs"]["train"].as_text(),
+                                       config.compute_dtype)
+    out[concurrency] = row
+    log(f"chunk {concurrency}: M = {m}, peak {row.get('peak_gib', 0):.1f} GiB")
   # End to end per model: one denoised copy of the training set + training one model.
   seq = [r for r in trainer_rows if r.get("program") == "whole"
          and r["concurrency"] == "sequential" and "roofline_s_per_model" in r]
@@ -221,9 +234,8 @@ def chunk_program(at: aot.AotTarget, sizes: AotSizes, denoise_rows, trainer_rows
             and "roofline_img_per_s" in r]
     if best and train_s:
       img_per_s = max(r["roofline_img_per_s"] for r in best)
-      per_model = sizes.num_train / img_per_s + train_s
-      out[f"roofline_models_per_hour {denoiser}"] = 3600 / per_model
-  log(f"chunk: M = {m}, peak {programs['peak'] / 2**30:.1f} GiB")
+      out[f"roofline_models_per_hour, {denoiser}"] = 3600 / (sizes.num_train / img_per_s
+                                                              + train_s)
   return out
 
 
@@ -275,6 +287,89 @@ def brew_program(at: aot.AotTarget, sizes: AotSizes, log) -> dict:
           "roofline_steps_per_s": 1 / program.roofline["seconds"]}
 
 
+@contextlib.contextmanager
+def _previous_formulations():
+  """The programs as they were before issue 36's leaner formulations, for the before/after
+  comparison in one run: linen's max-pool (select_and_scatter backward) in airbench94, and the
+  UNet's two-pass GroupNorm variance on the accelerator too."""
+  from flax import linen
+  from jaxpoison import backend
+  from jaxpoison.classifier import models
+  saved = models.max_pool, backend.resolve_one_pass_statistics
+  models.max_pool = lambda x, k: linen.max_pool(x, (k, k), (k, k))
+  backend.resolve_one_pass_statistics = lambda target=None: False
+  jax.clear_caches()  # Jitted helpers (the denoiser's) were traced with the current ones.
+  try:
+    yield
+  finally:
+    models.max_pool, backend.resolve_one_pass_statistics = saved
+    jax.clear_caches()
+
+
+def lean_comparison(at: aot.AotTarget, sizes: AotSizes, log) -> list[dict]:
+  """Bytes and roofline of the hot programs before and after the leaner formulations, compiled
+  in the same run (the trainer's step at M = 1 and 16, the bf16 denoise at batch 1000)."""
+  rows = []
+  config = _gpu(sizes.trainer, at.target)
+  n = sizes.num_train
+  images = at.abstract(jax.ShapeDtypeStruct((n, *config.image_shape), jnp.uint8))
+  labels = at.abstract(jax.ShapeDtypeStruct((n,), jnp.int32))
+  key = at.abstract(jax.eval_shape(lambda: jax.random.key(0)))
+  batch = max(sizes.denoise_batches[len(sizes.denoise_batches) // 2], 1)
+  for formulation in ("before", "after"):
+    context = _previous_formulations() if formulation == "before" else contextlib.nullcontext()
+    with context:
+      parts = classifier.make_train_parts(config)
+      for m in sorted({1, max(sizes.trainer_models[:3])}):
+        keys = at.abstract(jax.eval_shape(lambda m=m: jax.random.split(jax.random.key(0), m)))
+        carry = at.abstract(jax.eval_shape(parts.start, keys, images, labels))
+        program = at.compile(f"train step M={m} {formulation}", parts.body, carry,
+                             at.abstract(jax.ShapeDtypeStruct((), jnp.int32)), keys, images,
+                             labels, compute_dtype=config.compute_dtype,
+                             jit_kwargs={"donate_argnums": 0})
+        rows.append({"program": f"airbench94 step, M={m}", "formulation": formulation,
+                     "bytes_per_unit": program.bytes / m, "unit": "model-step",
+                     "peak_gib": program.memory["peak"] / 2**30,
+                     "roofline_s_per_unit": program.roofline["seconds"] / m,
+                     "census": program.census})
+      for name, unet in sizes.denoisers:
+        den = at.abstract(jax.eval_shape(lambda u=unet: diffusion.create_denoiser(
+            u, diffusion.linear_schedule(), jax.random.key(0))))
+        for attention in ("cudnn", "xla"):
+          x = at.abstract(jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.uint8))
+          program = at.compile(
+              f"denoise {name} {attention} {formulation}",
+              lambda d, x, k, _at=attention: diffusion.noise_and_denoise(
+                  diffusion.cast_params(d, jnp.bfloat16), x, 0.25, k, batch_size=batch,
+                  compute_dtype=jnp.bfloat16, attention=_at, allow_untrained_sigma=True),
+              den, x, key, compute_dtype="bfloat16")
+          rows.append({"program": f"denoise {name}, bf16, {attention} attention, batch {batch}",
+                       "formulation": formulation, "bytes_per_unit": program.bytes / batch,
+                       "unit": "image", "peak_gib": program.memory["peak"] / 2**30,
+                       "roofline_s_per_unit": program.roofline["seconds"] / batch,
+                       "census": program.census})
+    log(f"lean comparison: {formulation} done")
+  steps = classifier.total_steps(config, n)
+  for formulation in ("before", "after"):
+    mine = [r for r in rows if r["formulation"] == formulation]
+    train = [r for r in mine if r["program"] == "airbench94 step, M=1"][0]
+    for name, _ in sizes.denoisers:
+      image = min(r["roofline_s_per_unit"] for r in mine if r["program"].startswith(
+          f"denoise {name},"))
+      per_model = n * image + steps * train["roofline_s_per_unit"]
+      rows.append({"program": f"end to end, {name} (one model: {n:,} images denoised + "
+                              f"{steps} steps)", "formulation": formulation,
+                   "unit": "model", "roofline_s_per_unit": per_model,
+                   "models_per_hour": 3600 / per_model})
+  after = {r["program"]: r for r in rows if r["formulation"] == "after"}
+  for row in rows:
+    if (row["formulation"] == "before" and row["program"] in after
+        and "bytes_per_unit" in row):
+      after[row["program"]]["bytes_change"] = (after[row["program"]]["bytes_per_unit"]
+                                              / row["bytes_per_unit"] - 1)
+  return rows
+
+
 def run(target: str = "h100", *, small: bool = False, log=print) -> dict:
   """Compiles every program for `target` ("h100", "h200" or a spec file); the results dict."""
   at = aot.AotTarget(target)
@@ -290,7 +385,8 @@ def run(target: str = "h100", *, small: bool = False, log=print) -> dict:
             ("chunk", lambda: chunk_program(at, sizes, results.get("denoise", []),
                                             results.get("trainer", []), log)),
             ("eclipse", lambda: eclipse_program(at, sizes, log)),
-            ("brew", lambda: brew_program(at, sizes, log))]
+            ("brew", lambda: brew_program(at, sizes, log)),
+            ("lean", lambda: lean_comparison(at, sizes, log))]
   for name, stage in stages:
     start = time.perf_counter()
     try:
@@ -385,11 +481,28 @@ def markdown(results: dict) -> str:
       ("fits 80 GiB", lambda r: r.get("fits_80gib")),
       ("error", lambda r: r.get("error"))], rows("trainer"))
   chunk = results.get("chunk") or {}
-  _table(lines, "Certification chunk at the planner's M (compiled chunk programs)",
-         [(k, (lambda r, k=k: r.get(k))) for k in chunk if k not in ("train_census",)]
-         + [("train census", lambda r: _convs(r.get("train_census", {})) + f"; loops "
-             f"{r.get('train_census', {}).get('while_loops')}, host xfers "
-             f"{r.get('train_census', {}).get('host_transfers')}")], [chunk])
+  _table(lines, f"Certification chunk at the planner's M (compiled chunk programs; "
+         f"{chunk.get('denoiser')} denoiser; plan within {_f(chunk.get('budget_gib'))} GiB = "
+         f"90% of the allocator's {_f(chunk.get('allocator_gib'))} GiB)", [
+      ("concurrency", lambda r: r.get("concurrency")), ("M", lambda r: r.get("models_per_step")),
+      ("cap", lambda r: r.get("cap")), ("plan s", lambda r: r.get("plan_s")),
+      ("GiB at M=1, 2, chosen", lambda r: r.get("measured_gib")),
+      ("GiB per model", lambda r: r.get("per_model_gib")),
+      ("peak GiB", lambda r: r.get("peak_gib")), ("fits H100", lambda r: r.get("fits_h100")),
+      ("fits H200", lambda r: r.get("fits_h200")),
+      ("train census", lambda r: (_convs(r.get("train_census", {})) + f"; loops "
+                                  f"{r.get('train_census', {}).get('while_loops')}, host xfers "
+                                  f"{r.get('train_census', {}).get('host_transfers')}")
+       if r.get("train_census") else ""),
+      ("error", lambda r: r.get("error"))],
+      [{"concurrency": c, **chunk[c]} for c in ("sequential", "vmap")
+       if isinstance(chunk.get(c), dict)] or [chunk])
+  for key, value in chunk.items():
+    if key.startswith("roofline_models_per_hour"):
+      lines.append(f"End to end (roofline, one denoised copy of the training set + one model's "
+                   f"sequential training): {key.split(', ', 1)[1]}: {_f(value)} models per "
+                   f"{results['device']}-hour")
+  lines.append("")
   eclipse = results.get("eclipse") or {}
   _table(lines, "ECLIPSE purification (one reverse step per loop body; × t* steps per image)", [
       ("dtype", lambda r: r.get("dtype")), ("params", lambda r: eclipse.get("params")),
@@ -404,6 +517,17 @@ def markdown(results: dict) -> str:
       ("peak GiB", mem("peak")), ("GFLOP", lambda r: r["flops"] / 1e9 if "flops" in r else None),
       *census_columns(), ("steps/s bound", lambda r: r.get("roofline_steps_per_s")),
       ("error", lambda r: r.get("error") or r.get("skipped"))], [brew])
+  _table(lines, "Leaner programs: before (linen max-pool; two-pass GroupNorm variance) and after, "
+         "same run", [
+      ("program", lambda r: r.get("program")), ("formulation", lambda r: r.get("formulation")),
+      ("MiB per unit", lambda r: r["bytes_per_unit"] / 2**20 if "bytes_per_unit" in r else None),
+      ("unit", lambda r: r.get("unit")), ("peak GiB", lambda r: r.get("peak_gib")),
+      ("roofline µs per unit", lambda r: 1e6 * r["roofline_s_per_unit"]
+       if "roofline_s_per_unit" in r else None),
+      ("models/h bound", lambda r: r.get("models_per_hour")),
+      ("bytes change", lambda r: f"{100 * r['bytes_change']:+.1f}%" if "bytes_change" in r
+       else ""),
+      ("error", lambda r: r.get("error"))], rows("lean"))
   return "\n".join(lines)
 
 
@@ -428,7 +552,7 @@ def compile_small(target: str = "h100") -> dict:
   with at.tracing():
     chunk = plan.chunk_memory(at.mesh(), config, sizes.num_train, sizes.num_test, (32, 32, 3),
                               denoiser=den, denoise_batch_size=sizes.num_train,
-                              denoise_dtype="bfloat16")(2)
+                              denoise_dtype="bfloat16", compiler_options=aot.COMPILER_OPTIONS)(2)
   out["chunk"] = {"peak": chunk["peak"], "denoise": chunk["denoise"], "train": chunk["train"],
                   "resident": chunk["resident"],
                   "train_census": aot.census(chunk["programs"]["train"].as_text()),

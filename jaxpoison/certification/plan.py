@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -68,8 +69,8 @@ def _placed(tree, mesh, spec):
 
 def chunk_memory(mesh, train_config, num_train: int, num_test: int, image_shape, *,
                  denoiser=None, denoise_batch_size: int = 500, denoise_dtype: str = "float32",
-                 concurrency: str = "sequential", sigma: float = 0.25
-                 ) -> Callable[[int], dict]:
+                 concurrency: str = "sequential", sigma: float = 0.25,
+                 compiler_options: dict | None = None) -> Callable[[int], dict]:
   """`bytes(m)`: per-device memory of one certification chunk of m models per device, from
   XLA's compiled programs (`ChunkComputer`'s denoising and training programs, lowered for
   `mesh`'s devices: live ones, or a deviceless topology's for AOT).
@@ -78,7 +79,8 @@ def chunk_memory(mesh, train_config, num_train: int, num_test: int, image_shape,
   aliases), "resident" (the denoiser and training images, live while training runs), "peak"
   (the larger of denoising and training + resident), and "programs" (the compiled programs).
   The training config's "auto" choices must already be resolved for the mesh's devices (trace
-  inside `backend.targeting` for a device that is not this process's).
+  inside `backend.targeting` for a device that is not this process's; `compiler_options`:
+  XLA's, e.g. `jaxpoison.aot.COMPILER_OPTIONS` for a deviceless compile).
   """
   computer = ChunkComputer(mesh=mesh, seed=0, sigma=sigma, denoiser=denoiser,
                            train_config=train_config, num_train=num_train,
@@ -95,17 +97,19 @@ def chunk_memory(mesh, train_config, num_train: int, num_test: int, image_shape,
   resident = (int(np.prod(x_train.shape))
               + sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(den)))
 
+  @functools.lru_cache(maxsize=None)  # The planner's choice is compiled once, then reused.
   def measure(per_device: int) -> dict:
     m = per_device * devices
     indices = _placed(jax.ShapeDtypeStruct((m,), jnp.int32), mesh, split)
-    denoise = computer._denoise.lower(den, _placed(x_train, mesh, every), indices).compile()
+    denoise = computer._denoise.lower(den, _placed(x_train, mesh, every), indices).compile(
+        compiler_options=compiler_options)
     copies = _placed(jax.ShapeDtypeStruct((m, num_train, *image_shape), jnp.uint8), mesh,
                      split)
     train = computer._programs.train_vote.lower(
         _placed(jax.ShapeDtypeStruct((2,), jnp.uint32), mesh, every), copies,
         _placed(jax.ShapeDtypeStruct((num_train,), jnp.int32), mesh, every),
         _placed(jax.ShapeDtypeStruct((num_test, *image_shape), jnp.uint8), mesh, every),
-        indices).compile()
+        indices).compile(compiler_options=compiler_options)
     out = {"denoise": classifier.api.program_bytes(denoise) if denoiser is not None else 0,
            "train": classifier.api.program_bytes(train), "resident": resident,
            "programs": {"denoise": denoise, "train": train}}

@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import normalization as _normalization  # its statistics (GroupNorm, below)
 
 from jaxpoison import backend, runs
 from jaxpoison.backend import ATTENTION_IMPLEMENTATIONS  # noqa: F401  (re-exported)
@@ -210,10 +211,32 @@ def _conv(cin, cout, k, rngs, *, stride=1, padding="SAME"):
   return nnx.Conv(cin, cout, (k, k), strides=stride, padding=padding, rngs=rngs)
 
 
+class GroupNorm(nnx.GroupNorm):
+  """nnx.GroupNorm whose variance takes two passes on a CPU (E[(x − μ)²], as PyTorch computes
+  it: parity, no cancellation) and one on an accelerator (`backend.resolve_one_pass_statistics`,
+  decided when the program is traced, so that an AOT compile for an H100 gets the H100's
+  choice). Same variables as nnx.GroupNorm; on a CPU the same computation, op for op (flax's
+  own statistics and normalization functions)."""
+
+  def __call__(self, x, *, mask=None):
+    if not backend.resolve_one_pass_statistics():
+      return super().__call__(x, mask=mask)
+    axes = _normalization._canonicalize_axes(x.ndim, list(range(1, x.ndim - 1)) + [-1])
+    scale = self.scale[...] if self.scale else None
+    bias = self.bias[...] if self.bias else None
+    x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)
+    mean, var = _normalization._compute_stats(
+        x.reshape(x.shape[:-1] + (self.num_groups, self.group_size)),
+        list(axes[:-1]) + [-1], self.dtype, None, None, use_fast_variance=True)
+    mean = jnp.repeat(mean, self.group_size, axis=1)
+    var = jnp.repeat(var, self.group_size, axis=1)
+    return _normalization._normalize(x, mean, var, scale, bias, axes[:-1],
+                                     (self.feature_axis,), self.dtype, self.epsilon)
+
+
 def _norm(c, cfg: UNetConfig, rngs):
-  # use_fast_variance=False: E[(x-μ)²], as PyTorch computes it (parity, and no cancellation).
-  return nnx.GroupNorm(c, num_groups=cfg.norm_num_groups, epsilon=cfg.norm_eps,
-                       use_fast_variance=False, rngs=rngs)
+  return GroupNorm(c, num_groups=cfg.norm_num_groups, epsilon=cfg.norm_eps,
+                   use_fast_variance=False, rngs=rngs)
 
 
 class TimeEmbedding(nnx.Module):
@@ -247,7 +270,11 @@ class ResnetBlock(nnx.Module):
       scale, shift = jnp.split(e, 2, axis=-1)
       h = self.norm2(h) * (1 + scale) + shift
     else:
-      h = self.norm2(h + e)
+      # The time embedding is added in float32, inside the normalization's own kernels: added
+      # in the compute dtype, XLA:GPU fuses it into conv1 as cuDNN's side input, which
+      # materializes its broadcast to the full activation shape (gpu_check --aot). In float32
+      # (the CPU's) this is the same computation.
+      h = self.norm2(h.astype(jnp.float32) + e.astype(jnp.float32)).astype(h.dtype)
     h = jax.nn.silu(h)
     if key is not None and self.dropout > 0:
       keep = jax.random.bernoulli(key, 1.0 - self.dropout, h.shape)
