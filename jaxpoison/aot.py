@@ -398,6 +398,9 @@ def census(text: str, compute_dtype: str = "bfloat16") -> dict:
       "transposes_copies": len(layout),
       "transpose_copy_bytes": int(sum(i.bytes for i in layout)),
       "f32_convs_gemms": len(wide),
+      # Scatters into a zeroed buffer (a max-pool's backward through linen: classifier.models).
+      "select_and_scatter": sum(1 for i in instructions.values()
+                                if i.opcode == "select-and-scatter"),
       "custom_call_bytes": int(custom_bytes),
       "other_custom_calls": {t: n for t, n in targets.items()
                              if t not in convs and t not in attention

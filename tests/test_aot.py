@@ -225,11 +225,12 @@ def test_h100_denoiser_uses_cudnn_convolutions_and_fused_attention(small_program
 @needs_plugin
 def test_h100_trainer_is_one_loop_of_cudnn_convolutions_without_host_transfers(small_programs):
   census = small_programs["trainer"]["census"]
-  convs = census["cudnn_convolutions"]
-  assert convs.get("__cudnn$convBackwardFilter", 0) >= 4 and census["while_loops"] >= 1
+  # Forward and backward convolutions (two vmapped models: the weight gradients are grouped
+  # forward convolutions) all on cuDNN, inside the scanned loop.
+  assert census["cudnn_convolutions_total"] >= 12 and census["while_loops"] >= 1
   assert census["host_transfers"] == 0 and census["f32_convs_gemms"] == 0
-  # The step's select_and_scatter (linen.max_pool's backward) is gone: see models.max_pool.
-  assert "select-and-scatter" not in json.dumps(census)
+  # The max-pool's backward is elementwise, not a select_and_scatter: see models.max_pool.
+  assert census["select_and_scatter"] == 0
 
 
 @needs_plugin
