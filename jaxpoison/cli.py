@@ -184,10 +184,29 @@ def user_errors(*extra_types: type[BaseException]) -> Iterator[None]:
     fail(_describe(error))
 
 
+def keep_cuda_plugin_off_without_a_gpu() -> bool:
+  """On a machine with jax's CUDA plugin (the `aot` extra) but no NVIDIA driver, sets
+  JAX_PLATFORMS=cpu unless it is set: the plugin's CUDA check would otherwise fail at jax's
+  first device use and log a traceback, then fall back to the CPU anyway (and deviceless AOT
+  needs its compiler registered, which that failed check prevents). Call before jax is
+  imported. Returns whether it set it."""
+  if "JAX_PLATFORMS" in os.environ or os.path.exists("/proc/driver/nvidia"):
+    return False
+  try:
+    plugin = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+  except ModuleNotFoundError:  # No jax_plugins namespace: no plugin.
+    plugin = False
+  if plugin:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+  return plugin
+
+
 def run(main: Callable[[Sequence[str] | None], int | None],
         argv: Sequence[str] | None = None) -> NoReturn:
   """Calls `main(argv)` (None: the command line) and exits with its return value (None: 0);
   user errors exit with code 2 and one line."""
+  if "jax" not in sys.modules:
+    keep_cuda_plugin_off_without_a_gpu()
   with user_errors():
     code = main(argv)
   sys.exit(code)

@@ -233,3 +233,23 @@ def test_installed_jaxlib_accepts_the_ynn_flag():
   result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0 and result.stdout.strip() == "512.0", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("plugin,driver,preset,expected", [
+    (True, False, None, "cpu"),      # the aot extra on a CPU-only machine: kept on the CPU
+    (True, True, None, None),        # a GPU machine: jax decides
+    (False, False, None, None),      # no plugin: nothing to keep off
+    (True, False, "cuda", "cuda")])  # the user's choice stands
+def test_cuda_plugin_is_kept_off_on_machines_without_a_gpu(monkeypatch, plugin, driver, preset,
+                                                           expected):
+  if preset is None:
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  else:
+    monkeypatch.setenv("JAX_PLATFORMS", preset)
+  monkeypatch.setattr(cli.os.path, "exists",
+                      lambda p: driver if p == "/proc/driver/nvidia" else os.path.exists(p))
+  monkeypatch.setattr(cli.importlib.util, "find_spec",
+                      lambda name: object() if plugin else None)
+  changed = cli.keep_cuda_plugin_off_without_a_gpu()
+  assert os.environ.get("JAX_PLATFORMS") == expected
+  assert changed == (expected == "cpu" and preset is None)
