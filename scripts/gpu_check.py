@@ -5,7 +5,7 @@
   python scripts/gpu_check.py --dry_run        # every stage at toy sizes, on any machine
   JAX_PLATFORMS=cpu python scripts/gpu_check.py --aot h100 [--out runs/gpu_check_aot]
       # no GPU: every hot program compiled for an H100 (h200, or an XLA target-config .txtpb)
-      # on this CPU (needs `pip install -e ".[aot]"`; ≈15 minutes on 2 cores): memory, kernel
+      # on this CPU (needs `pip install -e ".[aot]"`; ≤ 36 minutes on 2 cores): memory, kernel
       # census, flops, bytes, roofline (jaxpoison.benchmarks.aot_check); --small: toy sizes
 
 Stages (jaxpoison.benchmarks.gpu_check): denoising img/s of the 35.7M UNet (random init) in f32
