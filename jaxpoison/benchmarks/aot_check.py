@@ -62,6 +62,9 @@ class AotSizes:
   brew_trainer: classifier.TrainConfig
   brew_poisons: int
   brew_batch: int
+  # The planner's largest M per device (None: the certification's caps). Toy programs fit any
+  # M, and compiling the toy chunk at 128 models takes minutes on 2 cores.
+  plan_cap: int | None = None
 
   @classmethod
   def full(cls) -> "AotSizes":
@@ -89,7 +92,7 @@ class AotSizes:
                                          mid_attention=False, scale_shift_norm=True),
         eclipse_batch=8, eclipse_t_star=4,
         brew_trainer=classifier.tiny_config(batch_size=32, epochs=1, whitening_images=64),
-        brew_poisons=8, brew_batch=8)
+        brew_poisons=8, brew_batch=8, plan_cap=4)
 
 
 def _gpu(config: classifier.TrainConfig, target) -> classifier.TrainConfig:
@@ -197,6 +200,7 @@ def chunk_program(at: aot.AotTarget, sizes: AotSizes, denoise_rows, trainer_rows
   for concurrency in ("sequential", "vmap"):
     cap = plan.MAX_VMAP_MODELS_PER_DEVICE if concurrency == "vmap" else \
         plan.MAX_MODELS_PER_DEVICE
+    cap = min(cap, sizes.plan_cap or cap)
     with at.tracing():
       measure = plan.chunk_memory(at.mesh(), config, sizes.num_train, sizes.num_test,
                                   (32, 32, 3), denoiser=den,
