@@ -27,6 +27,7 @@ from pathlib import Path
 
 from jaxpoison import cli
 from jaxpoison.defenses.config import DEFENSES as DEFENSE_NAMES
+from jaxpoison.classifier.config import DP_SAMPLINGS
 from jaxpoison.defenses.dp_sgd import DP_NORMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   scratch.add_argument("--clean_start_from", choices=("own", "surrogate"),
                        help="the clean start: a network of the harness's own seed, or the "
                             "attacker's surrogate")
+  scratch.add_argument("--surrogates_per_trial", type=cli.parse_bool,
+                       help="true: every trial trains its own crafting ensemble (the "
+                            "references'); false: one per run, shared by the trials")
+  scratch.add_argument("--sleeper_agent_victim_epochs", type=float,
+                       help="Sleeper Agent's victims train this many epochs (the reference: 80)")
   scratch.add_argument("--correct_targets", type=cli.parse_bool,
                        help="true: targets among the test images the surrogates classify "
                             "correctly")
@@ -117,14 +123,27 @@ def parse_args(argv=None) -> argparse.Namespace:
   defense.add_argument("--knn_k", type=int, help="Deep k-NN's neighbours (default 500)")
   defense.add_argument("--dpa_partitions", type=int,
                        help="DPA's partitions (default 250; from scratch only)")
+  defense.add_argument("--dpa_recipe", choices=("reference", "victim"),
+                       help="DPA's base classifiers: the DPA reference's recipe (default) or "
+                            "the victim's")
+  defense.add_argument("--dpa_epochs", type=int,
+                       help="DPA's base classifiers' epochs with the reference recipe "
+                            "(default 200, the reference's)")
   defense.add_argument("--dp_clip_norm", type=float, help="DP-SGD's clip (default 1.0)")
   defense.add_argument("--dp_noise_multiplier", type=float,
                        help="DP-SGD's noise multiplier (default 0.05)")
   defense.add_argument("--dp_norm", choices=DP_NORMS,
                        help="DP-SGD's normalization: group norm (default), or batch norm frozen "
                             "at its running statistics (victims from a batch-norm clean start)")
+  defense.add_argument("--dp_sampling", choices=DP_SAMPLINGS,
+                       help="DP-SGD's batches: poisson (default; what the accountant assumes) "
+                            "or shuffle (accounted without amplification)")
   defense.add_argument("--friendly_lr", type=float,
                        help="FrieNDs' friendly-noise step size (default 100, the reference's)")
+  defense.add_argument("--friendly_begin_epoch", type=int,
+                       help="FrieNDs: the epoch its friendly noise is computed at (default 5, "
+                            "the authors' command; 0 for victims that continue from a trained "
+                            "network)")
   return p.parse_args(argv)
 
 
@@ -132,9 +151,9 @@ TRANSFER_ONLY = ("finetune_per_class", "pretrain_classes", "pretrain_epochs", "f
                  "augment", "pretrained", "craft_pretrained", "finetune_epochs")
 SCRATCH_ONLY = ("train_per_class", "num_surrogates", "poison_class", "restarts", "retrain_every",
                 "warm_start_epochs", "clean_start_epochs", "clean_start_from", "correct_targets",
-                "victim_init")
-DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dp_clip_norm", "dp_noise_multiplier", "dp_norm",
-                 "friendly_lr")
+                "victim_init", "surrogates_per_trial", "sleeper_agent_victim_epochs")
+DEFENSE_FLAGS = ("knn_k", "dpa_partitions", "dpa_recipe", "dpa_epochs", "dp_clip_norm", "dp_noise_multiplier", "dp_norm",
+                 "dp_sampling", "friendly_lr", "friendly_begin_epoch")
 
 
 def _defense_changes(args, config) -> dict:
@@ -158,7 +177,8 @@ def _from_scratch(args, config):
       "attacks", "num_trials", "seed", "sigmas", "num_poisons", "budget", "num_eval", "norm",
       "epsilon", "craft_steps", "trials_per_step", "train_per_class", "num_surrogates",
       "poison_class", "restarts", "retrain_every", "warm_start_epochs", "clean_start_epochs",
-      "clean_start_from", "correct_targets")
+      "clean_start_from", "correct_targets", "surrogates_per_trial",
+      "sleeper_agent_victim_epochs")
       if getattr(args, name) is not None}
   if args.budget is not None:
     changes["num_poisons"] = None

@@ -144,7 +144,7 @@ def test_defenses_share_the_runs_poisons(tmp_path, scratch):
   crafted = poison_file.stat().st_mtime_ns
   # The training-time defenses only change the victim's recipe (DefenseConfig.training_config,
   # tested in test_defenses_config.py): the two with their own paths run here.
-  settings = {"deep_knn": dict(knn_k=5), "dpa_roe": dict(dpa_partitions=3)}
+  settings = {"deep_knn": dict(knn_k=5), "dpa_roe": dict(dpa_partitions=3, dpa_epochs=2)}
   for name, changes in settings.items():
     defended = dataclasses.replace(base, defense=defenses.DefenseConfig(name, **changes))
     records = fs.run_benchmark(defended, dataset, out, denoiser=denoiser, log=lambda _: None)
@@ -163,10 +163,12 @@ def test_defenses_share_the_runs_poisons(tmp_path, scratch):
       (details,) = record["defense_details"]
       assert 0 <= details["certified_poisons"] <= 1  # k = 3 base classifiers: at most ⌊3/2⌋
       assert details["poison_class_votes"] in (0, 1 / 3, 2 / 3, 1)
+      assert 0 <= details["base_classifier_accuracy"] <= 1
       assert "target_poison_probability" not in record  # no single victim
   assert poison_file.stat().st_mtime_ns == crafted  # crafted once, reused by every defense
   table = (out / "table.md").read_text()
-  assert "| defense |" in table and "Deep k-NN (k = 5)" in table and "DPA + ROE (k = 3)" in table
+  assert "| defense |" in table and "Deep k-NN (k = 5)" in table
+  assert "DPA + ROE (k = 3, reference recipe, 2 epochs)" in table
   assert "| Witches' Brew | white-box | ℓ∞ 16/255 | none | 1 |" in table
   assert "removed" in table and "target certified against" in table
   assert re.search(r"base classifiers vote the poison class", table)
@@ -239,7 +241,8 @@ def test_diverged_victims_are_flagged_not_scored(tmp_path, scratch, monkeypatch)
       "deep_knn", knn_k=5)), dataset, tmp_path, denoiser=denoiser, log=lambda _: None)
   assert [r["diverged"] for r in knn if r.get("defense_settings")] == [[True]]
   dpa = fs.run_benchmark(dataclasses.replace(one, defense=defenses.DefenseConfig(
-      "dpa_roe", dpa_partitions=3)), dataset, tmp_path, denoiser=denoiser, log=lambda _: None)
+      "dpa_roe", dpa_partitions=3, dpa_epochs=2)), dataset, tmp_path, denoiser=denoiser,
+      log=lambda _: None)
   (record,) = [r for r in dpa if r.get("defense_settings", {}).get("name") == "dpa_roe"]
   assert record["diverged"] == [True]
   assert record["defense_details"][0]["diverged_base_classifiers"] == 1
@@ -630,3 +633,49 @@ def test_script_runs_a_from_scratch_config(tmp_path, scratch, monkeypatch, capsy
     cli.run(_script_main(), ["--config", str(tmp_path / "config.py"), "--out",
                              str(tmp_path / "out"), "--correct_targets", "maybe"])
   assert info.value.code == 2 and "not a boolean" in capsys.readouterr().err
+
+
+def test_surrogates_per_trial_are_each_trials_own(scratch, tmp_path):
+  # The references train a crafting ensemble per crafting run: trials must not share one (their
+  # poisons would be correlated through it and the intervals over trials optimistic).
+  dataset, config, denoiser = scratch
+  own = dataclasses.replace(config, attacks=("witches_brew", "no_poison"), sigmas=(0.0,),
+                            surrogates_per_trial=True, trials_per_step=1)
+  records = fs.run_benchmark(own, dataset, tmp_path, denoiser=denoiser, log=lambda _: None)
+  assert not (tmp_path / "pretrained" / "surrogate_0").exists()
+  subset = fs.training_subset(dataset.y_train, None)
+  fingerprints = []
+  for trial in (0, 1):
+    assert (tmp_path / "pretrained" / f"trial_{trial}" / "surrogate_0").is_dir()
+    surrogates = fs.load_or_train_surrogates(tmp_path, own, dataset, subset,
+                                             log=lambda _: None, trial=trial)
+    fingerprints.append(common.params_fingerprint(surrogates[0].state))
+    # The trial's poisons are the ones its own ensemble crafts.
+    crafted = fs.craft_trial(own, "witches_brew", dataset, subset, trial, surrogates)
+    saved = attacks.load_poisons(tmp_path / "poisons" / "witches_brew" / f"trial_{trial:03d}.npz",
+                                 dataset)
+    np.testing.assert_array_equal(crafted.images, saved.images)
+  assert fingerprints[0] != fingerprints[1]
+  run_level = fs.load_or_train_surrogates(tmp_path / "shared", own, dataset, subset,
+                                          log=lambda _: None)
+  assert common.params_fingerprint(run_level[0].state) not in fingerprints
+  brew = [r for r in records if r["attack"] == "witches_brew"]
+  assert all(r["crafted_on"].endswith("the trial's own") for r in brew)
+  # The control trains no surrogate (its class and target need none).
+  assert not (tmp_path / "pretrained" / "trial_2").exists()
+  with pytest.raises(ValueError, match="surrogates_per_trial"):
+    dataclasses.replace(config, surrogates_per_trial=True, clean_start_epochs=1,
+                        clean_start_from="surrogate")
+
+
+def test_sleeper_agent_victims_train_their_own_epochs(scratch, training_calls):
+  dataset, config, denoiser = scratch
+  config = dataclasses.replace(config, sleeper_agent_victim_epochs=3, sigmas=(0.0,))
+  subset = fs.training_subset(dataset.y_train, None)
+  control = fs.craft_trial(config, "no_poison", dataset, subset, 0, [])
+  fs.evaluate_trials(config, [control], [0], dataset=dataset, subset=subset, denoiser=denoiser)
+  sleeper = dataclasses.replace(control, attack="sleeper_agent",
+                                config=config.attack_config("sleeper_agent").to_dict())
+  fs.evaluate_trials(config, [sleeper], [0], dataset=dataset, subset=subset, denoiser=denoiser)
+  assert [c.epochs for c, _, _ in training_calls] == [2, 3]
+  assert fs.FromScratchConfig().sleeper_agent_victim_epochs is None

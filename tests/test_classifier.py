@@ -695,3 +695,125 @@ def test_max_pool_second_derivative_equals_linen_without_ties():
     return jax.grad(inner)(x)
   np.testing.assert_array_equal(second(lambda z: max_pool(z, 2)),
                                 second(lambda z: linen.max_pool(z, (2, 2), (2, 2))))
+
+
+# --- the last partial batch (drop_last False), per-model training-set sizes, masks ----------
+
+
+def test_drop_last_false_keeps_the_partial_batch_and_each_epoch_is_a_permutation():
+  config = classifier.tiny_config(batch_size=32, drop_last=False, epochs=3)
+  assert classifier.train.steps_per_epoch(config, 70) == 3  # 32 + 32 + 6
+  assert classifier.train.steps_per_epoch(config.replace(drop_last=True), 70) == 2
+  assert classifier.total_steps(config, 70) == 9
+  keys = jax.random.split(jax.random.key(0), 2)
+  perms = np.asarray(train_lib.epoch_permutations(keys, 70, 3, jnp.asarray([70, 41]), 96))
+  assert perms.shape == (2, 3, 96)
+  for model, count in enumerate((70, 41)):
+    for epoch in range(3):
+      row = perms[model, epoch]
+      # The model's own examples first, each once, in a shuffled order; then padding.
+      np.testing.assert_array_equal(np.sort(row[:count]), np.arange(count))
+      assert (row[count:] == -1).all()
+  assert not np.array_equal(perms[0, 0, :70], np.arange(70))
+  # Without sizes or padding: the shuffle as before; a model with n = N draws it too.
+  plain = np.asarray(train_lib.epoch_permutations(keys, 70, 3))
+  np.testing.assert_array_equal(plain[0], perms[0, :, :70])  # n = N: the permutation itself
+
+
+@pytest.mark.parametrize("model", ["airbench94", "resnet18"])
+def test_masked_batch_norm_equals_the_batch_without_its_padding(model):
+  config = classifier.tiny_config(model)
+  net = classifier.create_model(config, jax.random.key(0))
+  state = nnx.state(net)
+  x = jax.random.uniform(jax.random.key(1), (10, 32, 32, 3))
+  mask = jnp.arange(10) < 6
+  garbage = x.at[6:].set(jax.random.uniform(jax.random.key(2), (4, 32, 32, 3)) * 50.0)
+
+  def run(images, m):
+    model_ = nnx.merge(train_lib.model_graphdef(config), state, copy=True)
+    logits = model_(images, train=True, mask=m)
+    return logits, nnx.state(model_, nnx.BatchStat)
+
+  padded, stats_padded = run(garbage, mask)
+  alone, stats_alone = run(x[:6], None)
+  # The same statistics over the same six examples (summed in another order: float32).
+  np.testing.assert_allclose(padded[:6], alone, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats_padded), jax.tree.leaves(stats_alone)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_never_reaches_a_model_trained_on_its_first_examples():
+  (x, y), _ = _colour_data(3, 90), None
+  config = classifier.tiny_config(batch_size=32, drop_last=False, epochs=2, lookahead=False,
+                                  input_norm="training_set")
+  keys = jax.random.split(jax.random.key(4), 2)
+  counts = np.array([90, 50])
+  rng = np.random.default_rng(5)
+  sets_a = np.stack([x, x])
+  sets_b = sets_a.copy()
+  sets_b[1, 50:] = rng.integers(0, 256, sets_b[1, 50:].shape, dtype=np.uint8)
+  labels = np.stack([y, y])
+  labels_b = labels.copy()
+  labels_b[1, 50:] = (labels_b[1, 50:] + 1) % 3
+  a = classifier.train_models(keys, sets_a, labels, config, num_examples=counts)
+  b = classifier.train_models(keys, sets_b, labels_b, config, num_examples=counts)
+  # Whatever fills model 1's slots past its 50 examples, it is the same model, bit for bit
+  # (its whitening filters, input statistics, batches, batch norm and loss never see them).
+  for u, v in zip(_leaves(classifier.select(a, 1)), _leaves(classifier.select(b, 1))):
+    np.testing.assert_array_equal(u, v)
+  # The input statistics are its own 50 images' (per channel, population std).
+  stats = np.asarray(classifier.select(a, 1).state["input_statistics"][...])[0]
+  own = x[:50].astype(np.float64) / 255.0
+  np.testing.assert_allclose(stats[0], own.mean(axis=(0, 1, 2)), rtol=1e-5)
+  np.testing.assert_allclose(stats[1], own.std(axis=(0, 1, 2)), rtol=1e-4)
+  # Model 0 (all 90) is model 0 of a run without sizes (n = N: same batches, same masks).
+  full = classifier.train_models(keys, sets_a, labels, config)
+  for u, v in zip(_leaves(classifier.select(a, 0)), _leaves(classifier.select(full, 0))):
+    np.testing.assert_array_equal(u, v)
+  with pytest.raises(ValueError, match="num_examples: per-model training-set sizes need"):
+    classifier.train_models(keys, sets_a, labels, config.replace(drop_last=True),
+                            num_examples=counts)
+  with pytest.raises(ValueError, match=r"num_examples: expected 2 integers in \[1, 90\]"):
+    classifier.train_models(keys, sets_a, labels, config, num_examples=np.array([91, 3]))
+
+
+def test_the_last_partial_batch_is_one_plain_step_on_its_examples():
+  # One epoch over 40 examples at batch 32 without momentum or decay: steps on 32, then 8.
+  # The second step equals one step of batch 8 on exactly those 8 examples (mean loss over
+  # them, batch norm over them).
+  (x, y), _ = _colour_data(6, 40), None
+  config = classifier.tiny_config(model="resnet18", batch_size=32, drop_last=False, epochs=1,
+                                  momentum=0.0, weight_decay=0.0, flip="none", translate=0,
+                                  schedule="constant", label_smoothing=0.0, lookahead=False,
+                                  whiten_bias_epochs=0)
+  keys = jax.random.split(jax.random.key(8), 1)
+  parts = train_lib.make_train_parts(config)
+  carry = parts.start(keys, x, y)
+  after_first = parts.body(carry, jnp.int32(0), keys, x, y)
+  after_second = parts.body(after_first, jnp.int32(1), keys, x, y)
+  last = np.asarray(carry.perms[0, 0, 32:40])
+  eight = config.replace(batch_size=8, drop_last=True)
+  parts8 = train_lib.make_train_parts(eight)
+  # Start the batch-8 run from the state after the first step, on the 8 examples alone.
+  start8 = parts8.start(keys, x[last], y[last])
+  carry8 = start8._replace(params=after_first.params, rest=after_first.rest,
+                           momentum=after_first.momentum)
+  stepped = parts8.body(carry8, jnp.int32(0), keys, x[last], y[last])
+  for u, v in zip(jax.tree.leaves((after_second.params, after_second.rest)),
+                  jax.tree.leaves((stepped.params, stepped.rest))):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+
+
+def test_milestones_schedule_is_the_dpa_references():
+  from jaxpoison.defenses import dpa_base_config
+  config = dpa_base_config(classifier.tiny_config())
+  per_epoch = classifier.train.steps_per_epoch(config, 200)
+  total = classifier.total_steps(config, 200)
+  assert (per_epoch, total) == (2, 400)  # 200 images at batch 128, the last batch kept
+  # The reference's loop: lr ×0.2 at the end of epochs 60, 120 and 160.
+  lr = 1.0
+  for epoch in range(200):
+    for step in (epoch * per_epoch, epoch * per_epoch + per_epoch - 1):
+      assert float(classifier.lr_factor(config, step, total)) == pytest.approx(lr, rel=1e-6)
+    if epoch in (60, 120, 160):
+      lr *= 0.2

@@ -247,3 +247,24 @@ def test_partition_models_train_each_on_its_part():
   scores = np.asarray(classifier.logits(models, images[:30]))
   cert = dpa.roe_certify(scores)
   assert cert.prediction.shape == (30,) and (cert.radius <= 1).all()  # k = 3: at most ⌊3/2⌋
+
+
+def test_reference_recipe_trains_each_base_classifier_on_its_part_alone():
+  # The DPA reference's recipe keeps each epoch's last partial batch: base classifier j takes
+  # ceil(n_j / batch) steps per epoch on its own n_j images (never the padding), and is the
+  # model trained alone on its part (same key), up to the vmapped batch's float rounding.
+  images, labels = _images(96, size=32)
+  victim = classifier.tiny_config(num_classes=3, whitening_images=16)
+  config = dpa.dpa_base_config(victim, epochs=2).replace(batch_size=16, models_per_step=3)
+  assert not config.drop_last and config.input_norm == "training_set"
+  models, parts = dpa.train_partition_models(jax.random.key(0), images, labels, 3, config)
+  assert parts.sizes.min() < parts.indices.shape[1]  # some part is padded
+  j = int(np.argmin(parts.sizes))
+  own = parts.indices[j, :parts.sizes[j]]
+  alone = classifier.train_models(jax.random.fold_in(jax.random.key(0), j)[None],
+                                  images[own], labels[own], config.replace(models_per_step=1))
+  np.testing.assert_allclose(classifier.logits(classifier.select(models, j), images[:20]),
+                             classifier.logits(alone, images[:20]), rtol=1e-4, atol=1e-4)
+  # Its input statistics are its part's.
+  stats = np.asarray(classifier.select(models, j).state["input_statistics"][...])[0]
+  np.testing.assert_allclose(stats[0], (images[own] / 255.0).mean(axis=(0, 1, 2)), rtol=1e-5)

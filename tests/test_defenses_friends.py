@@ -157,3 +157,38 @@ def test_friendliness_measures_size_bound_and_kept_predictions():
   np.testing.assert_array_equal(still.at_bound, 0.0)
   # 2·12·3072 draws of |U(±8)|: mean 4 grey levels, standard error ≈ 0.01.
   np.testing.assert_allclose(still.mean_abs, 4.0, atol=0.1)
+
+
+def test_noise_before_the_bilinear_shift_keeps_two_thirds_of_its_std():
+  # FrieNDs' reference adds its ±8/255 Bernoulli noise before RandomTransform, whose bilinear
+  # interpolation averages neighbouring noise values with the weights of a uniform real shift:
+  # E[(1 − a)² + a²] = 2/3 of the variance per axis, so the std falls to 2/3. Added after an
+  # integer shift (the earlier order) the noise keeps its full std.
+  from jaxpoison.classifier.train import _add_noise_to_float, _augment, add_train_noise
+  scale = 8 / 255
+  grey = np.full((256, 32, 32, 3), 128, np.uint8)
+  keys = jax.random.split(jax.random.key(0), 256)
+  idx = jnp.arange(256)
+
+  def interior_noise_std(config, before):
+    def one(key):
+      x = grey[:1]
+      if before:
+        x = _add_noise_to_float(config, key, 0, x)
+      x = _augment(config, key, 0, 0, x, idx[:1], 256)
+      if not before:
+        x = add_train_noise(config, key, 0, x)
+      return x[0]
+    out = np.asarray(jax.vmap(one)(keys)) - 128 / 255
+    return out[:, 6:-6, 6:-6].std() / scale  # away from the fill at the borders
+
+  bilinear = friends.friends_config(classifier.tiny_config(translate=4, flip="random",
+                                                           epochs=8))
+  assert bilinear.noise_before_augment and bilinear.shift == "bilinear"
+  ratio = interior_noise_std(bilinear, True)
+  # 256 images × 20 × 20 × 3 values, correlated over ~2×2 neighbourhoods: the sample std is
+  # within ~1% of its expectation; 2/3 ± 0.03 also holds the finite-shift variation.
+  assert abs(ratio - 2 / 3) < 0.03, ratio
+  old = friends.friends_config(classifier.tiny_config(translate=4, flip="random", epochs=8),
+                               noise_before_augment=False, shift="integer")
+  assert abs(interior_noise_std(old, False) - 1.0) < 0.01

@@ -249,6 +249,11 @@ def attack_of_unit(unit: str) -> str:
   return unit.split("+")[0]
 
 
+# What a record's defense settings hold beside the settings themselves (computed from them).
+DERIVED_DEFENSE_FIELDS = ("epsilon_at_delta", "neighbouring_relation", "epsilon_replace_one",
+                          "dp_batch_capacity", "dp_overflow_probability")
+
+
 def check_defense_records(out_dir: str | Path, unit: str, defense) -> None:
   """Refuses to add trials to a results folder whose records used other defense settings."""
   folder = Path(out_dir) / "results" / unit
@@ -257,7 +262,17 @@ def check_defense_records(out_dir: str | Path, unit: str, defense) -> None:
   wanted = runs.jsonable(defense.settings())
   for record in load_results(out_dir, [unit])[:1]:
     recorded = dict(record.get("defense_settings", {}))
-    recorded.pop("epsilon_at_delta", None)
+    for derived in DERIVED_DEFENSE_FIELDS:
+      recorded.pop(derived, None)
+    if (defense.name == "dp_sgd" and recorded.get("dp_sampling", "shuffle") == "shuffle"
+        and defense.dp_sampling == "poisson"):
+      raise ValueError(
+          f"{folder}: its DP-SGD trials drew shuffled batches" +
+          ("" if "dp_sampling" in recorded else
+           " and record an ε computed for Poisson sampling, which does not hold for what ran "
+           "(before jaxpoison's Poisson-sampling DP-SGD)") +
+          "; this run samples Poisson batches. Use another --out (or --dp_sampling shuffle "
+          "to add to the old trials, accounted without amplification)")
     # A record from before a setting existed lacks it (DefenseConfig.ADDED_FIELDS).
     if runs.differences(recorded, wanted):
       raise ValueError(
@@ -272,8 +287,7 @@ def defense_fields(defense, details: list, *, train_config=None, num_train: int 
     return {}
   settings = defense.settings()
   if defense.name == "dp_sgd" and train_config is not None:
-    settings["epsilon_at_delta"] = defenses.privacy_spent(train_config, num_train,
-                                                          defense.dp_delta)
+    settings.update(defenses.privacy_record(train_config, num_train, defense.dp_delta))
   out = {"defense": defense.label(), "defense_settings": settings}
   if any(details):
     out["defense_details"] = list(details)

@@ -113,12 +113,20 @@ def _subset_split(subset: np.ndarray) -> common.Split:
 
 
 def load_or_train_surrogates(out_dir: Path, config: FromScratchConfig, dataset,
-                             subset: np.ndarray, log=print) -> list[classifier.TrainedModels]:
-  """The crafting ensemble, trained on the clean training set (or loaded from out_dir)."""
+                             subset: np.ndarray, log=print, *,
+                             trial: int | None = None) -> list[classifier.TrainedModels]:
+  """The crafting ensemble, trained on the clean training set (or loaded from out_dir): the
+  run's (pretrained/surrogate_K, key fold_in(S, K)), or with `trial` that trial's own
+  (pretrained/trial_T/surrogate_K, key fold_in(fold_in(S, K), T)), S the surrogates' key."""
   key = jax.random.fold_in(jax.random.key(config.seed), PRETRAIN_SURROGATE)
-  return [common.load_or_pretrain(out_dir / "pretrained" / f"surrogate_{k}", dataset,
-                                  _subset_split(subset), config.surrogate_config,
-                                  jax.random.fold_in(key, k), log=log)
+  folder = out_dir / "pretrained" if trial is None else out_dir / "pretrained" / f"trial_{trial}"
+
+  def member_key(k):
+    member = jax.random.fold_in(key, k)
+    return member if trial is None else jax.random.fold_in(member, trial)
+
+  return [common.load_or_pretrain(folder / f"surrogate_{k}", dataset, _subset_split(subset),
+                                  config.surrogate_config, member_key(k), log=log)
           for k in range(config.num_surrogates)]
 
 
@@ -313,7 +321,8 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
     poison_probability = float(jax.nn.softmax(query_logits[0])[base_class])  # the target
   else:  # dpa_roe
     models, parts = defenses.train_partition_models(key, images, labels,
-                                                    defense.dpa_partitions, victim)
+                                                    defense.dpa_partitions,
+                                                    defense.partition_config(victim))
     scores = np.asarray(classifier.logits(models, queries))
     # A diverged base classifier (NaN logits) breaks the ensemble: the trial is flagged, and
     # the vote still counted (that classifier's scores zeroed, a vote for class 0, as an
@@ -330,6 +339,10 @@ def _defended_trial(defense: defenses.DefenseConfig, victim, key, images, labels
                "dpa_clean_accuracy": float((plain.prediction[1:1 + num_eval]
                                             == eval_labels).mean()),
                "partition_sizes": [int(parts.sizes.min()), int(parts.sizes.max())],
+               # Each base classifier's own accuracy (the paper's ROE clean accuracy is the
+               # ensemble's; the base classifiers' says how well each part trains).
+               "base_classifier_accuracy": float((scores[:, 1:1 + num_eval].argmax(-1)
+                                                  == eval_labels[None]).mean()),
                "poison_class_votes": float((scores[:, 0].argmax(-1) == base_class).mean()),
                "diverged_base_classifiers": int((~finite).sum())}
   out = {"target_prediction": int(predictions[0]),
@@ -358,6 +371,9 @@ def evaluate_trials(config: FromScratchConfig, poison_sets: Sequence[attacks.Poi
   target: Sleeper Agent's is the patched target's)."""
   defense = config.defense
   victim = defense.training_config(config.victim_config)
+  if config.sleeper_agent_victim_epochs and all(p.attack == "sleeper_agent"
+                                                for p in poison_sets):
+    victim = victim.replace(epochs=config.sleeper_agent_victim_epochs)
   num = len(poison_sets)
   width = max(num, pad_to or num)
   order = list(range(num)) + [num - 1] * (width - num)
@@ -456,7 +472,8 @@ def run_identity(config: FromScratchConfig, *, dataset, surrogates, denoiser, vi
   if settings["poison_class"] == "random":
     settings.pop("poison_class")
   for name, paper in (("clean_start_epochs", 0), ("clean_start_from", "own"),
-                      ("correct_targets", False)):
+                      ("correct_targets", False), ("surrogates_per_trial", False),
+                      ("sleeper_agent_victim_epochs", None)):
     if settings[name] == paper:
       settings.pop(name)
   settings["victim"] = _config_dict(config.victim_config)
@@ -538,7 +555,10 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
     if config.clean_start_epochs:
       raise ValueError("victim_init: the config's clean_start_epochs already sets where the "
                        "victims start; give one")
-  surrogates = load_or_train_surrogates(out_dir, config, dataset, subset, log)
+  # One ensemble for the run, or (surrogates_per_trial) one per trial, trained when the trial
+  # is crafted.
+  surrogates = ([] if config.surrogates_per_trial
+                else load_or_train_surrogates(out_dir, config, dataset, subset, log))
   clean_start = start_for_victims = None
   if config.clean_start_from == "surrogate":
     clean_start = start_for_victims = surrogates[0]  # config: white-box, the victim's norm
@@ -550,7 +570,8 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
     if config.clean_start_config.norm != config.victim_config.norm:
       start_for_victims = load_or_train_clean_start(out_dir, config, dataset, subset, log,
                                                     defended=True)
-  target_pool = correct_target_pool(surrogates, dataset) if config.correct_targets else None
+  target_pool = (correct_target_pool(surrogates, dataset)
+                 if config.correct_targets and not config.surrogates_per_trial else None)
   denoiser, denoiser_meta = common.resolve_denoiser(denoiser, config.sigmas)
   folder = common.claim_run(out_dir, run_identity(config, dataset=dataset, surrogates=surrogates,
                                                   denoiser=denoiser_meta, victim_init=init_meta,
@@ -568,11 +589,22 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
     # clean start saw only clean data).
     victim_config = victim_config.replace(epochs=config.clean_start_epochs)
 
+  def trial_surrogates(attack: str, trial: int):
+    """(the surrogates, the correct-target pool) trial `trial` crafts with."""
+    if not config.surrogates_per_trial:
+      return surrogates, target_pool
+    needed = (attack != NO_POISON or config.poison_class == "runner_up"
+              or config.correct_targets)
+    if not needed:  # the control samples its target and class without them
+      return [], None
+    own = load_or_train_surrogates(out_dir, config, dataset, subset, log, trial=trial)
+    return own, correct_target_pool(own, dataset) if config.correct_targets else None
+
   def run_chunk(unit: str, chunk: list[int]) -> list[dict]:
     attack = common.attack_of_unit(unit)
     chunk_start = time.perf_counter()
-    poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i, surrogates,
-                                 target_pool) for i in chunk]
+    poison_sets = [load_or_craft(out_dir, config, attack, dataset, subset, i,
+                                 *trial_surrogates(attack, i)) for i in chunk]
     craft_seconds = time.perf_counter() - chunk_start
     scores = evaluate_trials(config, poison_sets, chunk, dataset=dataset, subset=subset,
                              denoiser=denoiser, victim_init=victim_init,
@@ -582,14 +614,17 @@ def run_benchmark(config: FromScratchConfig, dataset, out_dir: str | Path, *, de
     for i, poison_set, score in zip(chunk, poison_sets, scores):
       record = {
           "attack": attack, "scenario": scenario, "bound": bound_label(config.norm, config.epsilon),
-          "finetune": training, "trial": i, "target_index": poison_set.target_index,
+          "finetune": (f"from scratch, {config.sleeper_agent_victim_epochs:g} epochs"
+                       if attack == "sleeper_agent" and config.sleeper_agent_victim_epochs
+                       else training), "trial": i, "target_index": poison_set.target_index,
           "target_class": poison_set.target_class, "base_class": poison_set.base_class,
           "num_poisons": poison_set.num_poisons, "train_size": int(subset.size),
           "sigmas": list(config.sigmas), "target_prediction": score["target_prediction"],
           "success": [p == poison_set.base_class for p in score["target_prediction"]],
           "clean_accuracy": score["clean_accuracy"], "diverged": score["diverged"],
           "victim": config.victim_config.model,
-          "crafted_on": f"{config.num_surrogates} × {config.surrogate_config.model}",
+          "crafted_on": f"{config.num_surrogates} × {config.surrogate_config.model}"
+                        + (", the trial's own" if config.surrogates_per_trial else ""),
           "poison_file": str(poison_path(out_dir, attack, i).relative_to(out_dir)),
           "seconds": {"craft": craft_seconds / len(chunk), "total": seconds / len(chunk)}}
       if score["target_poison_probability"]:

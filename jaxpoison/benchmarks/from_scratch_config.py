@@ -42,7 +42,14 @@ class FromScratchConfig:
       the reference's 40-epoch recipe).
     surrogate: the surrogates' TrainConfig (None: the victim's, white-box).
     num_surrogates: the crafting ensemble's size (1; Hong et al.'s "ensemble of four" most
-      likely means 4 here).
+      likely means 4 here, and the paper config's 4).
+    surrogates_per_trial: False: one ensemble per run, trained once and shared by every trial
+      (cheap; the trials' poisons are then correlated through it, and Clopper–Pearson
+      intervals over them are optimistic); True (the paper config's): every trial trains its
+      own ensemble with its own keys, as the references train one per crafting run.
+    sleeper_agent_victim_epochs: Sleeper Agent's victims train this many epochs (None: the
+      victim recipe's; the paper config's 80: Sleeper Agent's reference evaluates victims
+      trained 80 epochs, its schedule's milestones scaling with them).
     poison_class: how a trial's poison class is chosen: "random" (the paper's and the
       benchmark's: uniform over the other classes) or "runner_up" (the class the clean
       surrogate ensemble ranks second for the target, i.e. the most probable wrong class: a
@@ -79,6 +86,8 @@ class FromScratchConfig:
   victim: Any = None
   surrogate: Any = None
   num_surrogates: int = 1
+  surrogates_per_trial: bool = False
+  sleeper_agent_victim_epochs: float | None = None
   poison_class: str = "random"
   norm: str = "linf"
   epsilon: float = LINF_EPSILON
@@ -129,6 +138,12 @@ class FromScratchConfig:
         raise TypeError(f"{name}: expected a jaxpoison.classifier.TrainConfig or None, got "
                         f"{type(value).__name__}")
     _store(self, "num_surrogates", _integer("num_surrogates", self.num_surrogates))
+    if not isinstance(self.surrogates_per_trial, bool):
+      raise TypeError(f"surrogates_per_trial: expected a bool, got {self.surrogates_per_trial!r}")
+    if self.sleeper_agent_victim_epochs is not None:
+      _store(self, "sleeper_agent_victim_epochs",
+             float(check_positive("sleeper_agent_victim_epochs",
+                                  self.sleeper_agent_victim_epochs)))
     if self.poison_class not in POISON_CLASS_RULES:
       raise ValueError(f"poison_class: expected one of {POISON_CLASS_RULES}, got "
                        f"{self.poison_class!r}")
@@ -160,6 +175,13 @@ class FromScratchConfig:
         raise ValueError(f'clean_start_from: "surrogate" cannot start a {self.defense.name} '
                          f"victim ({self.clean_start_config.norm} norm) from a "
                          f"{self.victim_config.norm}-norm surrogate; use \"own\"")
+    if self.clean_start_from == "surrogate" and self.surrogates_per_trial:
+      raise ValueError('clean_start_from: "surrogate" starts every victim from the run\'s one '
+                       "surrogate; with surrogates_per_trial there is one per trial; use \"own\"")
+    if self.sleeper_agent_victim_epochs is not None and (self.clean_start_epochs
+                                                         or self.warm_start_epochs):
+      raise ValueError("sleeper_agent_victim_epochs: sets the from-scratch victims' epochs; "
+                       "a clean or warm start sets its own")
     if not isinstance(self.correct_targets, bool):
       raise TypeError(f"correct_targets: expected a bool, got {self.correct_targets!r}")
     if self.defense.name == "dpa_roe" and self.clean_start_epochs:

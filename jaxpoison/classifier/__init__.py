@@ -29,7 +29,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'models': ['Airbench94', 'ResNet18', 'create_model', 'whitening_kernel'],
         'train': [
             'InsufficientMemoryError', 'TrainedModels', 'lr_factor', 'make_train_fn',
-            'make_train_parts', 'privatize_gradients', 'total_steps'
+            'make_train_parts', 'poisson_capacity', 'privatize_gradients', 'total_steps'
         ],
     },
 )

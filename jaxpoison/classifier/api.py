@@ -55,19 +55,21 @@ def _abstract(tree):
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
 
-def _compiled_train(config: TrainConfig, keys, images, labels, init):
+def _compiled_train(config: TrainConfig, keys, images, labels, init, num_examples=None):
   """The compiled training program for these argument shapes (compiled once, then cached)."""
   signature = (_program_key(config), keys.shape, images.shape, str(images.dtype), labels.shape,
                str(labels.dtype), None if init is None else jax.tree.structure(init),
-               None if init is None else tuple(np.shape(a) for a in jax.tree.leaves(init)))
+               None if init is None else tuple(np.shape(a) for a in jax.tree.leaves(init)),
+               None if num_examples is None else np.shape(num_examples))
+  counts = None if num_examples is None else _abstract(num_examples)
   if signature not in _COMPILED:
     if resolve_loop(config) == "host":
       _COMPILED[signature] = _HostLoop(_program_key(config), keys, _abstract(images),
-                                       _abstract(labels), init)
+                                       _abstract(labels), init, counts)
     else:
       fn = jax.jit(make_train_fn(_program_key(config)))
       _COMPILED[signature] = fn.lower(keys, _abstract(images), _abstract(labels),
-                                      init).compile()
+                                      init, counts).compile()
   return _COMPILED[signature]
 
 
@@ -79,16 +81,16 @@ class _HostLoop:
   an order of magnitude faster, since convolutions inside a while loop run far slower there.
   """
 
-  def __init__(self, config: TrainConfig, keys, images, labels, init):
+  def __init__(self, config: TrainConfig, keys, images, labels, init, num_examples=None):
     parts = make_train_parts(config)
     self.num_steps = total_steps(config, images.shape[-4])
 
-    def start(keys, images, labels, init):
+    def start(keys, images, labels, init, num_examples):
       # Fresh buffers: an init leaf passed through unchanged must not be donated to the step.
-      return jax.tree.map(jnp.copy, parts.start(keys, images, labels, init))
+      return jax.tree.map(jnp.copy, parts.start(keys, images, labels, init, num_examples))
 
-    self._start = jax.jit(start).lower(keys, images, labels, init).compile()
-    carry = jax.eval_shape(start, keys, images, labels, init)
+    self._start = jax.jit(start).lower(keys, images, labels, init, num_examples).compile()
+    carry = jax.eval_shape(start, keys, images, labels, init, num_examples)
     step = jax.ShapeDtypeStruct((), jnp.int32)
     self._step = jax.jit(parts.body, donate_argnums=0).lower(
         carry, step, keys, images, labels).compile()
@@ -103,8 +105,8 @@ class _HostLoop:
       self._step_after = jax.jit(parts.body, donate_argnums=0).lower(
           carry, step, keys, switched, labels).compile()
 
-  def __call__(self, keys, images, labels, init):
-    carry = self._start(keys, images, labels, init)
+  def __call__(self, keys, images, labels, init, num_examples=None):
+    carry = self._start(keys, images, labels, init, num_examples)
     for step in range(self.switch_at):
       carry = self._step(carry, np.int32(step), keys, images, labels)
     if self._switch is not None:
@@ -197,7 +199,7 @@ def _slice(tree, start, stop):
 
 
 def train_models(keys, images, labels, config: TrainConfig,
-                 init: TrainedModels | None = None) -> TrainedModels:
+                 init: TrainedModels | None = None, *, num_examples=None) -> TrainedModels:
   """Trains M models, one per key, and returns them stacked (see make_train_fn).
 
   Args:
@@ -207,6 +209,9 @@ def train_models(keys, images, labels, config: TrainConfig,
       images), or [M, N] one set per model (with per-model images).
     config: the recipe.
     init: TrainedModels with 1 or M models to warm-start from.
+    num_examples: int [M], each model's training-set size: model m trains on its first n_m
+      images (1 ≤ n_m ≤ N; the rest is padding it never sees), its epochs ceil(n_m /
+      batch_size) steps (config.drop_last must be False).
 
   Models are trained `config.models_per_step` at a time (0: all at once when they fit the
   memory budget, else as many as fit); each chunk runs one compiled program, compiled once
@@ -244,7 +249,18 @@ def train_models(keys, images, labels, config: TrainConfig,
         f"{config.batch_size}; lower TrainConfig.batch_size")
   if init is not None:
     init = _check_init(init, config, num_models)
-  labels = jnp.asarray(label_arr, jnp.int32)
+  if num_examples is not None:
+    counts = np.asarray(num_examples)
+    if config.drop_last:
+      raise ValueError("num_examples: per-model training-set sizes need "
+                       "TrainConfig.drop_last=False (each model's last batch is partial)")
+    if (counts.shape != (num_models,) or not np.issubdtype(counts.dtype, np.integer)
+        or counts.min() < 1 or counts.max() > num_train):
+      raise ValueError(
+          f"num_examples: expected {num_models} integers in [1, {num_train}] (one training-set "
+          f"size per model), got {counts.dtype} of shape {counts.shape}"
+          + (f" in [{counts.min()}, {counts.max()}]" if counts.size else ""))
+    num_examples = jnp.asarray(counts, jnp.int32)
 
   limit = device_memory_limit(config)
   chunk = config.models_per_step or num_models
@@ -257,7 +273,8 @@ def train_models(keys, images, labels, config: TrainConfig,
     ini = None
     if init is not None:
       ini = init if init.num_models == 1 else _slice(init, 0, m)
-    return _compiled_train(config, k, im, lab, ini)
+    counts = None if num_examples is None else num_examples[:m]
+    return _compiled_train(config, k, im, lab, ini, counts)
 
   compiled = program(chunk)
   if limit is not None:
@@ -288,7 +305,8 @@ def train_models(keys, images, labels, config: TrainConfig,
     ini = None
     if init is not None:
       ini = init if init.num_models == 1 else jax.tree.map(lambda a: a[idx], init)
-    out = compiled(k, im, lab, ini)
+    counts = None if num_examples is None else num_examples[idx]
+    out = compiled(k, im, lab, ini, counts)
     results.append(TrainedModels(out.graphdef, _slice(out.state, 0, stop - start), config))
   return results[0] if len(results) == 1 else stack(results)
 

@@ -14,7 +14,7 @@ from jaxpoison import runs
 
 MODELS = ("airbench94", "resnet18")
 TRAINABLE = ("all", "head")
-SCHEDULES = ("airbench", "cosine", "multistep", "constant")
+SCHEDULES = ("airbench", "cosine", "multistep", "constant", "milestones")
 # The "multistep" schedule: ×0.1 from epoch E // d for each d, as the gradient-matching code's
 # MultiStepLR (forest/victims/optimization_strategy.py; 14, 24 and 35 for 40 epochs); its
 # crafting loop drops the attack's rate at the same fractions of its steps
@@ -24,6 +24,9 @@ FLIPS = ("alternating", "random", "none")
 PAD_MODES = ("reflect", "zeros")
 NORMS = ("batch", "group", "frozen_batch")
 NOISES = ("none", "bernoulli", "uniform", "gaussian")
+SHIFTS = ("integer", "bilinear")
+INPUT_NORMS = ("dataset", "training_set")
+DP_SAMPLINGS = ("shuffle", "poisson")
 # TrainConfig fields added after run folders were written with it; each default reproduces the
 # training before the field existed (jaxpoison.runs lets a run with that value resume a folder
 # written without the field).
@@ -31,7 +34,9 @@ ADDED_FIELDS = ("head_lr_scale", "adversarial_epsilon", "adversarial_steps",
                 "adversarial_step_size", "adversarial_random_start", "norm", "dp_clip_norm",
                 "dp_noise_multiplier", "noise", "noise_scale", "friendly_epoch", "friendly_steps",
                 "friendly_lr", "friendly_mu", "friendly_clamp", "friendly_init",
-                "friendly_batch_size", "pad_mode", "grayscale_prob", "noise_quantize")
+                "friendly_batch_size", "pad_mode", "grayscale_prob", "noise_quantize",
+                "drop_last", "lr_milestones", "lr_gamma", "input_norm", "shift",
+                "noise_before_augment", "dp_sampling", "dp_batch_capacity")
 
 # Per-channel statistics of the CIFAR-10 training set, in [0, 1] units; the networks normalize
 # their inputs with them.
@@ -58,14 +63,24 @@ class TrainConfig:
       the four residual stages).
     epochs: passes over the training set (fractional: airbench's 9.9); the run has
       ceil(epochs * (N // batch_size)) steps.
-    batch_size: examples per step (the last incomplete batch of an epoch is dropped).
+    batch_size: examples per step.
+    drop_last: True (airbench, the default): an epoch has N // batch_size steps and the last
+      incomplete batch is dropped; False (PyTorch's DataLoader default, the DPA reference's):
+      ceil(N / batch_size) steps, the last one on the remaining N mod batch_size examples (a
+      padded batch whose padding is masked out of the loss and of batch norm's statistics).
+      With per-model training-set sizes (`train_models(..., num_examples=)`) every model's
+      epoch is its own: ceil(n_m / batch_size) steps on its n_m examples, then steps that
+      leave it unchanged until the longest epoch ends (needs drop_last False).
     lr, momentum, nesterov, weight_decay, decoupled: the SGD recipe (see above).
     bias_scaler: learning-rate multiplier for batch-norm biases (airbench: 64; not applied to
       the weight decay).
     schedule: "airbench" (linear warm-up over warmup_fraction of the steps from 0.2 to 1, then
       linear decay to 0.07), "cosine" (cosine decay to 0 over the run) or "multistep" (×0.1
       from epochs E // 2.667, E // 1.6 and E // 1.142 of E: the gradient-matching code's) or
-      "constant" (no schedule: ECLIPSE's victim training).
+      "constant" (no schedule: ECLIPSE's victim training) or "milestones" (×lr_gamma from
+      each epoch in lr_milestones: DPA's base classifiers, ×0.2 at 61, 121, 161).
+    lr_milestones, lr_gamma: the "milestones" schedule (epochs at which the rate is
+      multiplied by lr_gamma, counted from 0: the rate of epoch e is lr · gamma^#{m ≤ e}).
     label_smoothing: in [0, 1).
     lookahead: airbench's lookahead EMA (every 5 steps, the weights are pulled back to an EMA
       whose decay rises as 0.95**5 (t / T)**3; the EMA is returned at the end).
@@ -74,6 +89,10 @@ class TrainConfig:
       on odd epochs), "random" (fresh coin per image per epoch) or "none".
     translate: random translation by up to this many pixels (a random crop of the image
       padded by as many pixels on each side).
+    shift: "integer" (the default: that crop, `pad_mode` filling) or "bilinear" (the poisoning
+      references' RandomTransform, as FrieNDs' reference trains: a uniform real shift in
+      [−translate, translate]² pixels, bilinear interpolation, the dataset mean outside the
+      image; the batch becomes float).
     pad_mode: the padding of that crop: "reflect" (airbench) or "zeros" (torchvision's
       RandomCrop(padding=4), as ECLIPSE's training).
     bn_momentum, bn_epsilon: running-average decay (Flax convention: new = m old + (1-m) batch)
@@ -123,13 +142,28 @@ class TrainConfig:
       sum). Needs norm="group" or "frozen_batch" (or trainable="head", whose features run in
       inference mode).
     dp_noise_multiplier: z, the noise's std in units of dp_clip_norm (>= 0).
+    dp_sampling: how DP-SGD's batches are drawn: "shuffle" (a shuffle per epoch, fixed-size
+      batches: what the privacy accountant cannot amplify; `defenses.privacy_spent` accounts
+      it without amplification) or "poisson" (Abadi et al.'s and Opacus's: every step each
+      training example enters independently with probability q = batch_size / N; a padded
+      batch of `dp_batch_capacity` slots with the sampled examples masked in, the noisy sum
+      divided by the expected batch size qN = batch_size).
+    dp_batch_capacity: the Poisson batch's slots (0: automatic, the smallest capacity whose
+      overflow probability over the whole run is ≤ 1e-9, `poisson_capacity`; a sample that
+      overflows is truncated, and the accountant adds that probability to δ).
+    input_norm: "dataset" (CIFAR-10's channel statistics, the default) or "training_set" (each
+      model normalizes its inputs by its own training set's per-channel mean and std, as the
+      DPA reference normalizes each partition).
     grayscale_prob: each image of each batch turned grayscale with this probability, after
       flip and translation (torchvision's RandomGrayscale: PIL's L = 0.299 R + 0.587 G +
       0.114 B, rounded, in all three channels); ECLIPSE's compensation uses 0.4.
     noise, noise_scale: random noise added to every training batch after flip, translation
-      and grayscale, fresh at every step, in [0, 1] pixel units and not clipped (FrieNDs'
-      Bernoulli noise, as its reference adds it): "none", "bernoulli" (±noise_scale, each
-      pixel a fair coin), "uniform" (U(±noise_scale)) or "gaussian" (std noise_scale).
+      and grayscale, fresh at every step, in [0, 1] pixel units and not clipped: "none",
+      "bernoulli" (±noise_scale, each pixel a fair coin), "uniform" (U(±noise_scale)) or
+      "gaussian" (std noise_scale).
+    noise_before_augment: add the noise before flip and translation instead (FrieNDs'
+      reference adds its Bernoulli noise before its bilinear RandomTransform, which averages
+      neighbouring noise values: with shift="bilinear" the noise's std falls to about 2/3).
     noise_quantize: after the noise, clip to [0, 1] and truncate to the 256 grey levels
       (ECLIPSE's clamp then ToPILImage: x·255 truncated, /255).
     friendly_epoch: FrieNDs' friendly noise (`classifier.friendly.friendly_perturbation`):
@@ -192,6 +226,14 @@ class TrainConfig:
   pad_mode: str = "reflect"
   grayscale_prob: float = 0.0
   noise_quantize: bool = False
+  drop_last: bool = True
+  lr_milestones: tuple[int, ...] = ()
+  lr_gamma: float = 0.1
+  input_norm: str = "dataset"
+  shift: str = "integer"
+  noise_before_augment: bool = False
+  dp_sampling: str = "shuffle"
+  dp_batch_capacity: int = 0
 
   def __post_init__(self):
     checks = (
@@ -263,6 +305,29 @@ class TrainConfig:
          f"and batch_size >= 1, got {self.friendly_steps}, {self.friendly_lr}, "
          f"{self.friendly_mu}, {self.friendly_clamp}, {self.friendly_init}, "
          f"{self.friendly_batch_size}"),
+        (self.shift in SHIFTS, f"shift: expected one of {SHIFTS}, got {self.shift!r}"),
+        (self.input_norm in INPUT_NORMS,
+         f"input_norm: expected one of {INPUT_NORMS}, got {self.input_norm!r}"),
+        (self.dp_sampling in DP_SAMPLINGS,
+         f"dp_sampling: expected one of {DP_SAMPLINGS}, got {self.dp_sampling!r}"),
+        (self.dp_batch_capacity >= 0,
+         f"dp_batch_capacity: expected >= 0 (0 = automatic), got {self.dp_batch_capacity}"),
+        (self.dp_sampling == "shuffle" or self.dp_clip_norm > 0,
+         "dp_sampling: Poisson sampling is DP-SGD's (set dp_clip_norm > 0)"),
+        (self.dp_sampling == "shuffle" or self.adversarial_epsilon == 0,
+         "dp_sampling: Poisson batches with adversarial training are not supported"),
+        (0 < self.lr_gamma <= 1, f"lr_gamma: expected a factor in (0, 1], got {self.lr_gamma}"),
+        (all(int(m) >= 0 for m in self.lr_milestones)
+         and list(self.lr_milestones) == sorted(self.lr_milestones),
+         f"lr_milestones: expected increasing epochs >= 0, got {self.lr_milestones}"),
+        (self.grayscale_prob == 0 or (self.shift == "integer" and not self.noise_before_augment),
+         "grayscale_prob: the grayscale conversion rounds uint8 pixels; it needs integer shifts "
+         "and the noise after the augmentation"),
+        (not (self.noise_before_augment and self.noise == "none"),
+         "noise_before_augment: needs noise"),
+        (not (self.noise_before_augment and self.noise_quantize),
+         "noise_before_augment: noise_quantize re-quantizes the noisy batch after the "
+         "augmentation and cannot be combined with noise before it"),
         (self.adversarial_step_size > 0,
          f"adversarial_step_size: expected a positive step in [0, 1] pixel units, got "
          f"{self.adversarial_step_size}"),
@@ -273,6 +338,7 @@ class TrainConfig:
     # Lists from JSON become tuples, so that the config stays hashable.
     object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
     object.__setattr__(self, "image_shape", tuple(int(s) for s in self.image_shape))
+    object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
 
   @property
   def parameter_norm(self) -> str:

@@ -29,10 +29,40 @@ class Whitening(nnx.Variable):
   """The whitening conv's filters: computed from the data, never trained."""
 
 
-def _normalize(images: jax.Array, channels: int) -> jax.Array:
-  mean = jnp.asarray(CIFAR10_MEAN[:channels] if channels == 3 else (0.5,) * channels)
-  std = jnp.asarray(CIFAR10_STD[:channels] if channels == 3 else (0.25,) * channels)
-  return (images.astype(jnp.float32) - mean) / std
+class InputStatistics(nnx.Variable):
+  """Per-channel mean and std [2, C] the network normalizes its inputs with, computed from its
+  own training images (TrainConfig.input_norm = "training_set"), never trained."""
+
+
+def dataset_statistics(channels: int) -> jax.Array:
+  """The fixed normalization [2, C] (mean; std): CIFAR-10's for RGB, (0.5; 0.25) otherwise."""
+  mean = CIFAR10_MEAN[:channels] if channels == 3 else (0.5,) * channels
+  std = CIFAR10_STD[:channels] if channels == 3 else (0.25,) * channels
+  return jnp.asarray([mean, std], jnp.float32)
+
+
+def training_set_statistics(images: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Per-channel mean and std [2, C] of uint8 images [N, H, W, C] in [0, 1] units, over the
+  images where `valid` [N] is set (all by default): the reference DPA code's normalization per
+  partition (k1rezaei/DPA-election normalizes each base classifier's inputs by its part's
+  statistics); the std is the population std over every pixel of the channel."""
+  x = images.astype(jnp.float32) / 255.0
+  weight = jnp.ones(x.shape[0], jnp.float32) if valid is None else valid.astype(jnp.float32)
+  weight = jnp.broadcast_to(weight[:, None, None, None], x.shape[:-1] + (1,))
+  count = jnp.maximum(weight.sum(), 1.0)
+  mean = (x * weight).sum(axis=(0, 1, 2)) / count
+  var = (jnp.square(x - mean) * weight).sum(axis=(0, 1, 2)) / count
+  return jnp.stack([mean, jnp.sqrt(var)])
+
+
+def _normalize(images: jax.Array, channels: int, statistics: jax.Array | None = None) -> jax.Array:
+  stats = dataset_statistics(channels) if statistics is None else statistics
+  return (images.astype(jnp.float32) - stats[0]) / stats[1]
+
+
+def _batch_mask(mask):
+  """A batch mask [B] as batch norm takes it (broadcast over [B, H, W, C]), or None."""
+  return None if mask is None else mask[:, None, None, None]
 
 
 def _dirac_init(kernel: jax.Array) -> jax.Array:
@@ -75,9 +105,11 @@ class GroupNorm(nnx.GroupNorm):
                      dtype=jnp.float32, **kwargs)
     self.out_dtype = out_dtype
 
-  def __call__(self, x, use_running_average: bool | None = None, **kwargs):
-    del use_running_average  # no running statistics
-    return super().__call__(x, **kwargs).astype(self.out_dtype)
+  def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    # No running statistics; each example is normalized on its own, so a batch mask (padded
+    # examples) does not concern it.
+    del use_running_average, mask
+    return super().__call__(x).astype(self.out_dtype)
 
 
 def make_norm(config: TrainConfig, channels: int, out_dtype, rngs: nnx.Rngs, *,
@@ -152,12 +184,12 @@ class ConvGroup(nnx.Module):
     self.conv2 = conv(cout, cout)
     self.norm2 = norm(cout)
 
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     x = self.conv1(x)
     x = max_pool(x, 2)
-    x = _gelu(self.norm1(x, use_running_average=not train))
+    x = _gelu(self.norm1(x, use_running_average=not train, mask=_batch_mask(mask)))
     x = self.conv2(x)
-    return _gelu(self.norm2(x, use_running_average=not train))
+    return _gelu(self.norm2(x, use_running_average=not train, mask=_batch_mask(mask)))
 
 
 class Airbench94(nnx.Module):
@@ -177,22 +209,26 @@ class Airbench94(nnx.Module):
     self.head = nnx.Linear(w3, config.num_classes, use_bias=False, dtype=dtype,
                            kernel_init=torch_default_init, rngs=rngs)
     self.scale = HEAD_LOGIT_SCALE["airbench94"]
+    if config.input_norm == "training_set":
+      self.input_statistics = InputStatistics(dataset_statistics(channels))
 
-  def features(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """Penultimate features [B, widths[-1]] of float images in [0, 1], [B, H, W, C]."""
-    x = _normalize(images, self.channels).astype(self.dtype)
+  def features(self, images: jax.Array, train: bool = False, mask=None) -> jax.Array:
+    """Penultimate features [B, widths[-1]] of float images in [0, 1], [B, H, W, C]; `mask`
+    [B] (training only): the examples batch norm's statistics are computed over (padding
+    left out)."""
+    x = _normalize(images, self.channels, _statistics(self)).astype(self.dtype)
     x = jax.lax.conv_general_dilated(
         x, self.whiten_kernel[...].astype(self.dtype), (1, 1), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     x = _gelu(x + self.whiten_bias[...].astype(self.dtype))
-    x = self.group1(x, train)
-    x = self.group2(x, train)
-    x = self.group3(x, train)
+    x = self.group1(x, train, mask)
+    x = self.group2(x, train, mask)
+    x = self.group3(x, train, mask)
     x = max_pool(x, 3)
     return x.reshape(x.shape[0], -1).astype(jnp.float32)
 
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    return self.head_logits(self.features(images, train))
+  def __call__(self, images: jax.Array, train: bool = False, mask=None) -> jax.Array:
+    return self.head_logits(self.features(images, train, mask))
 
   def head_logits(self, features: jax.Array) -> jax.Array:
     return self.head(features.astype(self.dtype)).astype(jnp.float32) * self.scale
@@ -218,12 +254,13 @@ class BasicBlock(nnx.Module):
       self.shortcut = conv(cin, cout, 1, stride)
       self.shortcut_norm = norm(cout)
 
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
     ura = not train
-    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=ura).astype(x.dtype))
-    y = self.norm2(self.conv2(y), use_running_average=ura)
+    m = _batch_mask(mask)
+    y = jax.nn.relu(self.norm1(self.conv1(x), use_running_average=ura, mask=m).astype(x.dtype))
+    y = self.norm2(self.conv2(y), use_running_average=ura, mask=m)
     skip = x if not self.projection else self.shortcut_norm(
-        self.shortcut(x), use_running_average=ura)
+        self.shortcut(x), use_running_average=ura, mask=m)
     return jax.nn.relu(y + skip).astype(x.dtype)
 
 
@@ -246,20 +283,28 @@ class ResNet18(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(w[-1], config.num_classes, dtype=dtype,
                            kernel_init=torch_default_init, rngs=rngs)
+    if config.input_norm == "training_set":
+      self.input_statistics = InputStatistics(dataset_statistics(self.channels))
 
-  def features(self, images: jax.Array, train: bool = False) -> jax.Array:
-    x = _normalize(images, self.channels).astype(self.dtype)
-    x = self.stem_norm(self.stem(x), use_running_average=not train)
+  def features(self, images: jax.Array, train: bool = False, mask=None) -> jax.Array:
+    x = _normalize(images, self.channels, _statistics(self)).astype(self.dtype)
+    x = self.stem_norm(self.stem(x), use_running_average=not train, mask=_batch_mask(mask))
     x = jax.nn.relu(x).astype(self.dtype)
     for block in self.blocks:
-      x = block(x, train)
+      x = block(x, train, mask)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
-  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    return self.head_logits(self.features(images, train))
+  def __call__(self, images: jax.Array, train: bool = False, mask=None) -> jax.Array:
+    return self.head_logits(self.features(images, train, mask))
 
   def head_logits(self, features: jax.Array) -> jax.Array:
     return self.head(features.astype(self.dtype)).astype(jnp.float32)
+
+
+def _statistics(model) -> jax.Array | None:
+  """The model's own input statistics (input_norm "training_set"), or None (the dataset's)."""
+  stats = getattr(model, "input_statistics", None)
+  return None if stats is None else stats[...]
 
 
 def create_model(config: TrainConfig, key: jax.Array, dtype=jnp.float32) -> nnx.Module:
@@ -276,22 +321,32 @@ def init_head(config: TrainConfig, key: jax.Array, dtype=jnp.float32):
   return nnx.state(layer)
 
 
-def whitening_kernel(images: jax.Array, num_images: int) -> jax.Array:
-  """airbench's whitening filters from the first `num_images` uint8 images [N, H, W, C].
+def whitening_kernel(images: jax.Array, num_images: int,
+                     statistics: jax.Array | None = None,
+                     valid: jax.Array | None = None) -> jax.Array:
+  """airbench's whitening filters from the first `num_images` uint8 images [N, H, W, C]
+  (normalized by `statistics` [2, C], default the dataset's, as the network normalizes them;
+  only those where `valid` [N] is set, when given: padding left out).
 
   The covariance of all 2×2 patches of the normalized images is eigen-decomposed; each
   eigenvector, scaled by 1/√(eigenvalue + 5e-4), is a filter, and so is its negation
   (2 · 4C filters, HWIO [2, 2, C, 8C], strongest direction first).
   """
-  x = _normalize(images[:num_images].astype(jnp.float32) / 255.0, images.shape[-1])
+  x = _normalize(images[:num_images].astype(jnp.float32) / 255.0, images.shape[-1], statistics)
   h, w, c = x.shape[1:]
   k = WHITEN_KERNEL
   # Patch vectors in (dy, dx, channel) order, the HWIO kernel's order; the covariance is
   # accumulated from shifted views instead of materializing every patch.
   views = [x[:, dy:h - k + 1 + dy, dx:w - k + 1 + dx, :] for dy in range(k) for dx in range(k)]
   patches = jnp.concatenate(views, axis=-1)
-  count = patches.shape[0] * patches.shape[1] * patches.shape[2]
-  cov = jnp.einsum("nhwa,nhwb->ab", patches, patches,
+  if valid is None:
+    count = patches.shape[0] * patches.shape[1] * patches.shape[2]
+    weighted = patches
+  else:
+    weight = valid[:num_images].astype(jnp.float32)
+    count = jnp.maximum(weight.sum(), 1.0) * patches.shape[1] * patches.shape[2]
+    weighted = patches * weight[:, None, None, None]
+  cov = jnp.einsum("nhwa,nhwb->ab", weighted, patches,
                    precision=jax.lax.Precision.HIGHEST) / count
   eigenvalues, eigenvectors = jnp.linalg.eigh(cov)
   eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]

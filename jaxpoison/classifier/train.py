@@ -24,12 +24,17 @@ from flax import nnx, struct
 from jaxpoison.classifier import augment
 from jaxpoison.classifier.adversarial import pgd_linf
 from jaxpoison.classifier.friendly import chunked_friendly_noise
-from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
-from jaxpoison.classifier.models import Whitening, create_model, init_head, whitening_kernel
+from jaxpoison.classifier.config import (CIFAR10_MEAN, MULTISTEP_DIVISORS, TrainConfig,
+                                         resolve_compute_dtype)
+from jaxpoison.classifier.models import (InputStatistics, Whitening, create_model, init_head,
+                                         training_set_statistics, whitening_kernel)
 
 # fold_in tags of a model's key, one stream per use (new streams go at the end, so that the
 # others' draws stay as they were).
-_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV, _DP, _NOISE, _FRIENDLY = range(9)
+_INIT, _DATA, _FLIP, _AUG, _HEAD, _ADV, _DP, _NOISE, _FRIENDLY, _POISSON = range(10)
+# The Poisson batch's capacity is chosen so that a sample overflows it with probability at
+# most this over the whole run (`poisson_capacity`).
+POISSON_OVERFLOW = 1e-9
 _LOOKAHEAD_EVERY = 5
 TRACES: collections.Counter = collections.Counter()
 
@@ -66,7 +71,34 @@ def model_graphdef(config: TrainConfig):
 
 
 def steps_per_epoch(config: TrainConfig, num_train: int) -> int:
-  return num_train // config.batch_size
+  """N // batch_size (the last incomplete batch dropped) or, with drop_last False,
+  ceil(N / batch_size)."""
+  if config.drop_last:
+    return num_train // config.batch_size
+  return -(-num_train // config.batch_size)
+
+
+def poisson_rate(config: TrainConfig, num_train: int) -> float:
+  """DP-SGD's Poisson sampling rate q = batch_size / N (each example's chance per step)."""
+  return min(config.batch_size / num_train, 1.0)
+
+
+def poisson_overflow(capacity: int, num_train: int, rate: float) -> float:
+  """P(Binomial(N, q) > capacity): one step's chance that the Poisson sample does not fit."""
+  from scipy import stats  # scipy ships with jax; only the DP path asks for it
+  return float(stats.binom.sf(capacity, num_train, rate))
+
+
+def poisson_capacity(config: TrainConfig, num_train: int) -> int:
+  """The Poisson batch's slots: config.dp_batch_capacity, or the smallest capacity c with
+  total_steps · P(Binomial(N, q) > c) ≤ POISSON_OVERFLOW (at most N)."""
+  if config.dp_batch_capacity:
+    return min(config.dp_batch_capacity, num_train)
+  from scipy import stats
+  rate = poisson_rate(config, num_train)
+  per_step = POISSON_OVERFLOW / max(total_steps(config, num_train), 1)
+  # isf: the smallest c with P(X > c) ≤ per_step.
+  return int(min(stats.binom.isf(per_step, num_train, rate), num_train))
 
 
 def total_steps(config: TrainConfig, num_train: int) -> int:
@@ -81,6 +113,10 @@ def lr_factor(config: TrainConfig, step: jax.Array, num_steps: int) -> jax.Array
     return 0.5 * (1.0 + jnp.cos(jnp.pi * step / max(num_steps, 1)))
   if config.schedule == "constant":
     return jnp.ones_like(step)
+  if config.schedule == "milestones":
+    per_epoch = num_steps / max(config.epochs, 1e-9)
+    drops = sum((step >= round(m * per_epoch)).astype(jnp.float32) for m in config.lr_milestones)
+    return jnp.asarray(config.lr_gamma, jnp.float32) ** drops
   if config.schedule == "multistep":
     # Milestones at whole epochs: epoch E // d starts at step (E // d) · (steps per epoch).
     per_epoch = num_steps / max(config.epochs, 1e-9)
@@ -124,7 +160,8 @@ def _sgd_constants(config: TrainConfig) -> tuple[float, float]:
 
 
 def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, num_train):
-  """Flip and translate one model's batch of uint8 images [B, H, W, C] on the device."""
+  """Flip and translate one model's batch [B, H, W, C] on the device (uint8, or float in
+  [0, 1] units with noise before the augmentation; float after a bilinear shift)."""
   batch_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, _AUG), epoch),
                                  step_in_epoch)
   if config.flip == "alternating":
@@ -135,10 +172,21 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
     flip = jax.random.bernoulli(jax.random.fold_in(batch_key, 0), 0.5, (images.shape[0],))
   else:
     flip = None
-  if flip is not None:
+  if config.shift == "bilinear":  # static
+    # RandomTransform: a real shift, bilinear, the dataset mean outside (its zero padding in
+    # normalized units); the flip as drawn above.
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+    shifts = jax.random.uniform(jax.random.fold_in(batch_key, 1), (images.shape[0], 2),
+                                jnp.float32, -config.translate, config.translate)
+    flips = jnp.zeros((images.shape[0],), bool) if flip is None else flip
+    fill = jnp.asarray(CIFAR10_MEAN if images.shape[-1] == 3 else (0.5,) * images.shape[-1],
+                       jnp.float32)
+    images = augment.apply_shift_flip(x, shifts, flips, fill)
+    flip = None
+  elif flip is not None:
     images = augment.flip_where(images, flip)
   pad = config.translate
-  if pad > 0:
+  if pad > 0 and config.shift == "integer":
     offsets = jax.random.randint(jax.random.fold_in(batch_key, 1), (images.shape[0], 2), 0,
                                  2 * pad + 1)
     images = augment.translate(images, offsets, pad,
@@ -148,6 +196,14 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
                                 (images.shape[0],))
     images = jnp.where(gray[:, None, None, None], augment.pil_grayscale(images), images)
   return images
+
+
+def _add_noise_to_float(config: TrainConfig, key, step, images):
+  """`add_train_noise` on a float [0, 1] batch, or on uint8 converted to it."""
+  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
+  noise = _train_noise(config, jax.random.fold_in(jax.random.fold_in(key, _NOISE), step),
+                       images.shape)
+  return x + noise
 
 
 def privatize_gradients(per_example_grads, key, clip_norm, noise_multiplier):
@@ -226,21 +282,52 @@ class TrainCarry(NamedTuple):
   perms: jax.Array
 
 
-def epoch_permutations(keys: jax.Array, num_train: int, num_epochs: int) -> jax.Array:
-  """int32 [M, num_epochs, N]: each model's shuffle of the training set in each epoch, drawn
-  from fold_in(fold_in(keys[m], _DATA), epoch)."""
-  def one(key, epoch):
+def epoch_permutations(keys: jax.Array, num_train: int, num_epochs: int,
+                       num_examples: jax.Array | None = None,
+                       length: int | None = None) -> jax.Array:
+  """int32 [M, num_epochs, length]: each model's shuffle of the training set in each epoch,
+  drawn from fold_in(fold_in(keys[m], _DATA), epoch).
+
+  With `num_examples` [M], model m's epoch is a shuffle of its first n_m examples (those of
+  a random permutation of all N slots below n_m, in that order); the slots after its n_m
+  examples, and after N up to `length` (default N), hold -1 (padding)."""
+  length = num_train if length is None else length
+
+  def one(key, epoch, count):
     key = jax.random.fold_in(jax.random.fold_in(key, _DATA), epoch)
-    return jax.random.permutation(key, num_train).astype(jnp.int32)
+    perm = jax.random.permutation(key, num_train).astype(jnp.int32)
+    if count is not None:
+      invalid = perm >= count
+      order = jnp.argsort(invalid, stable=True)  # the model's own examples first, in order
+      perm = jnp.where(invalid[order], -1, perm[order])
+    return jnp.pad(perm, (0, length - num_train), constant_values=-1)
 
   epochs = jnp.arange(num_epochs, dtype=jnp.int32)
-  return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(keys, epochs)
+  counts_axis = None if num_examples is None else 0
+  return jax.vmap(jax.vmap(one, (None, 0, None)), (0, None, counts_axis))(
+      keys, epochs, num_examples)
+
+
+def poisson_batch(key: jax.Array, step, num_train: int, rate: float, capacity: int):
+  """One model's Poisson-sampled batch at `step`: (indices int32 [capacity], mask bool
+  [capacity]); every example enters independently with probability `rate` (drawn from
+  fold_in(fold_in(key, _POISSON), step)); the sampled indices come first in increasing order,
+  the unused slots are masked out (index 0), and a sample larger than the capacity is
+  truncated to its first `capacity` examples."""
+  key = jax.random.fold_in(jax.random.fold_in(key, _POISSON), step)
+  chosen = jax.random.bernoulli(key, rate, (num_train,))
+  idx = jnp.nonzero(chosen, size=capacity, fill_value=-1)[0].astype(jnp.int32)
+  return jnp.maximum(idx, 0), idx >= 0
 
 
 def num_epochs_touched(config: TrainConfig, num_train: int) -> int:
   """How many epochs the run's steps reach into (the last may be partial), at least 1."""
   spe = steps_per_epoch(config, num_train)
   return max(-(-total_steps(config, num_train) // spe), 1) if spe > 0 else 1
+
+
+def uses_poisson(config: TrainConfig) -> bool:
+  return config.dp_clip_norm > 0 and config.dp_sampling == "poisson"
 
 
 def make_train_parts(config: TrainConfig) -> TrainParts:
@@ -250,28 +337,35 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
   lr_eff, decay_eff = _sgd_constants(config)
   mu = config.momentum
 
-  def init_one(key, images_for_whitening):
+  def init_one(key, model_images, count):
     model = create_model(config, jax.random.fold_in(key, _INIT), dtype)
     state = nnx.state(model)
+    statistics = None
+    valid = None if count is None else jnp.arange(model_images.shape[0]) < count
+    if config.input_norm == "training_set":  # static
+      statistics = training_set_statistics(model_images, valid)
+      state["input_statistics"] = InputStatistics(statistics)
     if config.model == "airbench94":
-      kernel = whitening_kernel(images_for_whitening, config.whitening_images)
+      kernel = whitening_kernel(model_images, config.whitening_images, statistics, valid)
       state["whiten_kernel"] = Whitening(kernel)
     return state
 
   def fresh_head(key):
     return init_head(config, jax.random.fold_in(key, _HEAD), dtype)
 
-  def start(keys, images, labels, init: TrainedModels | None = None):
-    """The loop's initial TrainCarry."""
+  def start(keys, images, labels, init: TrainedModels | None = None, num_examples=None):
+    """The loop's initial TrainCarry (num_examples [M]: model m trains on its first n_m
+    images; needs drop_last False)."""
     TRACES[config] += 1  # Runs once per trace: the tests' recompilation counter.
     num_models = keys.shape[0]
     shared = images.ndim == 4
     num_train = images.shape[-4]
+    if num_examples is not None and config.drop_last:
+      raise ValueError("num_examples: per-model training-set sizes need drop_last=False")
     if init is None:
-      if shared:
-        state = jax.vmap(init_one, in_axes=(0, None))(keys, images)
-      else:
-        state = jax.vmap(init_one)(keys, images)
+      state = jax.vmap(init_one, in_axes=(0, None if shared else 0,
+                                          None if num_examples is None else 0))(
+          keys, images, num_examples)
     else:
       state = init.state
       if init.num_models == 1 and num_models != 1:
@@ -286,7 +380,11 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     # epoch's first step would need a conditional inside the loop, which on XLA:GPU can cost a
     # device-to-host sync per step). The table is M × E × N int32 in the carry: 16 models ×
     # 10 epochs × 50,000 images is 32 MB, small beside the models' activations.
-    perms = epoch_permutations(keys, num_train, num_epochs_touched(config, num_train))
+    length = num_train if config.drop_last else steps_per_epoch(config, num_train) * config.batch_size
+    perms = epoch_permutations(keys, num_train, num_epochs_touched(config, num_train),
+                               num_examples, length)
+    if uses_poisson(config):
+      perms = perms[:, :, :0]  # Poisson batches are drawn per step; no shuffle to keep
     return TrainCarry(params, rest, buf, ema, perms)
 
   def body(carry, step, keys, images, labels):
@@ -297,8 +395,12 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     num_steps = total_steps(config, num_train)
     whiten_steps = config.whiten_bias_epochs * spe
     trainable, lr_scale, is_whiten_bias = _leaf_rules(config, carry[0])
+    poisson = uses_poisson(config)
+    capacity = poisson_capacity(config, num_train) if poisson else 0
 
-    def loss_fn(p, r, x, y):
+    def loss_fn(p, r, x, y, mask=None):
+      """The batch's loss (sum or mean); `mask` [B]: the examples that count (padding out of
+      the loss and of batch norm's statistics; the mean is over the counted ones)."""
       model = nnx.merge(graphdef, p, r, copy=True)
       # uint8 batches (standard training) or float [0, 1] ones (adversarial examples).
       x01 = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
@@ -307,36 +409,51 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
         logits = model.head_logits(jax.lax.stop_gradient(model.features(x01, train=False)))
       else:
         # frozen_batch: batch norm on its running statistics (they stay as they are).
-        logits = model(x01, train=config.norm != "frozen_batch")
+        logits = model(x01, train=config.norm != "frozen_batch", mask=mask)
       _, _, new_r = nnx.split(model, nnx.Param, ...)
       targets = optax.smooth_labels(jax.nn.one_hot(y, config.num_classes),
                                     config.label_smoothing)
       losses = optax.softmax_cross_entropy(logits, targets)
-      loss = losses.sum() if config.decoupled else losses.mean()
+      if mask is None:
+        loss = losses.sum() if config.decoupled else losses.mean()
+      else:
+        losses = jnp.where(mask, losses, 0.0)
+        loss = losses.sum() if config.decoupled else losses.sum() / jnp.maximum(mask.sum(), 1)
       return loss, new_r
 
-    def private_grads(p, r, x, y, key, step):
-      """DP-SGD: per-example gradients of the trained leaves, clipped, summed and noised."""
-      def example_loss(q, xi, yi):
-        return loss_fn(q, r, xi[None], yi[None])[0]
+    def private_grads(p, r, x, y, key, step, mask):
+      """DP-SGD: per-example gradients of the trained leaves, clipped, summed and noised
+      (masked-out examples contribute nothing)."""
+      def example_loss(q, xi, yi, wi):
+        return loss_fn(q, r, xi[None], yi[None])[0] * wi
 
-      per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(p, x, y)
+      weights = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
+      per_example = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0, 0))(p, x, y, weights)
       # Leaves that never train do not enter the clipping norm.
       per_example = jax.tree.map(lambda t, g: g if t else jnp.zeros_like(g), trainable,
                                  per_example)
       key = jax.random.fold_in(jax.random.fold_in(key, _DP), step)
       total, _ = privatize_gradients(per_example, key, config.dp_clip_norm,
                                      config.dp_noise_multiplier)
-      scale = 1.0 if config.decoupled else 1.0 / x.shape[0]  # the loss's sum or mean
+      # The loss's sum (decoupled) or mean: over the batch size, which for Poisson batches is
+      # the expected one, qN = batch_size (Opacus), and for padded batches the examples in it.
+      if config.decoupled:
+        scale = 1.0
+      elif poisson:
+        scale = 1.0 / config.batch_size
+      elif mask is not None:
+        scale = 1.0 / jnp.maximum(mask.sum(), 1)
+      else:
+        scale = 1.0 / x.shape[0]
       # Group norm, frozen batch norm or the head on frozen features: no batch statistics,
       # r unchanged.
       return jax.tree.map(lambda g: g * scale, total), r
 
-    def single_step(p, r, buf, x, y, factor, whiten_on, key, step):
+    def single_step(p, r, buf, x, y, factor, whiten_on, key, step, mask):
       if config.dp_clip_norm > 0:  # static: standard training's program is unchanged
-        grads, new_r = private_grads(p, r, x, y, key, step)
+        grads, new_r = private_grads(p, r, x, y, key, step, mask)
       else:
-        grads, new_r = jax.grad(loss_fn, has_aux=True)(p, r, x, y)
+        grads, new_r = jax.grad(loss_fn, has_aux=True)(p, r, x, y, mask)
 
       def update(train, scale, wb, w, g, b):
         if not train:
@@ -358,6 +475,11 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
       new_buf = jax.tree.map(lambda t: t[1], pairs, is_leaf=is_pair)
       if config.trainable == "head":
         new_r = r  # Frozen features: running statistics untouched.
+      if mask is not None and not poisson:
+        # An epoch step past this model's own epoch (its training set is smaller than the
+        # longest): no example, no step (a Poisson step with none still adds its noise).
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(mask.any(), a, b), new, old)
+        new_p, new_r, new_buf = keep((new_p, new_r, new_buf), (p, r, buf))
       return new_p, new_r, new_buf
 
     def adversarial_batch(p, r, key, x, y, step):
@@ -385,21 +507,31 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     epoch = step // spe
     pos = step % spe
     num_models = perms.shape[0]
-    idx = jax.lax.dynamic_slice(perms, (0, epoch, pos * config.batch_size),
-                                (num_models, 1, config.batch_size))[:, 0]
+    if poisson:
+      rate = poisson_rate(config, num_train)
+      idx, mask = jax.vmap(lambda k: poisson_batch(k, step, num_train, rate, capacity))(keys)
+    else:
+      idx = jax.lax.dynamic_slice(perms, (0, epoch, pos * config.batch_size),
+                                  (num_models, 1, config.batch_size))[:, 0]
+      mask = None
+      if not config.drop_last:  # static: the padded last batch, masked
+        mask = idx >= 0
+        idx = jnp.maximum(idx, 0)
     x = gather(images, idx, shared)
     # Labels [N] are shared even when the images are per model (denoised copies keep the
     # labels), so they are read without an [M, N] copy.
     y = gather(labels, idx, labels.ndim == 1)
+    if config.noise_before_augment:  # static
+      x = jax.vmap(lambda k, xi: _add_noise_to_float(config, k, step, xi))(keys, x)
     x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
         keys, x, idx)
-    if config.noise != "none":  # static
+    if config.noise != "none" and not config.noise_before_augment:  # static
       x = jax.vmap(lambda k, xi: add_train_noise(config, k, step, xi))(keys, x)
     if config.adversarial_epsilon > 0:  # static: standard training's program is unchanged
       x = jax.vmap(adversarial_batch, in_axes=(0, 0, 0, 0, 0, None))(p, r, keys, x, y, step)
     factor = lr_factor(config, step, num_steps)
-    p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None, 0, None))(
-        p, r, buf, x, y, factor, step < whiten_steps, keys, step)
+    p, r, buf = jax.vmap(single_step, in_axes=(0, 0, 0, 0, 0, None, None, 0, None, 0))(
+        p, r, buf, x, y, factor, step < whiten_steps, keys, step, mask)
     if config.lookahead:
       t = step + 1
       # decay ≤ 0.95⁵ for t ≤ T, so the clamp changes no value; it ends the product, so that
@@ -460,6 +592,8 @@ def make_train_fn(config: TrainConfig):
     labels: int [N] (every model's, also with per-model images) or [M, N].
     init: optional TrainedModels with M (or 1, broadcast) models to warm-start from (their
       whitening filters are kept; `config.reinit_head` draws a fresh final layer).
+    num_examples: optional int [M]: model m trains on its first n_m images (config.drop_last
+      False; see TrainConfig.drop_last).
 
   Returns: TrainedModels with M models. Traceable: may be called inside an outer jax.jit (with
   the models axis sharded); it does not validate its arguments (train_models does). The steps
@@ -467,8 +601,8 @@ def make_train_fn(config: TrainConfig):
   """
   parts = make_train_parts(config)
 
-  def train_fn(keys, images, labels, init: TrainedModels | None = None):
-    carry = parts.start(keys, images, labels, init)
+  def train_fn(keys, images, labels, init: TrainedModels | None = None, num_examples=None):
+    carry = parts.start(keys, images, labels, init, num_examples)
     num_steps = total_steps(config, images.shape[-4])
     begin = num_steps if parts.switch is None else parts.switch_step(images.shape[-4])
 

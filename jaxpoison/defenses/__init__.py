@@ -33,11 +33,13 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'deep_knn': [
             'DeepKnnResult', 'deep_knn_filter', 'neighbour_label_counts', 'removal_report'
         ],
-        'dp_sgd': ['dp_sgd_config', 'noise_multiplier_for_epsilon', 'privacy_spent'],
+        'dp_sgd': ['dp_sgd_config', 'noise_multiplier_for_epsilon', 'privacy_record',
+                   'privacy_spent'],
         'friends': ['Friendliness', 'friendliness', 'friendly_noise', 'friends_config'],
         'iss': ['ISS_JPEG_QUALITY', 'iss_grayscale', 'iss_jpeg'],
         'dpa': [
-            'PartitionCertificate', 'PartitionedTrainingSet', 'dpa_certify', 'hash_partition',
+            'PartitionCertificate', 'PartitionedTrainingSet', 'REFERENCE_EPOCHS', 'dpa_base_config',
+            'dpa_certify', 'hash_partition',
             'partition_training_sets', 'partitioned_certified_accuracy', 'roe_certify',
             'train_partition_models'
         ],

@@ -19,13 +19,24 @@ Both are pure host-side functions of the base classifiers' scores [k, P, C] (log
 `jaxpoison.certify` is of vote counts. `train_partition_models` trains the k base classifiers
 together with the many-model trainer: each part is one model's training set.
 
+The base classifiers' recipe (`dpa_base_config`) is the reference's (k1rezaei/DPA-election,
+`train/FiniteAggregation_train_cifar_nin_baseline.py`): 200 epochs of SGD, batch 128 with the
+last partial batch kept (PyTorch's DataLoader default: a ~200-image part gets 2 steps per
+epoch, ≈ 400 in all), lr 0.1 ×0.2 after epochs 60, 120 and 160, Nesterov momentum 0.9, weight
+decay 5e-4 on every parameter, random crop (4-pixel zero padding) and flip, and inputs
+normalized by the part's own channel mean and std. Its network is the Network-in-Network of
+RotNet; here the caller's network (airbench94 or ResNet-18) trains with that recipe.
+
 Partition (as the reference code, k1rezaei/DPA-election `FiniteAggregation_data_norm_hash.py`):
 part = (sum of the image's uint8 pixel values) mod k; inside a part the images are ordered by
 their content (a SHA-256 digest of label and pixels), so that a base classifier's training does
 not depend on where its images sit in the dataset. Parts differ in size; the trainer needs one
-size, so each part is padded to the largest by repeating its own images in that order (the
-base classifier still sees only its part: the certificate is unaffected; the repeated images
-weigh a little more in its training).
+array shape, so each part is padded to the largest by repeating its own images in that order.
+With the reference recipe (drop_last False) each base classifier is told its part's size
+(`train_models(num_examples=)`) and never sees the padding: its epochs are its own part's. With
+a recipe that drops the last batch (the earlier behaviour) the padding is trained on, and the
+repeated images weigh a little more (the certificate is unaffected either way: the base
+classifier sees only its part's images).
 """
 
 from __future__ import annotations
@@ -39,14 +50,35 @@ import numpy as np
 from jaxpoison._checks import check_images, check_labels, check_positive
 from jaxpoison import backend
 from jaxpoison.classifier.api import train_models
-from jaxpoison.classifier.config import TrainConfig
+from jaxpoison.classifier.config import TrainConfig, head_lr_scale_for
 from jaxpoison.classifier.train import TrainedModels
 
 __all__ = [
-    "PartitionCertificate", "PartitionedTrainingSet", "dpa_certify", "hash_partition",
-    "partition_training_sets", "partitioned_certified_accuracy", "roe_certify",
-    "train_partition_models",
+    "PartitionCertificate", "PartitionedTrainingSet", "REFERENCE_EPOCHS", "dpa_base_config",
+    "dpa_certify", "hash_partition", "partition_training_sets", "partitioned_certified_accuracy",
+    "roe_certify", "train_partition_models",
 ]
+
+REFERENCE_EPOCHS = 200
+# The reference multiplies the rate by 0.2 at the end of epochs 60, 120 and 160 (of 200): the
+# rate drops from epochs 61, 121 and 161 (counted from 0); other lengths keep the fractions.
+_DROP_AFTER = (60, 120, 160)
+
+
+def dpa_base_config(config: TrainConfig, epochs: int = REFERENCE_EPOCHS) -> TrainConfig:
+  """The DPA reference's base-classifier recipe (module docstring) on `config`'s network
+  (model, widths, normalization layer, classes and image shape kept; everything about the
+  training replaced). `epochs` other than 200 scales the rate's milestones with it."""
+  if not isinstance(config, TrainConfig):
+    raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+  check_positive("epochs", epochs, integer=True)
+  milestones = tuple(round(m * epochs / REFERENCE_EPOCHS) + 1 for m in _DROP_AFTER)
+  return config.replace(
+      epochs=int(epochs), batch_size=128, drop_last=False, lr=0.1, momentum=0.9, nesterov=True,
+      weight_decay=5e-4, decoupled=False, bias_scaler=1.0, schedule="milestones",
+      lr_milestones=milestones, lr_gamma=0.2, label_smoothing=0.0, lookahead=False,
+      whiten_bias_epochs=0, flip="random", translate=4, pad_mode="zeros", shift="integer",
+      input_norm="training_set", tta_level=0, head_lr_scale=head_lr_scale_for(config.model))
 
 
 def hash_partition(images, num_partitions: int) -> np.ndarray:
@@ -107,8 +139,8 @@ def train_partition_models(key, images, labels, num_partitions: int,
   """Trains one base classifier per part with the many-model trainer.
 
   Base classifier j is model j, trained from key fold_in(key, j) on part j (padded as
-  `partition_training_sets` says); `config.models_per_step` (or the memory planner) sets how
-  many train at once. On the CPU, where XLA runs the models' vmapped convolutions as grouped
+  `partition_training_sets` says; with config.drop_last False, on its part alone, the padding
+  masked); `config.models_per_step` (or the memory planner) sets how many train at once. On the CPU, where XLA runs the models' vmapped convolutions as grouped
   convolutions several times slower than one model's (scripts/bench_dpa.py: 8 base classifiers
   3.6× slower together than one after another), models_per_step = 0 means one at a time.
   Returns (the k models, the partition).
@@ -121,7 +153,9 @@ def train_partition_models(key, images, labels, num_partitions: int,
   keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(np.arange(num_partitions))
   images = np.asarray(images)
   labels = np.asarray(labels, np.int32)
-  models = train_models(keys, images[parts.indices], labels[parts.indices], config)
+  sizes = None if config.drop_last else parts.sizes
+  models = train_models(keys, images[parts.indices], labels[parts.indices], config,
+                        num_examples=sizes)
   return models, parts
 
 

@@ -9,10 +9,14 @@ this module names the recipe and exposes the noise itself:
     config = friends_config(classifier.conservative_config())
     models = classifier.train_models(keys, images, labels, config)
 
-Hong et al. leave the settings unspecified; the defaults are the reference code's
-(tianyu139/friendly-noise, `main.py`): friendly noise at epoch 0 (its README's example uses 5)
-with 30 steps of SGD at lr 100, μ = 1, |δ| ≤ 16/255, then Bernoulli noise ±8/255 (`--noise_type
-friendly bernoulli`). Its training recipe is 40 epochs of SGD (lr 0.1, Nesterov momentum 0.9,
+Hong et al. leave the settings unspecified; the defaults are the authors' (tianyu139/friendly-noise,
+`main.py` and its README's command): friendly noise at epoch 5 (`--friendly_begin_epoch 5`;
+`main.py`'s own default is 0, on a randomly initialized network, where the KL term is nearly
+flat and the noise stays near its uniform start) with 30 steps of SGD at lr 100, μ = 1,
+|δ| ≤ 16/255, then Bernoulli noise ±8/255 (`--noise_type friendly bernoulli`) added to each
+batch before its bilinear RandomTransform (shift and flip; the interpolation leaves about 2/3
+of the Bernoulli noise's std: each output pixel averages up to four noise values with weights
+of a uniform real shift, E[(1 − a)² + a²] = 2/3 per axis). Its training recipe is 40 epochs of SGD (lr 0.1, Nesterov momentum 0.9,
 weight decay 5e-4 except on batch-norm and bias parameters, batch 128, ×0.1 at epochs 40 //
 2.667, 40 // 1.6 and 40 // 1.142 = 14, 25, 35); `classifier.conservative_config` is that up to
 the decay on norms and biases and the second milestone (24).
@@ -37,17 +41,22 @@ __all__ = ["Friendliness", "friendliness", "friendly_noise", "friendly_perturbat
            "friends_config"]
 
 
-def friends_config(config: TrainConfig, *, begin_epoch: int = 0, noise: str = "bernoulli",
+def friends_config(config: TrainConfig, *, begin_epoch: int = 5, noise: str = "bernoulli",
                    noise_scale: float = 8 / 255, steps: int = 30, lr: float = 100.0,
-                   mu: float = 1.0, clamp: float = 16 / 255) -> TrainConfig:
-  """`config` with FrieNDs: friendly noise after `begin_epoch` epochs and `noise` of
-  `noise_scale` on every batch (the reference's defaults)."""
+                   mu: float = 1.0, clamp: float = 16 / 255, noise_before_augment: bool = True,
+                   shift: str = "bilinear") -> TrainConfig:
+  """`config` with FrieNDs as its authors run it: friendly noise after `begin_epoch` epochs
+  (their README's 5), and `noise` of `noise_scale` on every batch, added before the
+  augmentation (`noise_before_augment`), which is the references' bilinear RandomTransform
+  (`shift` "bilinear": a real shift of up to config.translate pixels, so the interpolation
+  averages neighbouring noise values, about 2/3 of the noise's std remaining)."""
   if not isinstance(config, TrainConfig):
     raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
   return config.replace(friendly_epoch=int(begin_epoch), noise=noise,
                         noise_scale=float(noise_scale), friendly_steps=int(steps),
                         friendly_lr=float(lr), friendly_mu=float(mu),
-                        friendly_clamp=float(clamp))
+                        friendly_clamp=float(clamp), noise_before_augment=noise_before_augment,
+                        shift=shift)
 
 
 def friendly_noise(models: TrainedModels, images, key, *, steps: int = 30, lr: float = 100.0,
