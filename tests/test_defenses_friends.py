@@ -164,7 +164,7 @@ def test_noise_before_the_bilinear_shift_keeps_two_thirds_of_its_std():
   # interpolation averages neighbouring noise values with the weights of a uniform real shift:
   # E[(1 − a)² + a²] = 2/3 of the variance per axis, so the std falls to 2/3. Added after an
   # integer shift (the earlier order) the noise keeps its full std.
-  from jaxpoison.classifier.train import _add_noise_to_float, _augment, add_train_noise
+  from jaxpoison.classifier.train import _augment, add_train_noise
   scale = 8 / 255
   grey = np.full((256, 32, 32, 3), 128, np.uint8)
   keys = jax.random.split(jax.random.key(0), 256)
@@ -174,7 +174,7 @@ def test_noise_before_the_bilinear_shift_keeps_two_thirds_of_its_std():
     def one(key):
       x = grey[:1]
       if before:
-        x = _add_noise_to_float(config, key, 0, x)
+        x = add_train_noise(config, key, 0, x)
       x = _augment(config, key, 0, 0, x, idx[:1], 256)
       if not before:
         x = add_train_noise(config, key, 0, x)

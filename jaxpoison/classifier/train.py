@@ -24,10 +24,10 @@ from flax import nnx, struct
 from jaxpoison.classifier import augment
 from jaxpoison.classifier.adversarial import pgd_linf
 from jaxpoison.classifier.friendly import chunked_friendly_noise
-from jaxpoison.classifier.config import (CIFAR10_MEAN, MULTISTEP_DIVISORS, TrainConfig,
-                                         resolve_compute_dtype)
-from jaxpoison.classifier.models import (InputStatistics, Whitening, create_model, init_head,
-                                         training_set_statistics, whitening_kernel)
+from jaxpoison.classifier.config import MULTISTEP_DIVISORS, TrainConfig, resolve_compute_dtype
+from jaxpoison.classifier.models import (InputStatistics, Whitening, create_model,
+                                         dataset_statistics, init_head, training_set_statistics,
+                                         whitening_kernel)
 
 # fold_in tags of a model's key, one stream per use (new streams go at the end, so that the
 # others' draws stay as they were).
@@ -179,9 +179,7 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
     shifts = jax.random.uniform(jax.random.fold_in(batch_key, 1), (images.shape[0], 2),
                                 jnp.float32, -config.translate, config.translate)
     flips = jnp.zeros((images.shape[0],), bool) if flip is None else flip
-    fill = jnp.asarray(CIFAR10_MEAN if images.shape[-1] == 3 else (0.5,) * images.shape[-1],
-                       jnp.float32)
-    images = augment.apply_shift_flip(x, shifts, flips, fill)
+    images = augment.apply_shift_flip(x, shifts, flips, dataset_statistics(images.shape[-1])[0])
     flip = None
   elif flip is not None:
     images = augment.flip_where(images, flip)
@@ -196,14 +194,6 @@ def _augment(config: TrainConfig, key, epoch, step_in_epoch, images, indices, nu
                                 (images.shape[0],))
     images = jnp.where(gray[:, None, None, None], augment.pil_grayscale(images), images)
   return images
-
-
-def _add_noise_to_float(config: TrainConfig, key, step, images):
-  """`add_train_noise` on a float [0, 1] batch, or on uint8 converted to it."""
-  x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images
-  noise = _train_noise(config, jax.random.fold_in(jax.random.fold_in(key, _NOISE), step),
-                       images.shape)
-  return x + noise
 
 
 def privatize_gradients(per_example_grads, key, clip_norm, noise_multiplier):
@@ -234,11 +224,12 @@ def _train_noise(config: TrainConfig, key, shape) -> jax.Array:
 
 
 def add_train_noise(config: TrainConfig, key, step, images):
-  """One model's uint8 batch plus `TrainConfig.noise` drawn for `step` from the model's key:
-  float32 in [0, 1] pixel units (clipped and truncated to grey levels with noise_quantize)."""
+  """One model's batch (uint8, or float in [0, 1] units) plus `TrainConfig.noise` drawn for
+  `step` from the model's key: float32 in [0, 1] pixel units (clipped and truncated to grey
+  levels with noise_quantize)."""
   noise = _train_noise(config, jax.random.fold_in(jax.random.fold_in(key, _NOISE), step),
                        images.shape)
-  x = images.astype(jnp.float32) / 255.0 + noise
+  x = (images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images) + noise
   if config.noise_quantize:  # static
     x = jnp.floor(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
   return x
@@ -380,11 +371,13 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     # epoch's first step would need a conditional inside the loop, which on XLA:GPU can cost a
     # device-to-host sync per step). The table is M × E × N int32 in the carry: 16 models ×
     # 10 epochs × 50,000 images is 32 MB, small beside the models' activations.
-    length = num_train if config.drop_last else steps_per_epoch(config, num_train) * config.batch_size
-    perms = epoch_permutations(keys, num_train, num_epochs_touched(config, num_train),
-                               num_examples, length)
-    if uses_poisson(config):
-      perms = perms[:, :, :0]  # Poisson batches are drawn per step; no shuffle to keep
+    num_epochs = num_epochs_touched(config, num_train)
+    if uses_poisson(config):  # Poisson batches are drawn per step: no shuffle to keep
+      perms = jnp.zeros((num_models, num_epochs, 0), jnp.int32)
+    else:
+      length = (num_train if config.drop_last
+                else steps_per_epoch(config, num_train) * config.batch_size)
+      perms = epoch_permutations(keys, num_train, num_epochs, num_examples, length)
     return TrainCarry(params, rest, buf, ema, perms)
 
   def body(carry, step, keys, images, labels):
@@ -522,7 +515,7 @@ def make_train_parts(config: TrainConfig) -> TrainParts:
     # labels), so they are read without an [M, N] copy.
     y = gather(labels, idx, labels.ndim == 1)
     if config.noise_before_augment:  # static
-      x = jax.vmap(lambda k, xi: _add_noise_to_float(config, k, step, xi))(keys, x)
+      x = jax.vmap(lambda k, xi: add_train_noise(config, k, step, xi))(keys, x)
     x = jax.vmap(lambda k, xi, ii: _augment(config, k, epoch, pos, xi, ii, num_train))(
         keys, x, idx)
     if config.noise != "none" and not config.noise_before_augment:  # static
