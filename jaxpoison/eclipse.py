@@ -146,13 +146,14 @@ class EclipseConfig:
   Attributes:
     poison: the indiscriminate poison applied to every training image: "none", the
       data-generated "urp", "lsp", "ar" (`jaxpoison.attacks.INDISCRIMINATE_POISONS`) or the
-      trained "em", "tap", "rem" (`jaxpoison.attacks.unlearnable`) and "sep"
+      trained "em", "tap", "rem", "efp" (`jaxpoison.attacks.unlearnable`) and "sep"
       (`jaxpoison.attacks.self_ensemble`), each with its reference's defaults (ℓ∞ 8/255; LSP
       and AR ℓ2 1.0).
     poison_settings: changes to the poison's config (e.g. {"max_rounds": 20} for EM).
     poison_surrogate: changes to the trained poisons' surrogate recipe (EM's and REM's own,
-      TAP's clean "conservative" one, SEP's protecting network), e.g. smaller widths for a CPU
-      run.
+      TAP's clean "conservative" one, SEP's protecting network, EFP's adversarially trained
+      reference: `efp_reference_config`, whose `epochs` also scales its milestones), e.g.
+      smaller widths for a CPU run.
     defenses: which trainings to run on the poisoned set (`DEFENSES`).
     sparse_size: B; sparse_source: "heldout" (from the training split, removed from it) or
       "test" (the authors' choice; leaks into test accuracy).
@@ -272,6 +273,13 @@ def poison_training_set(data: EclipseData, config: EclipseConfig, num_classes: i
   if config.poison == "rem":
     return attacks.run("rem", key, data.x_train, data.y_train, unlearnable.REMConfig(**settings),
                        train_config=unlearnable.rem_surrogate_config(**surrogate)).poisons
+  if config.poison == "efp":
+    # The adversarially trained reference model, then every image's feature pushed off its class.
+    reference = classifier.train_models(
+        jax.random.fold_in(key, 0)[None], data.x_train, data.y_train,
+        unlearnable.efp_reference_config(**surrogate))
+    return attacks.run("efp", jax.random.fold_in(key, 1), reference, data.x_train, data.y_train,
+                       unlearnable.EFPConfig(**settings)).poisons
   if config.poison == "sep":
     sep_config = self_ensemble.SEPConfig(**settings)
     checkpoints = self_ensemble.train_checkpoints(

@@ -26,7 +26,7 @@ def parse_args(argv):
                       help="'official', 'tfds' or a CIFAR-10 .npz / JPEG pack")
   parser.add_argument("--data_dir")
   parser.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-  parser.add_argument("--poison", help="none | urp | lsp | ar | em | tap | rem | sep")
+  parser.add_argument("--poison", help="none | urp | lsp | ar | em | tap | rem | sep | efp")
   parser.add_argument("--defenses", type=cli.comma_separated(str),
                       help="comma-separated: none, eclipse, purification_only, "
                       "compensation_only, iss_jpeg, iss_grayscale, adversarial_training")

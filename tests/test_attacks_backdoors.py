@@ -305,14 +305,16 @@ def test_registry_and_craft():
   assert A.get_attack("bullseye_polytope").kind == "feature_collision"
   assert set(A.ALL_ATTACKS) == set(A.ATTACKS) | {"label_consistent", "hidden_trigger",
                                                  "witches_brew", "sleeper_agent", "urp", "lsp",
-                                                 "ar", "em", "tap", "rem", "sep"}
+                                                 "ar", "em", "tap", "rem", "sep", "efp"}
   assert A.attack_kind("witches_brew") == A.attack_kind("sleeper_agent") == "from_scratch"
   assert {A.attack_kind(n) for n in ("urp", "lsp", "ar")} == {"indiscriminate"}
-  assert {A.attack_kind(n) for n in ("em", "tap", "rem", "sep")} == {"trained_indiscriminate"}
+  assert {A.attack_kind(n) for n in ("em", "tap", "rem", "sep", "efp")} == {
+      "trained_indiscriminate"}
   assert A.get_attack("sep") == (A.sep_poison, A.SEPConfig, "trained_indiscriminate")
+  assert A.get_attack("efp") == (A.efp_poison, A.EFPConfig, "trained_indiscriminate")
   assert set(A.ATTACK_KINDS.values()) == set(A.KINDS)
   # Every poison's config round-trips through the registry, as every attack's does.
-  for name in ("urp", "lsp", "ar", "em", "tap", "rem", "sep"):
+  for name in ("urp", "lsp", "ar", "em", "tap", "rem", "sep", "efp"):
     config = A.get_attack(name).config_type()
     assert A.config_from_dict(name, dataclasses.asdict(config)) == config
   bases = _images(7)

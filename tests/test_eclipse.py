@@ -161,6 +161,7 @@ def test_run_eclipse_runs_every_stage_and_resumes(tmp_path, capsys, run_script):
     ("em", {"steps": 2, "train_steps": 2, "max_rounds": 1, "batch_size": 16}),
     ("tap", {"steps": 2, "restarts": 1, "batch_size": 16}),
     ("sep", {"steps": 2, "num_checkpoints": 2, "inner_steps": 2, "batch_size": 16}),
+    ("efp", {"steps": 2, "batch_size": 16}),
 ])
 def test_trained_poisons_craft_against_their_own_surrogates(poison, settings):
   # Every class present: SEP aligns features to each target class's mean.

@@ -49,9 +49,12 @@ training run on it:
     attacks.rem_poison(key, images, labels, attacks.REMConfig())  # robust EM, adversary 4/255
     checkpoints = attacks.train_checkpoints(key, images, labels, attacks.sep_surrogate_config(), 15)
     attacks.sep_poison(key, checkpoints, images, labels, attacks.SEPConfig())  # self-ensemble
+    reference = classifier.train_models(keys, images, labels, attacks.efp_reference_config())
+    attacks.efp_poison(key, reference, images, labels, attacks.EFPConfig())  # entangled features
 
-Each returns its uint8 poisons with the surrogate (EM, REM), the restarts' scores (TAP) or the
-checkpoints' target rates (SEP); they need a model, so `INDISCRIMINATE_POISONS` (model-free
+Each returns its uint8 poisons with the surrogate (EM, REM), the restarts' scores (TAP, EFP) or
+the checkpoints' target rates (SEP); EFP (Wen et al. 2023) moves every image's feature under an
+adversarially trained reference away from its class's centroid; they need a model, so `INDISCRIMINATE_POISONS` (model-free
 `poison(key, images, labels, config)`) leaves them out.
 """
 
@@ -96,7 +99,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         'unlearnable': [
             'EMConfig', 'EMResult', 'REMConfig', 'REMResult', 'TAPConfig', 'TAPResult', 'em_poison',
             'em_surrogate_config', 'rem_poison', 'rem_surrogate_config', 'sign_pgd', 'tap_poison',
-            'target_classes'
+            'target_classes', 'EFPConfig', 'EFPResult', 'efp_poison', 'efp_reference_config'
         ],
         'self_ensemble': [
             'SEPConfig', 'SEPResult', 'class_mean_features', 'sep_poison', 'sep_surrogate_config',

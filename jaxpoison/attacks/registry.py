@@ -40,6 +40,7 @@ from jaxpoison.attacks.poison_frogs import poison_frogs
 from jaxpoison.attacks.polytope import bullseye_polytope, convex_polytope
 from jaxpoison.attacks.self_ensemble import SEPConfig, sep_poison
 from jaxpoison.attacks.sleeper_agent import sleeper_agent
+from jaxpoison.attacks.unlearnable.efp import EFPConfig, efp_poison
 from jaxpoison.attacks.unlearnable.em import EMConfig, em_poison
 from jaxpoison.attacks.unlearnable.rem import REMConfig, rem_poison
 from jaxpoison.attacks.unlearnable.tap import TAPConfig, tap_poison
@@ -92,6 +93,7 @@ TRAINED_POISONS = {
     "tap": Attack(tap_poison, TAPConfig, TRAINED_INDISCRIMINATE),
     "rem": Attack(rem_poison, REMConfig, TRAINED_INDISCRIMINATE),
     "sep": Attack(sep_poison, SEPConfig, TRAINED_INDISCRIMINATE),
+    "efp": Attack(efp_poison, EFPConfig, TRAINED_INDISCRIMINATE),
 }
 ALL_ATTACKS = {**ATTACKS, **BACKDOORS, **FROM_SCRATCH_ATTACKS, **DATA_POISONS, **TRAINED_POISONS}
 ATTACK_KINDS = {name: attack.kind for name, attack in ALL_ATTACKS.items()}
@@ -110,6 +112,7 @@ _BACKDOOR_CALLS = {
     "tap": "jaxpoison.attacks.tap_poison(key, surrogate, images, labels, config)",
     "rem": "jaxpoison.attacks.rem_poison(key, images, labels, config, train_config=...)",
     "sep": "jaxpoison.attacks.sep_poison(key, checkpoints, images, labels, config)",
+    "efp": "jaxpoison.attacks.efp_poison(key, reference, images, labels, config)",
 }
 
 

@@ -50,12 +50,13 @@ from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks.unlearnable.trained import (SurrogateRun, TrainedPoisonConfig, check_config,
-                                                check_data, check_target_offset, cross_entropy,
-                                                map_batches, target_classes)
+                                                class_mean_features, check_data,
+                                                check_target_offset, cross_entropy, map_batches,
+                                                target_classes)
 from jaxpoison.backend import resolve_loop
 from jaxpoison.attacks import constraints
 from jaxpoison.classifier.adversarial import signed_step
-from jaxpoison.classifier.api import features, stack
+from jaxpoison.classifier.api import stack
 from jaxpoison.classifier.config import TrainConfig, resnet18_config
 from jaxpoison.classifier.train import TrainedModels, total_steps
 from jaxpoison.keys import as_key
@@ -164,20 +165,6 @@ def train_checkpoints(key, images, labels, train_config: "TrainConfig",
     # A copy: the next span donates the carry's buffers.
     snapshots.append(jax.tree.map(jnp.copy, run.trained_models(num_steps)))
   return stack(snapshots)
-
-
-def class_mean_features(checkpoints: "TrainedModels", images, labels, num_classes: int, *,
-                        batch_size: int = 1000) -> jax.Array:
-  """Each checkpoint's mean penultimate feature of each class over (images, labels), in
-  inference mode, float32 [M, K, D] (`get_mean_feature`)."""
-  labels = jnp.asarray(labels)
-  counts = jnp.bincount(labels, length=num_classes)
-  if int(jnp.min(counts)) == 0:
-    raise ValueError(f"labels: every class needs at least one image for its mean feature; "
-                     f"classes {np.flatnonzero(np.asarray(counts) == 0).tolist()} have none")
-  f = features(checkpoints, images, batch_size=batch_size)  # [M, N, D]
-  sums = jax.vmap(lambda fm: jax.ops.segment_sum(fm, labels, num_segments=num_classes))(f)
-  return sums / counts[None, :, None].astype(jnp.float32)
 
 
 def _check_checkpoints(checkpoints, images, config: SEPConfig):

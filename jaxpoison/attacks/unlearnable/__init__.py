@@ -63,11 +63,14 @@ import lazy_loader
 
 _lazy_getattr, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules=["ar", "base", "em", "lsp", "rem", "tap", "trained", "urp"],
+    submodules=["ar", "base", "efp", "em", "lsp", "rem", "tap", "trained", "urp"],
     submod_attrs={
-        "trained": ["SurrogateRun", "TrainedPoisonConfig", "check_config", "check_data",
-                    "check_surrogate_config", "check_target_offset", "cross_entropy", "fraction",
-                    "map_batches", "nnx_logits", "perturbed", "sign_pgd", "target_classes"],
+        "trained": ["SurrogateRun", "TrainedPoisonConfig", "best_restart", "check_config",
+                    "check_data", "check_surrogate_config", "check_target_offset",
+                    "class_mean_features", "cross_entropy", "fraction", "map_batches",
+                    "nnx_logits", "perturbed", "sign_pgd", "target_classes"],
+        "efp": ["EFP_EPSILON", "EFP_RECIPES", "EFP_REFERENCE_EPSILON", "EFPConfig", "EFPResult",
+                "efp_losses", "efp_poison", "efp_reference_config"],
         "em": ["EM_EPSILON", "EMConfig", "EMResult", "em_poison", "em_surrogate_config"],
         "tap": ["TAP_EPSILON", "TAPConfig", "TAPResult", "tap_poison"],
         "rem": ["REM_ADVERSARIAL_EPSILON", "REM_EPSILON", "REMConfig", "REMResult", "rem_poison",

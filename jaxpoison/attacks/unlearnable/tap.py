@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -22,9 +21,10 @@ from jaxpoison.attacks.configs import FOREST_CIFAR10_MEAN
 from jaxpoison.attacks.unlearnable.base import indexed_keys
 from jaxpoison.attacks.witches_brew import GradientModel
 from jaxpoison.classifier.augment import random_shift_flip_per_image
-from jaxpoison.attacks.unlearnable.trained import (TrainedPoisonConfig, check_config, check_data,
-                                                  check_target_offset, cross_entropy, map_batches,
-                                                  perturbed, sign_pgd, target_classes)
+from jaxpoison.attacks.unlearnable.trained import (TrainedPoisonConfig, best_restart, check_config,
+                                                  check_data, check_target_offset, cross_entropy,
+                                                  map_batches, perturbed, sign_pgd,
+                                                  target_classes)
 from jaxpoison.keys import as_key
 
 TAP_EPSILON = 8 / 255
@@ -180,11 +180,7 @@ def tap_poison(key, surrogate: GradientModel, images, labels,
   surrogate = _check_surrogate(surrogate, images.shape[1:], config.num_classes)
 
   x, y = jnp.asarray(images), jnp.asarray(labels)
-  best, best_loss, losses, best_index = None, math.inf, [], 0
-  for restart in range(config.restarts):
-    delta, loss = _tap_restart(surrogate, x, y, jax.random.fold_in(key, restart), config)
-    losses.append(float(loss))
-    if best is None or losses[-1] < best_loss:
-      best, best_loss, best_index = delta, losses[-1], restart
+  best, losses, best_index = best_restart(
+      lambda k: _tap_restart(surrogate, x, y, k, config), key, config.restarts)
   poisons = constraints.quantize_poisons(perturbed(x, best), x, "linf", epsilon)
-  return TAPResult(np.asarray(poisons), np.asarray(losses, np.float32), best_index)
+  return TAPResult(np.asarray(poisons), losses, best_index)

@@ -20,6 +20,7 @@ from jaxpoison._checks import check_positive as _positive
 from jaxpoison.attacks.unlearnable.base import PoisonConfig
 from jaxpoison.classifier import adversarial
 from jaxpoison.classifier.config import TrainConfig, resolve_loop
+from jaxpoison.classifier.api import features
 from jaxpoison.classifier.train import TrainedModels, make_train_parts, model_graphdef
 
 def fraction(name: str, value) -> float:
@@ -195,6 +196,34 @@ class SurrogateRun:
 
   def trained_models(self, num_steps: int) -> "TrainedModels":
     return _train_parts(self.config).finish(self.carry, num_steps)
+
+
+def class_mean_features(checkpoints: TrainedModels, images, labels, num_classes: int, *,
+                        batch_size: int = 1000) -> jax.Array:
+  """Each checkpoint's mean penultimate feature of each class over (images, labels), in
+  inference mode, float32 [M, K, D] (SEP's `get_mean_feature`;
+  EFP's class centroids, `get_centroid.py`)."""
+  labels = jnp.asarray(labels)
+  counts = jnp.bincount(labels, length=num_classes)
+  if int(jnp.min(counts)) == 0:
+    raise ValueError(f"labels: every class needs at least one image for its mean feature; "
+                     f"classes {np.flatnonzero(np.asarray(counts) == 0).tolist()} have none")
+  f = features(checkpoints, images, batch_size=batch_size)  # [M, N, D]
+  sums = jax.vmap(lambda fm: jax.ops.segment_sum(fm, labels, num_segments=num_classes))(f)
+  return sums / counts[None, :, None].astype(jnp.float32)
+
+
+def best_restart(run_restart, key, restarts: int):
+  """The forge's restarts (`_Forgemaster._forge`): `run_restart(fold_in(key, r))` → (δ, its mean
+  loss at the last step) for r < restarts; returns (the δ with the lowest loss, every restart's
+  loss as float32 [restarts], the index kept; the first on ties)."""
+  best, best_index, losses = None, 0, []
+  for restart in range(restarts):
+    delta, loss = run_restart(jax.random.fold_in(key, restart))
+    losses.append(float(loss))
+    if best is None or losses[-1] < losses[best_index]:
+      best, best_index = delta, restart
+  return best, np.asarray(losses, np.float32), best_index
 
 
 def target_classes(labels, num_classes: int, offset: int = 1):
