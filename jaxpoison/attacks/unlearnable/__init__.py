@@ -67,7 +67,8 @@ _lazy_getattr, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "trained": ["SurrogateRun", "TrainedPoisonConfig", "best_restart", "check_config",
                     "check_data", "check_surrogate_config", "check_target_offset",
-                    "class_mean_features", "cross_entropy", "fraction", "map_batches",
+                    "class_mean_features", "cross_entropy", "forge_deltas", "fraction",
+                    "map_batches",
                     "nnx_logits", "perturbed", "sign_pgd", "target_classes"],
         "efp": ["EFP_EPSILON", "EFP_RECIPES", "EFP_REFERENCE_EPSILON", "EFPConfig", "EFPResult",
                 "efp_losses", "efp_poison", "efp_reference_config"],

@@ -70,13 +70,10 @@ from jaxpoison._checks import check_perturbation_bound
 from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks import constraints
-from jaxpoison.attacks.unlearnable.base import indexed_keys
 from jaxpoison.attacks.unlearnable.trained import (TrainedPoisonConfig, best_restart,
                                                   check_config, check_data,
-                                                  class_mean_features, map_batches, perturbed,
-                                                  sign_pgd)
+                                                  class_mean_features, forge_deltas, perturbed)
 from jaxpoison.classifier.api import feature_extractor
-from jaxpoison.classifier.augment import random_shift_flip_per_image
 from jaxpoison.classifier.config import TrainConfig, resnet18_config
 from jaxpoison.classifier.train import TrainedModels
 from jaxpoison.keys import as_key
@@ -182,28 +179,13 @@ def efp_losses(features, labels, centroids, recipe: str):
 @functools.partial(jax.jit, static_argnames=("config",))
 def _efp_restart(reference: FeatureExtractor, centroids, images, labels, key, config: EFPConfig):
   """One restart: (δ of every image, the mean loss at the last step)."""
-  fill = jnp.asarray(config.fill, jnp.float32)
+  def image_losses(z, y):
+    features = reference.apply_fn(reference.params, z).astype(jnp.float32)
+    return efp_losses(features, y, centroids, config.recipe)
 
-  def batch(x_uint8, y, index):
-    x = x_uint8.astype(jnp.float32) / 255.0
-    keys = indexed_keys(key, index)
-    # furnace.initialize_poison("randn"): N(0, 1)·ε clipped to ±ε per value.
-    start = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:]))(keys)
-    start = jnp.clip(start * config.epsilon, -config.epsilon, config.epsilon)
-
-    def loss(z, t):
-      if config.augment:
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + 1))(keys)
-        z = random_shift_flip_per_image(z, step_keys, fill, config.max_shift)
-      feats = reference.apply_fn(reference.params, z).astype(jnp.float32)
-      return efp_losses(feats, y, centroids, config.recipe)
-
-    return sign_pgd(loss, x, start, epsilon=config.epsilon, steps=config.steps,
-                    step_size=config.step_size, minimize=True)
-
-  index = jnp.arange(images.shape[0])
-  deltas, last_losses = map_batches(batch, (images, labels, index), config.batch_size)
-  return deltas, jnp.mean(last_losses)
+  return forge_deltas(image_losses, images, labels, key, epsilon=config.epsilon,
+                      steps=config.steps, step_size=config.step_size, augment=config.augment,
+                      fill=config.fill, max_shift=config.max_shift, batch_size=config.batch_size)
 
 
 def _check_reference(reference, images, config: EFPConfig) -> None:

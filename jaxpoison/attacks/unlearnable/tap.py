@@ -18,13 +18,10 @@ from jaxpoison._checks import check_positive as _positive
 from jaxpoison._checks import set_frozen_field as _store
 from jaxpoison.attacks import constraints
 from jaxpoison.attacks.configs import FOREST_CIFAR10_MEAN
-from jaxpoison.attacks.unlearnable.base import indexed_keys
 from jaxpoison.attacks.witches_brew import GradientModel
-from jaxpoison.classifier.augment import random_shift_flip_per_image
 from jaxpoison.attacks.unlearnable.trained import (TrainedPoisonConfig, best_restart, check_config,
                                                   check_data, check_target_offset, cross_entropy,
-                                                  map_batches, perturbed, sign_pgd,
-                                                  target_classes)
+                                                  forge_deltas, perturbed, target_classes)
 from jaxpoison.keys import as_key
 
 TAP_EPSILON = 8 / 255
@@ -100,29 +97,14 @@ class TAPResult(NamedTuple):
 @functools.partial(jax.jit, static_argnames=("config",))
 def _tap_restart(surrogate: GradientModel, images, labels, key, config: TAPConfig):
   """One restart: (δ of every image, the mean target loss at the last step)."""
-  logits_fn = lambda z: surrogate.apply_fn(surrogate.params, surrogate.state, z)
-  fill = jnp.asarray(config.input_mean, jnp.float32)
+  def image_losses(z, y):
+    logits = surrogate.apply_fn(surrogate.params, surrogate.state, z)
+    return cross_entropy(logits, target_classes(y, config.num_classes, config.target_offset))
 
-  def batch(x_uint8, y, index):
-    x = x_uint8.astype(jnp.float32) / 255.0
-    targets = target_classes(y, config.num_classes, config.target_offset)
-    keys = indexed_keys(key, index)
-    # furnace.initialize_poison("randn"): N(0, 1)·ε clipped to ±ε per value.
-    start = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:]))(keys)
-    start = jnp.clip(start * config.epsilon, -config.epsilon, config.epsilon)
-
-    def loss(z, t):
-      if config.augment:
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + 1))(keys)
-        z = random_shift_flip_per_image(z, step_keys, fill, config.max_shift)
-      return cross_entropy(logits_fn(z), targets)
-
-    return sign_pgd(loss, x, start, epsilon=config.epsilon, steps=config.steps,
-                    step_size=config.step_size, minimize=True)
-
-  index = jnp.arange(images.shape[0])
-  deltas, last_losses = map_batches(batch, (images, labels, index), config.batch_size)
-  return deltas, jnp.mean(last_losses)
+  return forge_deltas(image_losses, images, labels, key, epsilon=config.epsilon,
+                      steps=config.steps, step_size=config.step_size, augment=config.augment,
+                      fill=config.input_mean, max_shift=config.max_shift,
+                      batch_size=config.batch_size)
 
 
 def _check_surrogate(surrogate, image_shape, num_classes: int) -> GradientModel:

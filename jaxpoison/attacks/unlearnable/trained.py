@@ -17,8 +17,9 @@ from flax import nnx
 
 from jaxpoison._checks import check_images, check_labels
 from jaxpoison._checks import check_positive as _positive
-from jaxpoison.attacks.unlearnable.base import PoisonConfig
+from jaxpoison.attacks.unlearnable.base import PoisonConfig, indexed_keys
 from jaxpoison.classifier import adversarial
+from jaxpoison.classifier.augment import random_shift_flip_per_image
 from jaxpoison.classifier.config import TrainConfig, resolve_loop
 from jaxpoison.classifier.api import features
 from jaxpoison.classifier.train import TrainedModels, make_train_parts, model_graphdef
@@ -211,6 +212,36 @@ def class_mean_features(checkpoints: TrainedModels, images, labels, num_classes:
   f = features(checkpoints, images, batch_size=batch_size)  # [M, N, D]
   sums = jax.vmap(lambda fm: jax.ops.segment_sum(fm, labels, num_segments=num_classes))(f)
   return sums / counts[None, :, None].astype(jnp.float32)
+
+
+def forge_deltas(image_losses, images, labels, key, *, epsilon: float, steps: int,
+                 step_size: float, augment: bool, fill, max_shift: float, batch_size: int):
+  """One restart of the forge (`_Forgemaster._run_trial`, TAP and EFP) for every image: δ starts
+  at N(0, 1)·ε clipped to ±ε (`initialize_poison("randn")`, image i from fold_in(fold_in(key,
+  i), 0)) and descends `image_losses(z, labels) -> [B]` by `steps` signed steps of `step_size`
+  (`sign_pgd`), through a random bilinear shift and flip per image and step when `augment`
+  (drawn from fold_in(fold_in(key, i), t + 1); `fill` per channel outside). Traceable; returns
+  (δ float32 [N, H, W, C], the mean over images of the last step's loss)."""
+  fill = jnp.asarray(fill, jnp.float32)
+
+  def batch(x_uint8, y, index):
+    x = x_uint8.astype(jnp.float32) / 255.0
+    keys = indexed_keys(key, index)
+    start = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), x.shape[1:]))(keys)
+    start = jnp.clip(start * epsilon, -epsilon, epsilon)
+
+    def loss(z, t):
+      if augment:
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, t + 1))(keys)
+        z = random_shift_flip_per_image(z, step_keys, fill, max_shift)
+      return image_losses(z, y)
+
+    return sign_pgd(loss, x, start, epsilon=epsilon, steps=steps, step_size=step_size,
+                    minimize=True)
+
+  index = jnp.arange(images.shape[0])
+  deltas, last_losses = map_batches(batch, (images, labels, index), batch_size)
+  return deltas, jnp.mean(last_losses)
 
 
 def best_restart(run_restart, key, restarts: int):
